@@ -1,0 +1,73 @@
+"""The exceptions gpufit raises, one per kind of failure.
+
+Every message says what was received, what was expected, and what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+__all__ = [
+    "GpufitError",
+    "InvalidWorkspace",
+    "UnknownName",
+    "InvalidModel",
+    "InvalidShape",
+    "InvalidInterpCode",
+    "UnspecifiedPOI",
+    "BackendUnavailable",
+]
+
+
+class GpufitError(Exception):
+    """Base class of every error raised by gpufit."""
+
+
+class InvalidWorkspace(GpufitError, ValueError):
+    """A workspace spec that does not follow the pyhf JSON schema or cannot form a model.
+
+    ``path`` is the JSON path of the offending value (``channels[0].samples[1].data``),
+    ``expected`` what the schema asked for there.
+    """
+
+    def __init__(self, message: str, path: str | None = None, expected: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.expected = expected
+
+
+class UnknownName(GpufitError, KeyError):
+    """A measurement, patch, parameter, channel or sample name that does not exist."""
+
+    def __init__(self, kind: str, name: str, valid):
+        valid = list(valid)
+        close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        shown = ", ".join(repr(v) for v in valid[:40])
+        more = f" (and {len(valid) - 40} more)" if len(valid) > 40 else ""
+        msg = f"unknown {kind} {name!r}.{hint} Valid {kind}s: {shown}{more}."
+        super().__init__(msg)
+        self.kind, self.name, self.valid = kind, name, valid
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class InvalidModel(GpufitError, ValueError):
+    """A model that cannot be used for the requested operation (e.g. a fixed POI in a hypotest)."""
+
+
+class InvalidShape(GpufitError, ValueError):
+    """Parameters or data whose last axis does not match the model."""
+
+
+class InvalidInterpCode(GpufitError, ValueError):
+    """An interpolation code that the modifier type does not support."""
+
+
+class UnspecifiedPOI(InvalidModel):
+    """The operation needs a parameter of interest, and the measurement names none."""
+
+
+class BackendUnavailable(GpufitError, ImportError):
+    """An optional array backend (CuPy) or device that is not installed or not present."""

@@ -1,0 +1,7 @@
+"""Model compiler: a HistFactory spec becomes static arrays (:class:`CompiledModel`)."""
+
+from ._compiled import CompiledModel
+from ._model import Model
+from .interpolation import DEFAULT_MODIFIER_SETTINGS
+
+__all__ = ["Model", "CompiledModel", "DEFAULT_MODIFIER_SETTINGS"]

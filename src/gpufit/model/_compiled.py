@@ -1,0 +1,79 @@
+"""The compiled model: static arrays that the kernels read (a JAX pytree)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+ARRAY_FIELDS = (
+    "nominal",  # [K] nominal rate of each sample-bin
+    "bin_matrix",  # [K, N] 1 where sample-bin k falls in main bin b
+    "factor_index",  # [K, M] int, into concat(pars [P], normsys factors [Tn], 1.0)
+    "delta_index",  # [K, H] int, into concat(histosys deltas [Th], 0.0)
+    "normsys_par",  # [Tn] int
+    "normsys_hi",  # [Tn]
+    "normsys_lo",  # [Tn]
+    "normsys_coef",  # [Tn, 6] code4 polynomial coefficients
+    "histosys_par",  # [Th] int
+    "histosys_up",  # [Th] hi - nominal
+    "histosys_down",  # [Th] nominal - lo
+    "gauss_par",  # [G] int, parameter of each Gaussian constraint
+    "gauss_aux",  # [G] int, its auxiliary datum
+    "gauss_sigma",  # [G]
+    "pois_par",  # [Q] int
+    "pois_aux",  # [Q] int
+    "pois_tau",  # [Q]
+    "aux_order",  # [A] int, position of aux datum a in concat(gauss [G], pois [Q])
+)
+STATIC_FIELDS = ("normsys_code", "histosys_code", "n_main")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CompiledModel:
+    """All arrays a HistFactory model needs; see ``ARRAY_FIELDS`` for their shapes.
+
+    A pytree: arrays are leaves, the interpolation codes and ``n_main`` are static,
+    so a jitted kernel traces once per model structure and code choice.
+    """
+
+    nominal: object
+    bin_matrix: object
+    factor_index: object
+    delta_index: object
+    normsys_par: object
+    normsys_hi: object
+    normsys_lo: object
+    normsys_coef: object
+    histosys_par: object
+    histosys_up: object
+    histosys_down: object
+    gauss_par: object
+    gauss_aux: object
+    gauss_sigma: object
+    pois_par: object
+    pois_aux: object
+    pois_tau: object
+    aux_order: object
+    normsys_code: str
+    histosys_code: str
+    n_main: int
+
+    def map_arrays(self, func) -> "CompiledModel":
+        """A copy with ``func`` applied to every array (e.g. a change of backend)."""
+        changes = {name: func(name, getattr(self, name)) for name in ARRAY_FIELDS}
+        return dataclasses.replace(self, **changes)
+
+
+def _flatten(m: CompiledModel):
+    return (
+        tuple(getattr(m, f) for f in ARRAY_FIELDS),
+        tuple(getattr(m, f) for f in STATIC_FIELDS),
+    )
+
+
+def _unflatten(static, arrays):
+    return CompiledModel(**dict(zip(ARRAY_FIELDS, arrays)), **dict(zip(STATIC_FIELDS, static)))
+
+
+jax.tree_util.register_pytree_node(CompiledModel, _flatten, _unflatten)

@@ -1,0 +1,285 @@
+"""Workspaces: the pyhf JSON format, validated by pyhf's own schema.
+
+``Workspace`` wraps :class:`pyhf.Workspace` (schema validation, measurements, patches,
+patchsets) and turns its failures into :class:`~gpufit.InvalidWorkspace` or
+:class:`~gpufit.UnknownName` errors that name the JSON path or list the valid names.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import io
+import json
+import os
+import sys
+from typing import Any, Iterable, Mapping
+
+import jsonpatch
+import pyhf
+
+from .exceptions import InvalidWorkspace, UnknownName
+
+__all__ = ["Workspace", "read_json", "load_patchset"]
+
+
+def read_json(source) -> Any:
+    """Read JSON from a path (``.json`` or ``.json.gz``), ``"-"`` (stdin) or a file object."""
+    if hasattr(source, "read"):
+        text = source.read()
+        if isinstance(text, bytes):
+            text = text.decode()
+        name = getattr(source, "name", "<stream>")
+    elif str(source) == "-":
+        text, name = sys.stdin.read(), "<stdin>"
+    else:
+        name = os.fspath(source)
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"workspace file {name!r} does not exist")
+        with open(name, "rb") as handle:
+            raw = handle.read()
+        if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
+            raw = gzip.decompress(raw)
+        text = raw.decode()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidWorkspace(
+            f"{name} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}. "
+            "Is the file truncated?",
+            path=None,
+            expected="a JSON document",
+        ) from err
+
+
+def _schema_error(err: pyhf.exceptions.InvalidSpecification, what: str) -> InvalidWorkspace:
+    path = err.path or "<root>"
+    parent = err.parent
+    expected = None
+    validator = getattr(parent, "validator", None)
+    if validator is not None:
+        expected = f"{validator}: {parent.validator_value!r}"
+    instance = json.dumps(err.instance)[:200] if err.instance is not None else "null"
+    message = (
+        f"invalid {what} at {path}: {parent.message} "
+        f"(got {instance}"
+        + (f"; the schema asks for {expected}" if expected else "")
+        + ")"
+    )
+    return InvalidWorkspace(message, path=path, expected=expected)
+
+
+def load_patchset(source) -> pyhf.PatchSet:
+    """A :class:`pyhf.PatchSet` from a path (``.json``/``.json.gz``) or a dict."""
+    spec = source if isinstance(source, Mapping) else read_json(source)
+    try:
+        return pyhf.PatchSet(spec)
+    except pyhf.exceptions.InvalidSpecification as err:
+        raise _schema_error(err, "patchset") from err
+
+
+def _as_patch(patch) -> jsonpatch.JsonPatch:
+    if isinstance(patch, jsonpatch.JsonPatch):
+        return patch
+    if isinstance(patch, (str, os.PathLike)):
+        patch = read_json(patch)
+    if isinstance(patch, Mapping) and "patch" in patch:  # one entry of a patchset
+        patch = patch["patch"]
+    if not isinstance(patch, list):
+        raise InvalidWorkspace(
+            f"a patch must be a JSON patch (a list of operations), got {type(patch).__name__}",
+            expected="a list of JSON patch operations",
+        )
+    return jsonpatch.JsonPatch(patch)
+
+
+class Workspace:
+    """A validated HistFactory workspace in the pyhf JSON format.
+
+    >>> ws = Workspace.load("BkgOnly.json").patched("patch.sbottom_1300_205_60.json")
+    >>> model = ws.model()
+    >>> data = ws.data(model)
+    """
+
+    def __init__(self, spec: Mapping, validate: bool = True):
+        if not isinstance(spec, Mapping):
+            raise InvalidWorkspace(
+                f"a workspace spec is a JSON object, got {type(spec).__name__}",
+                path="<root>",
+                expected="object",
+            )
+        try:
+            self._pyhf = pyhf.Workspace(dict(spec), validate=validate)
+        except pyhf.exceptions.InvalidSpecification as err:
+            raise _schema_error(err, "workspace") from err
+        except (KeyError, TypeError) as err:
+            raise InvalidWorkspace(
+                f"workspace spec is missing or has a malformed {err}; "
+                "run with validate=True to see the JSON path",
+            ) from err
+        self._check_observations()
+
+    def _check_observations(self) -> None:
+        nbins = self._pyhf.channel_nbins
+        observed = self._pyhf.observations
+        for index, channel in enumerate(self._pyhf["channels"]):
+            name = channel["name"]
+            if name not in observed:
+                raise InvalidWorkspace(
+                    f"channel {name!r} has no observation; add one to 'observations'",
+                    path="observations",
+                    expected=f"an entry named {name!r}",
+                )
+            if len(observed[name]) != nbins[name]:
+                obs_index = [o["name"] for o in self._pyhf["observations"]].index(name)
+                raise InvalidWorkspace(
+                    f"observations[{obs_index}].data of channel {name!r} has "
+                    f"{len(observed[name])} bins but the channel's samples have {nbins[name]}",
+                    path=f"observations[{obs_index}].data",
+                    expected=f"{nbins[name]} bins",
+                )
+            for s_index, sample in enumerate(channel["samples"]):
+                if len(sample["data"]) != nbins[name]:
+                    raise InvalidWorkspace(
+                        f"channels[{index}].samples[{s_index}].data ({sample['name']!r}) has "
+                        f"{len(sample['data'])} bins but the channel's first sample has "
+                        f"{nbins[name]}",
+                        path=f"channels[{index}].samples[{s_index}].data",
+                        expected=f"{nbins[name]} bins",
+                    )
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def load(cls, source, validate: bool = True) -> "Workspace":
+        """Read a workspace from a ``.json``/``.json.gz`` path, ``"-"`` (stdin) or a file."""
+        return cls(read_json(source), validate=validate)
+
+    def patched(self, *patches) -> "Workspace":
+        """A new workspace with JSON patches applied (paths, lists of operations, or
+        entries of a pyhf patchset)."""
+        spec = copy.deepcopy(dict(self._pyhf))
+        for patch in patches:
+            try:
+                spec = _as_patch(patch).apply(spec)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                raise InvalidWorkspace(f"patch does not apply to this workspace: {err}") from err
+        return Workspace(spec)
+
+    def with_patchset(self, patchset, name: str) -> "Workspace":
+        """A new workspace with the patch ``name`` of a pyhf patchset applied.
+
+        ``patchset`` is a path, a dict or a :class:`pyhf.PatchSet`; unknown names raise
+        :class:`~gpufit.UnknownName` listing the valid ones.
+        """
+        if not isinstance(patchset, pyhf.PatchSet):
+            patchset = load_patchset(patchset)
+        names = [p.name for p in patchset.patches]
+        if name not in names:
+            raise UnknownName("patch", name, names)
+        try:
+            return Workspace(patchset.apply(self._pyhf, name))
+        except pyhf.exceptions.PatchSetVerificationError as err:
+            raise InvalidWorkspace(f"patchset does not belong to this workspace: {err}") from err
+
+    # -- views ------------------------------------------------------------------------
+    @property
+    def spec(self) -> dict:
+        """The workspace as a plain dict (a copy)."""
+        return copy.deepcopy(dict(self._pyhf))
+
+    @property
+    def pyhf(self) -> pyhf.Workspace:
+        """The underlying :class:`pyhf.Workspace`."""
+        return self._pyhf
+
+    @property
+    def measurement_names(self) -> list[str]:
+        return list(self._pyhf.measurement_names)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self._pyhf.channels)
+
+    @property
+    def samples(self) -> list[str]:
+        return list(self._pyhf.samples)
+
+    def digest(self, algorithm: str = "sha256") -> str:
+        """A content digest of the spec (key order and whitespace do not matter)."""
+        return pyhf.utils.digest(dict(self._pyhf), algorithm=algorithm)
+
+    def _measurement(self, measurement: str | None) -> dict:
+        names = self.measurement_names
+        if not names:
+            raise InvalidWorkspace("workspace has no measurement", path="measurements")
+        if measurement is None:
+            return self._pyhf.get_measurement()
+        if measurement not in names:
+            raise UnknownName("measurement", measurement, names)
+        return self._pyhf.get_measurement(measurement_name=measurement)
+
+    # -- models -----------------------------------------------------------------------
+    def model(
+        self,
+        measurement: str | None = None,
+        patches: Iterable | None = None,
+        modifier_settings: Mapping | None = None,
+        poi_name: str | None = "__measurement__",
+        backend: str = "jax",
+        dtype: str = "float64",
+    ):
+        """Compile the model of a measurement (default: the first).
+
+        ``patches`` are applied to the model spec as in :meth:`pyhf.Workspace.model`;
+        ``modifier_settings`` takes pyhf's form, e.g.
+        ``{"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}``
+        (pyhf's defaults). ``poi_name=None`` builds a POI-less model.
+        """
+        from .model import Model  # the compiler sits below the workspace layer
+
+        meas = self._measurement(measurement)
+        modelspec = {"channels": self._pyhf["channels"], "parameters": meas["config"]["parameters"]}
+        for patch in patches or []:
+            try:
+                modelspec = _as_patch(patch).apply(modelspec)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                raise InvalidWorkspace(f"patch does not apply to the model spec: {err}") from err
+        if poi_name == "__measurement__":
+            poi_name = meas["config"]["poi"]
+        return Model(
+            modelspec,
+            poi_name=poi_name,
+            modifier_settings=modifier_settings,
+            backend=backend,
+            dtype=dtype,
+            measurement=meas["name"],
+        )
+
+    def data(self, model, include_auxdata: bool = True):
+        """Observed main data (channels in the model's order), then auxiliary data.
+
+        Returns a NumPy float array ``[N + A]`` (``[N]`` without auxdata).
+        """
+        import numpy as np
+
+        observed = self._pyhf.observations
+        missing = [c for c in model.channels if c not in observed]
+        if missing:
+            raise UnknownName("observation", missing[0], list(observed))
+        main = [x for c in model.channels for x in observed[c]]
+        values = main + (list(model.auxdata) if include_auxdata else [])
+        return np.asarray(values, dtype=model.dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"<gpufit.Workspace {len(self.channels)} channels, {len(self.samples)} samples, "
+            f"measurements={self.measurement_names}>"
+        )
+
+    def to_json(self, path=None, indent: int | None = None) -> str:
+        text = json.dumps(dict(self._pyhf), indent=indent, sort_keys=True)
+        if path is not None:
+            opener = gzip.open if str(path).endswith(".gz") else io.open
+            with opener(path, "wt") as handle:
+                handle.write(text)
+        return text
