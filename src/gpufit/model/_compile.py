@@ -89,6 +89,8 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
                             f"the sample has {nom.size}"
                         )
                     for b, row in enumerate(rows_d):
+                        if hi[b] == nom[b] and lo[b] == nom[b]:
+                            continue  # no shift in this bin, whatever the code
                         row.append(len(hist_par))
                         hist_par.append(first)
                         hist_up.append(hi[b] - nom[b])
