@@ -24,12 +24,22 @@ from .exceptions import (  # noqa: E402
     UnspecifiedPOI,
 )
 from .model import Model  # noqa: E402
+from .optimize import FitResult, fit  # noqa: E402
+from .infer import HypoTestResult, UpperLimitResult, hypotest, upper_limit  # noqa: E402
+from . import infer  # noqa: E402
 from .workspace import Workspace  # noqa: E402
 
 __all__ = [
     "__version__",
     "Workspace",
     "Model",
+    "fit",
+    "FitResult",
+    "hypotest",
+    "upper_limit",
+    "HypoTestResult",
+    "UpperLimitResult",
+    "infer",
     "GpufitError",
     "InvalidWorkspace",
     "UnknownName",

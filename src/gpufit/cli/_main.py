@@ -1,0 +1,146 @@
+"""Command definitions."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+
+import click
+import numpy as np
+
+from .._version import __version__
+from ..exceptions import GpufitError
+from ._common import emit, enable_compilation_cache, parse_assignments, parse_range, workspace_options
+
+
+class _Group(click.Group):
+    """Turn gpufit's own errors into one-line messages and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (GpufitError, FileNotFoundError) as err:
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="gpufit")
+def main():
+    """Batched HistFactory fits, CLs and limits on JAX (pyhf JSON workspaces).
+
+    WS is a workspace file (.json, .json.gz), '-' for stdin, or a bundled example:
+    example:sbottom (ATLAS sbottom RegionA + sbottom_1300_205_60), example:docs.
+    """
+    enable_compilation_cache()
+
+
+@main.command()
+@workspace_options
+@click.option("--fixed", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a parameter (repeatable).")
+@click.option("--no-hesse", is_flag=True, help="Skip the uncertainties.")
+def fit(ws, model, data, as_json, fixed, no_hesse):
+    """Maximum-likelihood fit: parameters, twice_nll, converged."""
+    from ..optimize import fit as run_fit
+
+    result = run_fit(model, data, fixed=parse_assignments(fixed, "--fixed"), hesse=not no_hesse)
+    payload = result.to_dict()
+
+    def table(p):
+        click.echo(f"twice_nll = {p['twice_nll']:.6f}   converged = {p['converged']} ({p['status']})")
+        errors = p.get("uncertainties", {})
+        for name, value in p["parameters"].items():
+            err = errors.get(name)
+            click.echo(f"  {name:40s} {value: .6f}" + (f" +/- {err:.6f}" if err is not None else ""))
+
+    emit(payload, as_json, table)
+
+
+@main.command()
+@workspace_options
+@click.option("--mu", type=float, default=1.0, show_default=True, help="POI value to test.")
+@click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True)
+@click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
+def hypotest(ws, model, data, as_json, mu, test_stat, calculator):
+    """CLs hypothesis test at one POI value: cls_obs, clsb_obs, clb_obs, cls_exp."""
+    from ..infer import hypotest as run
+
+    payload = run(model, data, mu=mu, test_stat=test_stat, calculator=calculator).to_dict()
+
+    def table(p):
+        click.echo(f"mu = {p['mu']}  ({p['test_stat']}, {p['calculator']})")
+        click.echo(f"  CLs  obs = {p['cls_obs']:.6g}   CLsb = {p['clsb_obs']:.6g}   CLb = {p['clb_obs']:.6g}")
+        bands = "  ".join(f"{v:.6g}" for v in p["cls_exp"])
+        click.echo(f"  CLs  exp (-2..+2 sigma) = {bands}")
+        if p["n_failed"]:
+            click.echo(f"  warning: {p['n_failed']} fits did not converge")
+
+    emit(payload, as_json, table)
+
+
+@main.command()
+@workspace_options
+@click.option("--mus", default=None, metavar="START:STOP:COUNT", help="Scan grid (default: root finding).")
+@click.option("--level", type=float, default=0.05, show_default=True, help="CLs level (0.05 = 95% CL).")
+@click.option("--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True)
+@click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a Brazil-band plot.")
+def limit(ws, model, data, as_json, mus, level, test_stat, calculator, plot):
+    """Upper limit on the POI: observed, expected (-2..+2 sigma), and the scan."""
+    from ..infer import upper_limit
+
+    start = time.perf_counter()
+    result = upper_limit(model, data, mus=parse_range(mus) if mus else None, calculator=calculator,
+                         level=level, test_stat=test_stat)
+    payload = result.to_dict() | {"seconds": time.perf_counter() - start}
+    if plot:
+        from ..plotting import brazil_plot
+
+        brazil_plot(result, plot)
+        payload["plot"] = plot
+
+    def table(p):
+        click.echo(f"{100 * (1 - p['level']):.0f}% CL upper limit on {model.poi_name} ({p['calculator']}, {p['test_stat']})")
+        click.echo(f"  observed: {p['observed']:.4f}")
+        for label, value in zip(["-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma"], p["expected"]):
+            click.echo(f"  expected {label:>8s}: {value:.4f}")
+        if p["n_failed"]:
+            click.echo(f"  warning: {p['n_failed']} fits did not converge")
+
+    emit(payload, as_json, table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(as_json):
+    """Version, JAX devices and backend, precision, and a GPU sanity check."""
+    import jax
+    import jax.numpy as jnp
+
+    devices = jax.devices()
+    x = jnp.arange(1024.0)
+    check = float(jnp.sum(x * x))
+    payload = {
+        "gpufit": __version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "devices": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip() for d in devices],
+        "x64": bool(jax.config.read("jax_enable_x64")),
+        "default_dtype": str(x.dtype),
+        "sanity_check": check == float(np.sum(np.arange(1024.0) ** 2)),
+    }
+    try:
+        import cupy
+
+        payload["cupy"] = cupy.__version__
+        payload["cupy_devices"] = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - optional, absent on CPU machines
+        payload["cupy"] = None
+
+    def table(p):
+        for key, value in p.items():
+            click.echo(f"{key:15s} {value}")
+
+    emit(payload, as_json, table)

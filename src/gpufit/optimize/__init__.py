@@ -1,0 +1,7 @@
+"""Batched optimizer: ``fit`` and its ``FitResult``."""
+
+from ._result import FitResult
+from ._solver import STATUS
+from .fit import fit
+
+__all__ = ["fit", "FitResult", "STATUS"]

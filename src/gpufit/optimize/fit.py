@@ -1,0 +1,224 @@
+"""``gpufit.fit``: one maximum-likelihood fit per dataset of a batch, in one compiled call."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..exceptions import InvalidShape
+from ._result import MINUIT_FALLBACK, FitResult
+from ._solver import CONVERGED, hessian_batch, minimize_batch, value_and_grad_one
+
+DEFAULT_TOL = 1e-8
+DEFAULT_MAXITER = 300
+_MEMORY_BUDGET = 256 * 2**20  # bytes of solver state per chunk
+
+
+def default_chunk_size(n_pars: int, n_main: int) -> int:
+    """Largest power of two of fits whose solver state fits in ``_MEMORY_BUDGET``."""
+    per_fit = 8 * (6 * n_pars * n_pars + 8 * n_main * n_pars + 64 * n_pars)
+    return int(2 ** max(0, min(14, math.floor(math.log2(max(_MEMORY_BUDGET // per_fit, 1))))))
+
+
+def _padded_size(n: int, chunk: int) -> int:
+    """Batch sizes are rounded up to powers of two (then to whole chunks) so that a
+    handful of compiled shapes serve every call."""
+    if n >= chunk:
+        return chunk
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def resolve_fixed(model, fixed, batch_shape):
+    """Fixed flags [P] and values: the measurement's fixed parameters plus ``fixed``
+    (a mapping of names to values, scalars or arrays broadcastable to ``batch_shape``)."""
+    flags = model.fixed_parameters()
+    values = {}
+    for name, value in dict(fixed or {}).items():
+        index = model.parameter_index(name)
+        flags[index] = True
+        values[index] = np.broadcast_to(np.asarray(value, dtype=model.dtype), batch_shape)
+    return flags, values
+
+
+def _resolve_init(model, init, batch_shape):
+    x0 = model.suggested_init()
+    if init is None:
+        return np.broadcast_to(x0, batch_shape + (model.n_pars,)).copy()
+    if isinstance(init, Mapping):
+        x0 = np.broadcast_to(x0, batch_shape + (model.n_pars,)).copy()
+        for name, value in init.items():
+            x0[..., model.parameter_index(name)] = value
+        return x0
+    init = np.asarray(init, dtype=model.dtype)
+    if init.shape[-1] != model.n_pars:
+        raise InvalidShape(f"init has length {init.shape[-1]} but the model has {model.n_pars} parameters")
+    return np.broadcast_to(init, batch_shape + (model.n_pars,)).copy()
+
+
+def _resolve_bounds(model, bounds):
+    b = model.suggested_bounds()
+    if bounds is None:
+        return b
+    if isinstance(bounds, Mapping):
+        for name, (low, high) in bounds.items():
+            b[model.parameter_index(name)] = (low, high)
+        return b
+    b = np.asarray(bounds, dtype=model.dtype)
+    if b.shape != (model.n_pars, 2):
+        raise InvalidShape(f"bounds have shape {b.shape} but the model needs ({model.n_pars}, 2)")
+    return b
+
+
+def _minuit_refit(model, data, x0, free, bounds, tol):
+    """Careful single fit with iminuit (MIGRAD with the exact JAX gradient)."""
+    from iminuit import Minuit
+
+    compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
+
+    def fcn(p):
+        return float(value_and_grad_one(compiled, data, jnp.asarray(p))[0])
+
+    def grad(p):
+        return np.asarray(value_and_grad_one(compiled, data, jnp.asarray(p))[1])
+
+    minuit = Minuit(fcn, np.asarray(x0), grad=grad, name=model.parameter_names)
+    minuit.errordef = Minuit.LEAST_SQUARES
+    minuit.limits = [tuple(b) for b in bounds]
+    minuit.fixed = [not f for f in free]
+    minuit.strategy = 2
+    minuit.tol = max(tol * 50.0, 1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minuit.migrad(ncall=100_000)
+    return np.asarray(minuit.values), float(minuit.fval), bool(minuit.valid), float(minuit.fmin.edm)
+
+
+def fit(
+    model,
+    data,
+    fixed: Mapping | None = None,
+    init=None,
+    bounds=None,
+    hesse: bool | None = None,
+    *,
+    tol: float = DEFAULT_TOL,
+    maxiter: int = DEFAULT_MAXITER,
+    retry: bool = True,
+    chunk_size: int | None = None,
+) -> FitResult:
+    """Maximum-likelihood fits, one per dataset.
+
+    Args:
+        model: a :class:`gpufit.Model`.
+        data: [..., N + A] observed data (main bins then auxiliary data), any batch shape.
+        fixed: ``{"mu": 1.0}``: parameters to fix, on top of those the measurement
+            fixes; values are scalars or arrays of the batch shape (one per fit).
+        init: starting values, ``[P]``, ``[..., P]`` or ``{name: value}``
+            (default: the model's suggested init).
+        bounds: ``[P, 2]`` or ``{name: (low, high)}`` (default: the model's).
+        hesse: also compute uncertainties and covariances from the exact Hessian
+            (default: only for a single dataset).
+        tol: convergence threshold on the estimated distance to the minimum (edm) of
+            -2 log L.
+        maxiter: cap on solver steps per fit.
+        retry: refit the fits that did not converge with iminuit (MIGRAD, strategy 2);
+            what still fails keeps ``converged=False``.
+        chunk_size: fits per compiled call (default: from the model size).
+
+    Returns:
+        :class:`FitResult` with leading shape ``[...]``.
+    """
+    data = np.asarray(data, dtype=model.dtype)
+    width = model.n_main + model.n_aux
+    if data.ndim == 0 or data.shape[-1] != width:
+        got = data.shape[-1] if data.ndim else "a scalar"
+        raise InvalidShape(
+            f"data have length {got} but the model needs {width} "
+            f"({model.n_main} main bins then {model.n_aux} auxiliary data, as ws.data(model) gives)"
+        )
+    batch_shape = data.shape[:-1]
+    flags, fixed_values = resolve_fixed(model, fixed, batch_shape)
+    x0 = _resolve_init(model, init, batch_shape)
+    for index, value in fixed_values.items():
+        x0[..., index] = value
+    b = _resolve_bounds(model, bounds)
+    free = ~flags
+    x0 = np.where(free, np.clip(x0, b[:, 0], b[:, 1]), x0)
+
+    n = int(np.prod(batch_shape, dtype=int))
+    flat_data = data.reshape(n, width)
+    flat_x0 = x0.reshape(n, model.n_pars)
+    chunk = chunk_size or default_chunk_size(model.n_pars, model.n_main)
+    size = _padded_size(n, chunk)
+    compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
+    outs = []
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        pad = size - (stop - start)
+        d = np.concatenate([flat_data[start:stop], np.repeat(flat_data[start:start + 1], pad, 0)])
+        x = np.concatenate([flat_x0[start:stop], np.repeat(flat_x0[start:start + 1], pad, 0)])
+        res = minimize_batch(
+            compiled, jnp.asarray(d), jnp.asarray(x), jnp.asarray(free), jnp.asarray(b[:, 0]),
+            jnp.asarray(b[:, 1]), tol, maxiter=maxiter,
+        )
+        outs.append([np.asarray(r)[: stop - start] for r in res])
+    pars, twice_nll, status, n_iter, edm = (np.concatenate(parts) for parts in zip(*outs))
+    pars, twice_nll, status, n_iter, edm = pars.copy(), twice_nll.copy(), status.copy(), n_iter.copy(), edm.copy()
+
+    if retry:
+        for i in np.flatnonzero(status != CONVERGED):
+            start = pars[i] if np.all(np.isfinite(pars[i])) else flat_x0[i]
+            p, f, valid, e = _minuit_refit(model, jnp.asarray(flat_data[i]), start, free, b, tol)
+            if valid and (not np.isfinite(twice_nll[i]) or f <= twice_nll[i] + 1e-6):
+                pars[i], twice_nll[i], edm[i] = p, f, e
+                status[i] = MINUIT_FALLBACK + CONVERGED
+            else:
+                status[i] = MINUIT_FALLBACK + status[i]
+
+    converged = status % MINUIT_FALLBACK == CONVERGED
+    uncertainties = covariance = None
+    if hesse is None:
+        hesse = n == 1
+    if hesse:
+        covariance = _covariance(compiled, flat_data, pars, free, chunk)
+        uncertainties = np.sqrt(np.clip(np.diagonal(covariance, axis1=-2, axis2=-1), 0.0, None))
+        covariance = covariance.reshape(batch_shape + (model.n_pars, model.n_pars))
+        uncertainties = uncertainties.reshape(batch_shape + (model.n_pars,))
+    return FitResult(
+        pars=pars.reshape(batch_shape + (model.n_pars,)),
+        twice_nll=twice_nll.reshape(batch_shape),
+        converged=converged.reshape(batch_shape),
+        status=status.reshape(batch_shape),
+        n_iter=n_iter.reshape(batch_shape),
+        edm=edm.reshape(batch_shape),
+        parameter_names=list(model.parameter_names),
+        fixed=flags,
+        uncertainties=uncertainties,
+        covariance=covariance,
+    )
+
+
+def _covariance(compiled, data, pars, free, chunk) -> np.ndarray:
+    """Covariance [B, P, P] = 2 (Hessian of -2 log L on the free parameters)^-1."""
+    hs = []
+    for start in range(0, len(pars), chunk):
+        hs.append(np.asarray(hessian_batch(compiled, jnp.asarray(data[start:start + chunk]), jnp.asarray(pars[start:start + chunk]))))
+    h = np.concatenate(hs)
+    idx = np.flatnonzero(free)
+    cov = np.zeros_like(h)
+    sub = h[:, idx[:, None], idx[None, :]]
+    with np.errstate(all="ignore"):
+        try:
+            inv = np.linalg.inv(sub)
+        except np.linalg.LinAlgError:
+            inv = np.linalg.pinv(sub)
+    cov[:, idx[:, None], idx[None, :]] = 2.0 * inv
+    return cov
+
+
+
