@@ -17,17 +17,20 @@ from ._compiled import CompiledModel
 from .interpolation import code4_coefficients
 
 _PER_BIN = ("staterror", "shapesys", "shapefactor")
+# staterror/shapesys components follow the bins they act on, in global order (pyhf's
+# _reindex_access_field); a shapefactor shared by channels couples bin b of each
+_MASKED = ("staterror", "shapesys")
 _SCALAR_FACTORS = ("normfactor", "lumi")
 
 
 def _modifier_bins(spec_channels: dict, config) -> dict:
-    """(type, name) -> sorted global main-bin indices where a per-bin modifier acts."""
+    """(type, name) -> sorted global main-bin indices where a staterror/shapesys acts."""
     bins: dict = defaultdict(set)
     for channel in config.channels:
         start = config.channel_slices[channel].start
         for sample in spec_channels[channel]["samples"]:
             for mod in sample["modifiers"]:
-                if mod["type"] in _PER_BIN:
+                if mod["type"] in _MASKED:
                     bins[(mod["type"], mod["name"])].update(
                         range(start, start + config.channel_nbins[channel])
                     )
@@ -68,10 +71,18 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
                 if mtype in _SCALAR_FACTORS:
                     for row in rows_f:
                         row.append(first)
-                elif mtype in _PER_BIN:
+                elif mtype in _MASKED:
                     where = position[(mtype, name)]
                     for b, row in enumerate(rows_f):
                         row.append(first + where[start + b])
+                elif mtype == "shapefactor":
+                    if nbins > config.param_set(name).n_parameters:
+                        raise InvalidWorkspace(
+                            f"shapefactor {name!r} has {config.param_set(name).n_parameters} "
+                            f"components but channel {channel!r} has {nbins} bins"
+                        )
+                    for b, row in enumerate(rows_f):
+                        row.append(first + b)
                 elif mtype == "normsys":
                     term = len(norm_par)
                     norm_par.append(first)

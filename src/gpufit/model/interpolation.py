@@ -8,14 +8,18 @@ code      modifier   between -1 and +1            beyond
 ========  =========  ====================================================================
 code0     histosys   piecewise linear             linear
 code1     normsys    piecewise exponential        exponential
-code2     histosys   quadratic a a^2 + b a        linear, (b +- 2a)(a -+ 1) as in pyhf
+code2     histosys   quadratic a x^2 + b x        linear: (b + 2a)(x - 1), (b - 2a) x
 code4     normsys    6th-order polynomial         exponential
 code4p    histosys   6th-order polynomial         linear
 ========  =========  ====================================================================
 
-pyhf's defaults are code4 (normsys) and code4p (histosys). pyhf's code2 omits the
-value at |alpha| = 1 from its extrapolation, so it is discontinuous there; gpufit
-reproduces it for parity and says so here.
+pyhf's defaults are code4 (normsys) and code4p (histosys).
+
+code2 follows what pyhf 0.7 computes (its vectorized ``code2``), so that likelihoods
+agree number for number: beyond +1 it extrapolates ``(b + 2a)(x - 1)`` and below -1
+``(b - 2a) x``. ROOT's ``PiecewiseInterpolation`` code 2 adds the value at the edge,
+``(b + 2a)(x - 1) + hi - nom`` and ``-(b - 2a)(x + 1) + lo - nom``, and is continuous;
+pyhf's (and so gpufit's) code2 jumps at |x| = 1. Prefer code0 or code4p.
 
 Each function takes the nuisance parameters ``alpha`` [..., T] and per-term constants
 [T] (or [T, 6] for code4 coefficients) and returns [..., T].
@@ -111,7 +115,7 @@ def histosys_delta(xp, code: str, alpha, up, down):
         b = 0.5 * (up + down)
         inside = a * alpha * alpha + b * alpha
         return xp.where(
-            alpha > 1.0, (b + 2 * a) * (alpha - 1.0), xp.where(alpha >= -1.0, inside, (b - 2 * a) * (alpha + 1.0))
+            alpha > 1.0, (b + 2 * a) * (alpha - 1.0), xp.where(alpha >= -1.0, inside, (b - 2 * a) * alpha)
         )
     # code4p
     s = 0.5 * (up + down)

@@ -1,0 +1,62 @@
+import json
+import os
+
+import numpy as np
+import pyhf
+import pytest
+
+import gpufit
+from gpufit.cli._common import data_path
+
+WS = data_path("")
+SBOTTOM = os.path.join(WS, "atlas_sbottom_ins1748602")
+LBB = os.path.join(WS, "atlas_1Lbb_ins1755298")
+VALIDATION = os.path.join(WS, "pyhf_validation")
+
+
+def pytest_configure(config):
+    pyhf.set_backend("numpy")
+
+
+@pytest.fixture(scope="session")
+def sbottom_ws():
+    return gpufit.Workspace.load(os.path.join(SBOTTOM, "RegionA", "BkgOnly.json")).patched(
+        os.path.join(SBOTTOM, "RegionA", "patch.sbottom_1300_205_60.json")
+    )
+
+
+@pytest.fixture(scope="session")
+def sbottom(sbottom_ws):
+    model = sbottom_ws.model(
+        modifier_settings={"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
+    )
+    return model, sbottom_ws.data(model)
+
+
+@pytest.fixture(scope="session")
+def lbb_ws():
+    return gpufit.Workspace.load(os.path.join(LBB, "BkgOnly.json")).with_patchset(
+        os.path.join(LBB, "patchset.json.gz"), "C1N2_Wh_hbb_700_300"
+    )
+
+
+@pytest.fixture(scope="session")
+def docs_ws():
+    return gpufit.Workspace.load(os.path.join(WS, "pyhf_docs_2-bin_1-channel.json"))
+
+
+@pytest.fixture(scope="session")
+def validation_expected():
+    with open(os.path.join(VALIDATION, "expected.json")) as handle:
+        return json.load(handle)
+
+
+def random_points(model, n, seed=0, scale=0.8):
+    """Random parameter points inside the bounds (fixed parameters at their init)."""
+    rng = np.random.default_rng(seed)
+    init = model.suggested_init()
+    bounds = model.suggested_bounds()
+    free = ~model.fixed_parameters()
+    pts = init + scale * rng.normal(size=(n, model.n_pars)) * free
+    pts = np.where(init == 1.0, np.abs(pts - 1.0) * 0.5 + 0.75, pts)  # multiplicative ones near 1
+    return np.clip(pts, bounds[:, 0] + 1e-3, bounds[:, 1] - 1e-3)

@@ -1,0 +1,137 @@
+"""logpdf and expected data against pyhf (1e-9 relative) and a slow reference."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gpufit
+from gpufit.likelihood import derivatives, kernels
+from generate import generate_workspace
+from reference import reference_logpdf
+from conftest import VALIDATION, random_points
+
+CODES = [
+    {"normsys": {"interpcode": n}, "histosys": {"interpcode": h}}
+    for n in ("code1", "code4")
+    for h in ("code0", "code2", "code4p")
+]
+
+
+def assert_matches_pyhf(model, data, points):
+    ours = np.asarray(model.logpdf(points, data))
+    ref = np.array([model.pyhf_model.logpdf(p, data)[0] for p in points])
+    np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("settings", CODES, ids=lambda s: s["normsys"]["interpcode"] + "-" + s["histosys"]["interpcode"])
+def test_generated_every_modifier_and_code(settings):
+    ws = gpufit.Workspace(generate_workspace(seed=3))
+    model = ws.model(modifier_settings=settings)
+    kinds = {m["type"] for c in model.spec["channels"] for s in c["samples"] for m in s["modifiers"]}
+    assert kinds == {"normfactor", "lumi", "normsys", "histosys", "staterror", "shapesys", "shapefactor"}
+    data = ws.data(model)
+    points = random_points(model, 20, seed=1, scale=1.6)  # reaches |alpha| > 1: every branch
+    assert_matches_pyhf(model, data, points)
+    for p in points[:4]:
+        assert float(model.logpdf(p, data)) == pytest.approx(reference_logpdf(model, p, data), rel=1e-9)
+
+
+def test_parameter_names_and_config_equal_pyhf():
+    ws = gpufit.Workspace(generate_workspace(seed=5, empty_bin=True))
+    model = ws.model()
+    cfg = model.pyhf_model.config
+    assert model.parameter_names == cfg.par_names
+    np.testing.assert_array_equal(model.suggested_init(), cfg.suggested_init())
+    np.testing.assert_array_equal(model.suggested_bounds(), cfg.suggested_bounds())
+    np.testing.assert_array_equal(model.fixed_parameters(), cfg.suggested_fixed())
+    assert model.fixed_parameters()[model.parameter_index("fixed_norm")]
+    np.testing.assert_array_equal(ws.data(model), ws.pyhf.data(model.pyhf_model))
+    p = random_points(model, 3)
+    np.testing.assert_allclose(model.expected_data(p), [model.pyhf_model.expected_data(x) for x in p], rtol=1e-12)
+
+
+VALIDATION_FILES = sorted(p for p in glob.glob(os.path.join(VALIDATION, "*.json")) if not p.endswith("expected.json"))
+
+
+@pytest.mark.parametrize("path", VALIDATION_FILES, ids=os.path.basename)
+def test_validation_workspaces(path):
+    ws = gpufit.Workspace.load(path)
+    model = ws.model(modifier_settings={"normsys": {"interpcode": "code1"}, "histosys": {"interpcode": "code0"}})
+    assert_matches_pyhf(model, ws.data(model), random_points(model, 10))
+
+
+def test_xml_imports():
+    for path in glob.glob(os.path.join(os.path.dirname(VALIDATION), "pyhf_xml", "*.json")):
+        ws = gpufit.Workspace.load(path)
+        model = ws.model()
+        assert_matches_pyhf(model, ws.data(model), random_points(model, 5))
+
+
+def test_sbottom(sbottom):
+    model, data = sbottom
+    assert_matches_pyhf(model, data, random_points(model, 10))
+
+
+def test_1lbb(lbb_ws):
+    model = lbb_ws.model()
+    assert model.n_pars == 126
+    assert_matches_pyhf(model, lbb_ws.data(model), random_points(model, 5))
+
+
+def test_batch_shapes_and_backends(sbottom):
+    model, data = sbottom
+    points = random_points(model, 6).reshape(2, 3, -1)
+    batched = np.asarray(model.logpdf(points, data))
+    assert batched.shape == (2, 3)
+    loop = np.array([[float(model.logpdf(p, data)) for p in row] for row in points])
+    np.testing.assert_allclose(batched, loop, rtol=1e-13)
+    numpy_model = gpufit.Model(model.spec, poi_name=model.poi_name, modifier_settings=model.modifier_settings, backend="numpy")
+    np.testing.assert_allclose(numpy_model.logpdf(points, data), batched, rtol=1e-12)
+    eager = kernels.logpdf(model.compiled, jnp.asarray(points), jnp.asarray(data))
+    np.testing.assert_allclose(eager, batched, rtol=1e-13)
+    vmapped = jax.vmap(lambda p: kernels.logpdf(model.compiled, p, jnp.asarray(data)))(jnp.asarray(points[0]))
+    np.testing.assert_allclose(vmapped, batched[0], rtol=1e-13)
+
+
+def test_float32_accuracy(sbottom_ws):
+    """float32 is within 1e-5 relative of float64 on sbottom (documented in the README)."""
+    m64 = sbottom_ws.model()
+    m32 = sbottom_ws.model(dtype="float32")
+    data = sbottom_ws.data(m64)
+    p = random_points(m64, 8)
+    l32 = np.asarray(m32.logpdf(p, data))
+    assert l32.dtype == np.float32
+    np.testing.assert_allclose(l32, np.asarray(m64.logpdf(p, data)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("settings", CODES, ids=lambda s: s["normsys"]["interpcode"] + "-" + s["histosys"]["interpcode"])
+def test_analytic_derivatives_equal_autodiff(settings):
+    ws = gpufit.Workspace(generate_workspace(seed=7))
+    model = ws.model(modifier_settings=settings)
+    m = model.compiled
+    seg = derivatives.jacobian_segments(m, model.n_pars)
+    for p in random_points(model, 4, scale=1.6):
+        p = jnp.asarray(p)
+        nu, jac, d2 = derivatives.expected_main_and_jacobian(m, p, seg, second=True)
+        np.testing.assert_allclose(jac, jax.jacfwd(lambda x: kernels.expected_main(m, x))(p), rtol=1e-10, atol=1e-10)
+        hess = jax.hessian(lambda x: kernels.expected_main(m, x))(p)
+        exact_diag = jnp.diagonal(hess, axis1=1, axis2=2)
+        # the diagonal second derivatives leave out products of two different entries
+        # of one parameter; on this generated model no parameter enters a sample twice
+        np.testing.assert_allclose(d2, exact_diag, rtol=1e-8, atol=1e-8)
+        data = jnp.asarray(ws.data(model))
+        f, g, _ = derivatives.twice_nll_gradient_curvature(m, p, data, seg)
+        np.testing.assert_allclose(f, kernels.twice_nll(m, p, data), rtol=1e-12)
+        np.testing.assert_allclose(g, jax.grad(lambda x: kernels.twice_nll(m, x, data))(p), rtol=1e-9, atol=1e-9)
+
+
+def test_grad_is_finite_at_bounds(sbottom):
+    model, data = sbottom
+    p = model.suggested_init()
+    p[model.poi_index] = 0.0
+    g = jax.grad(lambda x: kernels.twice_nll(model.compiled, x, jnp.asarray(data)))(jnp.asarray(p))
+    assert np.all(np.isfinite(g))
