@@ -25,7 +25,7 @@ def _normsys_derivative(code, alpha, hi, lo, coef):
     up = jnp.power(hi, alpha) * log_hi
     down = -jnp.power(lo, -alpha) * log_lo
     if code == "code1":
-        return jnp.where(alpha > 0, up, down)
+        return jnp.where(alpha >= 0, up, down)  # the right derivative at the kink
     poly = coef[:, 0] + alpha * (
         2 * coef[:, 1] + alpha * (3 * coef[:, 2] + alpha * (4 * coef[:, 3] + alpha * (5 * coef[:, 4] + alpha * 6 * coef[:, 5])))
     )
@@ -34,7 +34,7 @@ def _normsys_derivative(code, alpha, hi, lo, coef):
 
 def _histosys_derivative(code, alpha, up, down):
     if code == "code0":
-        return jnp.where(alpha > 0, up, down)
+        return jnp.where(alpha >= 0, up, down)  # the right derivative at the kink
     if code == "code2":
         a = 0.5 * (up - down)
         b = 0.5 * (up + down)
@@ -51,7 +51,7 @@ def _normsys_second(code, alpha, hi, lo, coef):
     up = jnp.power(hi, alpha) * log_hi * log_hi
     down = jnp.power(lo, -alpha) * log_lo * log_lo
     if code == "code1":
-        return jnp.where(alpha > 0, up, down)
+        return jnp.where(alpha >= 0, up, down)  # the right derivative at the kink
     poly = 2 * coef[:, 1] + alpha * (
         6 * coef[:, 2] + alpha * (12 * coef[:, 3] + alpha * (20 * coef[:, 4] + alpha * 30 * coef[:, 5]))
     )

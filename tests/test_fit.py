@@ -1,0 +1,133 @@
+"""Batched fits: as good as pyhf's, batch = one-at-a-time, jit = no retrace, failures flagged."""
+
+import numpy as np
+import pyhf
+import pytest
+
+import gpufit
+from gpufit.optimize import _solver
+from generate import generate_workspace
+
+
+def pyhf_twice_nll(model, data, fixed_mu=None):
+    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=1e-5))
+    if fixed_mu is None:
+        _, f = pyhf.infer.mle.fit(data, model.pyhf_model, return_fitted_val=True)
+    else:
+        _, f = pyhf.infer.mle.fixed_poi_fit(fixed_mu, data, model.pyhf_model, return_fitted_val=True)
+    pyhf.set_backend("numpy")
+    return float(f)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_generated_free_and_fixed_fits_match_pyhf(seed):
+    ws = gpufit.Workspace(generate_workspace(seed=seed, empty_bin=seed == 2))
+    model = ws.model()
+    data = ws.data(model)
+    free = gpufit.fit(model, data)
+    fixed = gpufit.fit(model, data, fixed={"mu": 1.0})
+    assert free.converged and fixed.converged
+    assert free.twice_nll <= pyhf_twice_nll(model, data) + 1e-4
+    assert fixed.twice_nll <= pyhf_twice_nll(model, data, fixed_mu=1.0) + 1e-4
+    assert fixed.value("mu") == 1.0
+    assert fixed.value("fixed_norm") == pytest.approx(1.1)  # the measurement's fixed value
+
+
+def test_sbottom_fits_match_pyhf(sbottom):
+    model, data = sbottom
+    free = gpufit.fit(model, data)
+    assert free.converged
+    assert free.twice_nll <= pyhf_twice_nll(model, data) + 1e-4
+    fixed = gpufit.fit(model, data, fixed={model.poi_name: 1.0})
+    assert fixed.twice_nll <= pyhf_twice_nll(model, data, fixed_mu=1.0) + 1e-4
+
+
+def test_1lbb_fits_match_pyhf(lbb_ws):
+    model = lbb_ws.model()
+    data = lbb_ws.data(model)
+    free = gpufit.fit(model, data, hesse=False)
+    assert free.converged
+    pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
+    _, ref = pyhf.infer.mle.fit(data, model.pyhf_model, return_fitted_val=True)
+    pyhf.set_backend("numpy")
+    assert free.twice_nll <= float(ref) + 1e-4
+
+
+def test_batched_equals_one_at_a_time(sbottom):
+    model, data = sbottom
+    rng = np.random.default_rng(4)
+    batch = np.tile(data, (5, 1))
+    batch[:, : model.n_main] = rng.poisson(data[: model.n_main], size=(5, model.n_main))
+    mus = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    together = gpufit.fit(model, batch, fixed={model.poi_name: mus})
+    for i in range(5):
+        alone = gpufit.fit(model, batch[i], fixed={model.poi_name: mus[i]}, hesse=False)
+        assert alone.twice_nll == pytest.approx(together.twice_nll[i], abs=1e-6)
+        np.testing.assert_allclose(alone.pars, together.pars[i], atol=2e-3)
+    grid = gpufit.fit(model, batch.reshape(5, 1, -1), hesse=False)
+    assert grid.pars.shape == (5, 1, model.n_pars)
+    assert grid.twice_nll.shape == (5, 1)
+
+
+def test_no_retracing_on_second_call(docs_ws):
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    gpufit.fit(model, np.tile(data, (3, 1)), hesse=False)
+    before = _solver.minimize_batch._cache_size()
+    gpufit.fit(model, np.tile(data, (3, 1)) * 1.01, hesse=False)
+    gpufit.fit(model, np.tile(data, (4, 1)), fixed={"mu": 0.5}, hesse=False)  # same padded size
+    assert _solver.minimize_batch._cache_size() == before
+
+
+def test_hesse_matches_iminuit(docs_ws):
+    from iminuit import Minuit
+
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    result = gpufit.fit(model, data, fixed={"mu": 1.0})
+    assert result.uncertainties[model.poi_index] == 0.0
+
+    def fcn(p):
+        full = np.concatenate([[1.0], p])
+        return float(model.twice_nll(full, data))
+
+    m = Minuit(fcn, result.pars[1:])
+    m.errordef = 1.0
+    m.migrad()
+    m.hesse()
+    np.testing.assert_allclose(result.uncertainties[1:], np.asarray(m.errors), rtol=1e-3)
+    corr = result.correlations
+    assert corr[1, 2] == pytest.approx(m.covariance.correlation()[0, 1], abs=1e-3)
+
+
+def test_failed_fits_are_flagged_not_raised(docs_ws):
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    bad = np.stack([data, np.full_like(data, np.nan), data])
+    result = gpufit.fit(model, bad, retry=True, hesse=False)
+    assert result.converged.tolist() == [True, False, True]
+    assert result.n_failed == 1
+    assert result.status_names[1].startswith("not_finite")
+    assert np.isfinite(result.twice_nll[[0, 2]]).all()
+
+
+def test_maxiter_is_reported_and_minuit_rescues(sbottom):
+    model, data = sbottom
+    capped = gpufit.fit(model, data, maxiter=2, retry=False, hesse=False)
+    assert not capped.converged and capped.status_names == "max_iterations"
+    rescued = gpufit.fit(model, data, maxiter=2, retry=True, hesse=False)
+    assert rescued.converged and rescued.status_names == "converged+minuit"
+    best = gpufit.fit(model, data, hesse=False)
+    assert rescued.twice_nll <= best.twice_nll + 1e-3
+
+
+def test_bounds_are_respected(docs_ws):
+    model = docs_ws.model()
+    data = docs_ws.data(model).copy()
+    data[:2] = [10.0, 10.0]  # fewer events than background: muhat wants to go negative
+    result = gpufit.fit(model, data, hesse=False)
+    assert result.converged
+    assert result.value("mu") == 0.0
+    widened = gpufit.fit(model, data, bounds={"mu": (-5.0, 10.0)}, hesse=False)
+    assert widened.value("mu") < 0
+    assert widened.twice_nll < result.twice_nll
