@@ -35,7 +35,7 @@ def _pyhf_model(modelspec: dict, poi_name, modifier_settings: dict) -> pyhf.Mode
             f"invalid model spec at {err.path or '<root>'}: {err.parent.message}", path=err.path
         ) from err
     except pyhf.exceptions.InvalidModel as err:
-        if poi_name is not None and "poi" in str(err).lower():
+        if poi_name is not None and "parameter of interest" in str(err):
             names = sorted({m["name"] for c in modelspec["channels"] for s in c["samples"] for m in s["modifiers"]})
             raise UnknownName("parameter of interest", poi_name, names) from err
         raise InvalidWorkspace(f"the spec does not form a model: {err}") from err

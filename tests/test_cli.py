@@ -1,0 +1,71 @@
+"""The command line, as a user runs it (``--json`` output parsed back)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from gpufit.cli import main
+from conftest import VALIDATION, WS
+
+DOCS = os.path.join(WS, "pyhf_docs_2-bin_1-channel.json")
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def test_fit_json():
+    result = run("fit", DOCS, "--fixed", "mu=1", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["parameters"]["mu"] == 1.0
+    assert payload["converged"] is True
+    assert set(payload) >= {"parameters", "twice_nll", "converged", "uncertainties"}
+
+
+def test_hypotest_json_matches_validation():
+    path = os.path.join(VALIDATION, "1bin_normsys.json")
+    result = run("hypotest", path, "--mu", "1", "--test-stat", "q", "--normsys-code", "code1", "--histosys-code", "code0", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    with open(os.path.join(VALIDATION, "expected.json")) as handle:
+        expected = json.load(handle)["1bin_normsys_mu1"]
+    assert payload["cls_obs"] == pytest.approx(expected["CLs_obs"], abs=1e-4)
+    assert len(payload["cls_exp"]) == 5
+
+
+def test_limit_json_and_plot(tmp_path):
+    plot = tmp_path / "brazil.png"
+    result = run("limit", "example:docs", "--mus", "0:5:11", "--json", "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert set(payload) >= {"observed", "expected", "mus", "cls_obs", "cls_exp"}
+    assert len(payload["mus"]) == 11 and len(payload["expected"]) == 5
+    assert plot.stat().st_size > 1000
+
+
+def test_patchset_and_errors(tmp_path):
+    lbb = os.path.join(WS, "atlas_1Lbb_ins1755298")
+    result = run("fit", os.path.join(lbb, "BkgOnly.json"), "--patchset", os.path.join(lbb, "patchset.json.gz"),
+                 "--patch-name", "nope", "--json")
+    assert result.exit_code == 2
+    assert "unknown patch 'nope'" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"channels": [')
+    result = run("fit", str(bad))
+    assert result.exit_code == 2 and "not valid JSON" in result.output
+    result = run("fit", DOCS, "--fixed", "muu=1")
+    assert result.exit_code == 2 and "Did you mean 'mu'" in result.output
+
+
+def test_info_and_entry_point():
+    result = run("info", "--json")
+    payload = json.loads(result.output)
+    assert payload["x64"] is True and payload["sanity_check"] is True
+    proc = subprocess.run([sys.executable, "-m", "gpufit", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "gpufit" in proc.stdout
