@@ -12,10 +12,11 @@ import numpy as np
 
 from ..exceptions import InvalidShape
 from ._result import MINUIT_FALLBACK, FitResult
-from ._solver import CONVERGED, hessian_batch, minimize_batch, value_and_grad_one
+from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, value_and_grad_one
 
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
+_FIRST_PASS_STEPS = 30
 _MEMORY_BUDGET = 256 * 2**20  # bytes of solver state per chunk
 
 
@@ -154,21 +155,32 @@ def fit(
     flat_data = data.reshape(n, width)
     flat_x0 = x0.reshape(n, model.n_pars)
     chunk = chunk_size or default_chunk_size(model.n_pars, model.n_main)
-    size = _padded_size(n, chunk)
     compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
-    outs = []
-    for start in range(0, n, size):
-        stop = min(start + size, n)
-        pad = size - (stop - start)
-        d = np.concatenate([flat_data[start:stop], np.repeat(flat_data[start:start + 1], pad, 0)])
-        x = np.concatenate([flat_x0[start:stop], np.repeat(flat_x0[start:start + 1], pad, 0)])
-        res = minimize_batch(
-            compiled, jnp.asarray(d), jnp.asarray(x), jnp.asarray(free), jnp.asarray(b[:, 0]),
-            jnp.asarray(b[:, 1]), tol, maxiter=maxiter,
-        )
-        outs.append([np.asarray(r)[: stop - start] for r in res])
-    pars, twice_nll, status, n_iter, edm = (np.concatenate(parts) for parts in zip(*outs))
-    pars, twice_nll, status, n_iter, edm = pars.copy(), twice_nll.copy(), status.copy(), n_iter.copy(), edm.copy()
+
+    def solve(rows, starts, steps):
+        """Run the solver on datasets ``rows`` from ``starts``, in padded chunks."""
+        size = _padded_size(len(rows), chunk)
+        outs = []
+        for start in range(0, len(rows), size):
+            stop = min(start + size, len(rows))
+            take = np.concatenate([rows[start:stop], np.repeat(rows[start:start + 1], size - (stop - start))])
+            x = np.concatenate([starts[start:stop], np.repeat(starts[start:start + 1], size - (stop - start), 0)])
+            res = minimize_batch(
+                compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
+                jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
+            )
+            outs.append([np.asarray(r)[: stop - start] for r in res])
+        return [np.concatenate(parts).copy() for parts in zip(*outs)]
+
+    # Lockstep batches run as long as their slowest fit: a first pass with a short cap,
+    # then the stragglers alone (a smaller batch) from where they stopped.
+    first = min(maxiter, _FIRST_PASS_STEPS) if n > 1 else maxiter
+    rows = np.arange(n)
+    pars, twice_nll, status, n_iter, edm = solve(rows, flat_x0, first)
+    late = np.flatnonzero(status == MAX_ITERATIONS)
+    if late.size and maxiter > first:
+        p2, f2, s2, i2, e2 = solve(late, pars[late], maxiter - first)
+        pars[late], twice_nll[late], status[late], n_iter[late], edm[late] = p2, f2, s2, n_iter[late] + i2, e2
 
     if retry:
         for i in np.flatnonzero(status != CONVERGED):
