@@ -81,7 +81,6 @@ def _exclusive_products(g):
 def jacobian_segments(m, n_pars: int):
     """Segment ids (main bin * P + parameter) of every factor and histosys entry."""
     npars = n_pars
-    n_terms = m.normsys_par.shape[0]
     par_of_factor = jnp.concatenate(
         [jnp.arange(npars, dtype=jnp.int32), m.normsys_par.astype(jnp.int32), jnp.zeros(1, jnp.int32)]
     )
@@ -89,7 +88,6 @@ def jacobian_segments(m, n_pars: int):
     bin_of = jnp.argmax(m.bin_matrix, axis=-1).astype(jnp.int32)  # [K]
     ids_f = bin_of[:, None] * npars + par_of_factor[m.factor_index]
     ids_h = bin_of[:, None] * npars + par_of_delta[m.delta_index]
-    del n_terms
     return jnp.concatenate([ids_f.ravel(), ids_h.ravel()])
 
 

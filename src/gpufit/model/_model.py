@@ -140,8 +140,8 @@ class Model:
             )
         return pars
 
-    def _data(self, data):
-        data = self._ns.asarray(data, dtype=self.dtype)
+    def check_data(self, data):
+        """Raise :class:`InvalidShape` unless the last axis of ``data`` is N + A; return it."""
         want = self.n_main + self.n_aux
         if data.ndim == 0 or data.shape[-1] != want:
             got = data.shape[-1] if data.ndim else "a scalar"
@@ -150,6 +150,9 @@ class Model:
                 f"({self.n_main} main bins then {self.n_aux} auxiliary data, as ws.data(model) gives)"
             )
         return data
+
+    def _data(self, data):
+        return self.check_data(self._ns.asarray(data, dtype=self.dtype))
 
     def _call(self, name: str, *args, **kwargs):
         if self.backend == "jax":

@@ -134,14 +134,8 @@ def fit(
     Returns:
         :class:`FitResult` with leading shape ``[...]``.
     """
-    data = np.asarray(data, dtype=model.dtype)
+    data = model.check_data(np.asarray(data, dtype=model.dtype))
     width = model.n_main + model.n_aux
-    if data.ndim == 0 or data.shape[-1] != width:
-        got = data.shape[-1] if data.ndim else "a scalar"
-        raise InvalidShape(
-            f"data have length {got} but the model needs {width} "
-            f"({model.n_main} main bins then {model.n_aux} auxiliary data, as ws.data(model) gives)"
-        )
     batch_shape = data.shape[:-1]
     flags, fixed_values = resolve_fixed(model, fixed, batch_shape)
     x0 = _resolve_init(model, init, batch_shape)
