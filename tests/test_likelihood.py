@@ -113,10 +113,9 @@ def test_analytic_derivatives_equal_autodiff(settings):
     ws = gpufit.Workspace(generate_workspace(seed=7))
     model = ws.model(modifier_settings=settings)
     m = model.compiled
-    seg = derivatives.jacobian_segments(m, model.n_pars)
     for p in random_points(model, 4, scale=1.6):
         p = jnp.asarray(p)
-        nu, jac, d2 = derivatives.expected_main_and_jacobian(m, p, seg, second=True)
+        nu, jac, d2 = derivatives.expected_main_and_jacobian(m, p, second=True)
         np.testing.assert_allclose(jac, jax.jacfwd(lambda x: kernels.expected_main(m, x))(p), rtol=1e-10, atol=1e-10)
         hess = jax.hessian(lambda x: kernels.expected_main(m, x))(p)
         exact_diag = jnp.diagonal(hess, axis1=1, axis2=2)
@@ -124,7 +123,7 @@ def test_analytic_derivatives_equal_autodiff(settings):
         # of one parameter; on this generated model no parameter enters a sample twice
         np.testing.assert_allclose(d2, exact_diag, rtol=1e-8, atol=1e-8)
         data = jnp.asarray(ws.data(model))
-        f, g, _ = derivatives.twice_nll_gradient_curvature(m, p, data, seg)
+        f, g, *_ = derivatives.twice_nll_gradient_curvature(m, p, data)
         np.testing.assert_allclose(f, kernels.twice_nll(m, p, data), rtol=1e-12)
         np.testing.assert_allclose(g, jax.grad(lambda x: kernels.twice_nll(m, x, data))(p), rtol=1e-9, atol=1e-9)
 
@@ -135,3 +134,25 @@ def test_grad_is_finite_at_bounds(sbottom):
     p[model.poi_index] = 0.0
     g = jax.grad(lambda x: kernels.twice_nll(model.compiled, x, jnp.asarray(data)))(jnp.asarray(p))
     assert np.all(np.isfinite(g))
+
+
+def test_structured_solve_equals_dense_solve(sbottom):
+    """The Woodbury/Schur step equals a dense solve of the same damped matrix."""
+    from gpufit.optimize import _solver
+
+    model, data = sbottom
+    m = model.compiled
+    rng = np.random.default_rng(3)
+    for p in random_points(model, 3):
+        f, g, jac, w, c = derivatives.twice_nll_gradient_curvature(m, jnp.asarray(p), jnp.asarray(data))
+        active = rng.random(model.n_pars) > 0.2
+        for lam in (1e-9, 1e-3, 10.0):
+            delta = _solver.solve_damped(m, jac, w, c, g, lam, jnp.asarray(active))
+            h = np.asarray(derivatives.curvature_matrix(jac, w, c)) / 2.0
+            d = np.diag(h)
+            scale = max(d[active].max(), 1.0)
+            a = h + np.diag(lam * d + 1e-10 * scale)
+            idx = np.flatnonzero(active)
+            want = np.zeros(model.n_pars)
+            want[idx] = np.linalg.solve(a[np.ix_(idx, idx)], -0.5 * np.asarray(g)[idx])
+            np.testing.assert_allclose(delta, want, rtol=1e-7, atol=1e-10 * np.abs(want).max())

@@ -5,9 +5,10 @@
     d nu_k / d theta_p = sum_m [p = par(k, m)] (nominal_k + delta_k) dF_km prod_{m' != m} F_km'
                        + sum_h [p = par(k, h)] delta'_kh prod_m F_km
 
-The products over "all factors but one" come from exclusive cumulative products (no
-division, so a normfactor at 0 is fine), and the sums over entries that share a
-(main bin, parameter) pair are one segment sum into the [N, P] Jacobian. One call costs
+The products over "all factors but one" divide the product by each factor, counting
+exact zeros apart (so a normfactor at 0 is fine), and the sums over entries that share a
+(main bin, parameter) pair are gathered through precomputed tables into the [N, P]
+Jacobian (``model/_solver_tables.py``; no scatter, which is slow on CPUs). One call costs
 a few forward passes, independent of P, where ``jax.jacfwd`` costs P of them and
 ``jax.jacrev`` N.
 """
@@ -71,39 +72,43 @@ def _histosys_second(code, alpha, up, down):
 
 
 def _exclusive_products(g):
-    """prod over the last axis of g, leaving out each entry in turn: [..., M] -> [..., M]."""
-    ones = jnp.ones_like(g[..., :1])
-    before = jnp.cumprod(jnp.concatenate([ones, g[..., :-1]], axis=-1), axis=-1)
-    after = jnp.flip(jnp.cumprod(jnp.concatenate([ones, jnp.flip(g[..., 1:], -1)], axis=-1), axis=-1), -1)
-    return before * after
+    """prod over the last axis of g, leaving out each entry in turn: [..., M] -> [..., M].
+
+    The product of the non-negligible entries divided by each one, with exact zeros
+    (a normfactor or gamma on its bound) handled by counting them: O(M) work, where
+    XLA's cumulative products cost O(M^2) on CPUs. Entries below sqrt(tiny) count as
+    zeros, an absolute error below sqrt(tiny) on the result.
+    """
+    small = jnp.abs(g) < jnp.sqrt(jnp.finfo(g.dtype).tiny)
+    safe = jnp.where(small, 1.0, g)
+    prod_nz = jnp.prod(safe, axis=-1, keepdims=True)
+    zeros = jnp.sum(small, axis=-1, keepdims=True)
+    return jnp.where(small, jnp.where(zeros == 1, prod_nz, 0.0), jnp.where(zeros == 0, prod_nz / safe, 0.0))
 
 
-def jacobian_segments(m, n_pars: int):
-    """Segment ids (main bin * P + parameter) of every factor and histosys entry."""
-    npars = n_pars
-    par_of_factor = jnp.concatenate(
-        [jnp.arange(npars, dtype=jnp.int32), m.normsys_par.astype(jnp.int32), jnp.zeros(1, jnp.int32)]
-    )
-    par_of_delta = jnp.concatenate([m.histosys_par.astype(jnp.int32), jnp.zeros(1, jnp.int32)])
-    bin_of = jnp.argmax(m.bin_matrix, axis=-1).astype(jnp.int32)  # [K]
-    ids_f = bin_of[:, None] * npars + par_of_factor[m.factor_index]
-    ids_h = bin_of[:, None] * npars + par_of_delta[m.delta_index]
-    return jnp.concatenate([ids_f.ravel(), ids_h.ravel()])
+def _assemble(m, c_factor, c_delta):
+    """Sum per-entry contributions [K, M] and [K, H] into the dense [N, P] matrix.
+
+    Two gathers through the precomputed tables (``m.jac_entries``, ``m.jac_index``);
+    no scatter.
+    """
+    flat = jnp.concatenate([c_factor.ravel(), c_delta.ravel(), jnp.zeros(1, c_factor.dtype)])
+    sums = jnp.sum(flat[m.jac_entries], axis=-1)  # [Z]
+    dense = jnp.concatenate([sums, jnp.zeros(1, sums.dtype)])[m.jac_index]
+    return dense.reshape(m.n_main, -1)
 
 
-def expected_main_and_jacobian(m, pars, segments, second: bool = False):
+def expected_main_and_jacobian(m, pars, second: bool = False):
     """Expected main counts and their Jacobian for ONE parameter vector.
 
     Args:
         m: compiled model.
         pars: [P].
-        segments: from :func:`jacobian_segments`.
         second: also return the diagonal second derivatives d2 nu_b / d theta_p^2.
 
     Returns:
         nu [N], jac [N, P] (and d2 [N, P] when ``second``).
     """
-    npars = pars.shape[-1]
     alpha_n = pars[m.normsys_par]
     alpha_h = pars[m.histosys_par]
     code_n, code_h = m.normsys_code, m.histosys_code
@@ -116,67 +121,65 @@ def expected_main_and_jacobian(m, pars, segments, second: bool = False):
     dfactors = jnp.concatenate([jnp.ones_like(pars), df_norm, zero])[m.factor_index]  # [K, M]
     factor = jnp.prod(factors, axis=-1)  # [K]
     base = m.nominal + jnp.sum(jnp.concatenate([d_hist, zero])[m.delta_index], axis=-1)  # [K]
-    nu_k = base * factor
+    nu = (base * factor) @ m.bin_matrix
     others = base[:, None] * _exclusive_products(factors)  # [K, M]
-    c_factor = others * dfactors
-    c_delta = factor[:, None] * jnp.concatenate([dd_hist, zero])[m.delta_index]  # [K, H]
-    size = m.n_main * npars
-    jac = jax.ops.segment_sum(jnp.concatenate([c_factor.ravel(), c_delta.ravel()]), segments, size)
-    nu = nu_k @ m.bin_matrix
+    jac = _assemble(m, others * dfactors, factor[:, None] * jnp.concatenate([dd_hist, zero])[m.delta_index])
     if not second:
-        return nu, jac.reshape(m.n_main, npars)
+        return nu, jac
     d2f = _normsys_second(code_n, alpha_n, m.normsys_hi, m.normsys_lo, m.normsys_coef)
     d2d = _histosys_second(code_h, alpha_h, m.histosys_up, m.histosys_down)
     s_factor = others * jnp.concatenate([jnp.zeros_like(pars), d2f, zero])[m.factor_index]
     s_delta = factor[:, None] * jnp.concatenate([d2d, zero])[m.delta_index]
-    d2 = jax.ops.segment_sum(jnp.concatenate([s_factor.ravel(), s_delta.ravel()]), segments, size)
-    return nu, jac.reshape(m.n_main, npars), d2.reshape(m.n_main, npars)
+    return nu, jac, _assemble(m, s_factor, s_delta)
 
 
-def twice_nll_gradient_curvature(m, pars, data, segments):
-    """-2 log L, its gradient and its Fisher curvature for ONE fit.
+def twice_nll_gradient_curvature(m, pars, data):
+    """-2 log L, its gradient and the factors of a curvature matrix, for ONE fit.
 
     Args:
-        pars: [P]; data: [N + A]; segments: from :func:`jacobian_segments`.
+        pars: [P]; data: [N + A].
 
     Returns:
-        f [], g [P], h [P, P]: a positive semi-definite curvature matrix,
-        ``h = 2 (J^T diag(w) J + diag(c))`` with the observed weights ``w = n/nu^2``
-        (``1/nu`` in empty bins), the non-negative part of the diagonal second-order
-        term, and the exact second derivatives of the constraint terms (the Poisson
+        f [], g [P], jac [N, P], w [N], c [P]: the positive semi-definite curvature
+        matrix is ``2 (J^T diag(w) J + diag(c))`` (:func:`curvature_matrix`), kept in
+        factors because N is small. ``w = n/nu^2`` is the observed information of the
+        Poisson terms (``1/nu``, its expectation, in empty bins); ``c`` is the
+        non-negative part of the diagonal second-order term (non-linear
+        interpolations) plus the exact curvature of the constraint terms (the Poisson
         one falls back to its expectation ``tau/gamma`` where the auxiliary datum is 0).
     """
     from jax.scipy.special import gammaln, xlogy
 
     n = data[: m.n_main]
     aux = data[m.n_main :]
-    nu, jac, d2 = expected_main_and_jacobian(m, pars, segments, second=True)
+    nu, jac, d2 = expected_main_and_jacobian(m, pars, second=True)
     main = jnp.sum(xlogy(n, nu) - nu - gammaln(n + 1.0))
     ratio = jnp.where(n == 0, 0.0, n / nu)
     grad = -2.0 * (jac.T @ (ratio - 1.0))
-    # observed information n/nu^2 of the Poisson term where n > 0 (exact for factors that
-    # act linearly), its expectation 1/nu in empty bins
     w = 1.0 / jnp.maximum(nu, jnp.finfo(nu.dtype).tiny)
     w = jnp.where(n > 0, n * w * w, w)
-    # plus the diagonal of sum_b (1 - n_b/nu_b) d2 nu_b / d theta^2 where it adds curvature
-    # (the non-linear interpolations), so the matrix stays positive semi-definite
     curv = jnp.maximum((1.0 - ratio) @ d2, 0.0)
 
-    theta = pars[m.gauss_par]
-    a_g = aux[m.gauss_aux]
-    inv_var = 1.0 / (m.gauss_sigma * m.gauss_sigma)
-    z = (a_g - theta) / m.gauss_sigma
-    gauss = jnp.sum(-0.5 * z * z - jnp.log(m.gauss_sigma)) - 0.9189385332046727 * theta.shape[0]
-    grad = grad.at[m.gauss_par].add(-2.0 * (a_g - theta) * inv_var)
-    curv = curv.at[m.gauss_par].add(inv_var)
-
-    gamma = pars[m.pois_par]
-    a_p = aux[m.pois_aux]
-    rate = gamma * m.pois_tau
-    pois = jnp.sum(xlogy(a_p, rate) - rate - gammaln(a_p + 1.0))
-    grad = grad.at[m.pois_par].add(-2.0 * (jnp.where(a_p == 0, 0.0, a_p / gamma) - m.pois_tau))
-    curv = curv.at[m.pois_par].add(jnp.where(a_p > 0, a_p / (gamma * gamma), m.pois_tau / gamma))
+    # constraint terms, laid out per parameter (masks instead of scatters)
+    a = jnp.concatenate([aux, jnp.zeros(1, aux.dtype)])[m.con_aux]  # [P]
+    is_g, is_p = m.con_gauss, m.con_pois
+    inv_var = 1.0 / (m.con_sigma * m.con_sigma)
+    z = (a - pars) / m.con_sigma
+    gauss = -jnp.sum(is_g * (0.5 * z * z + jnp.log(m.con_sigma) + 0.9189385332046727))
+    rate = pars * m.con_tau
+    safe_rate = jnp.where(is_p > 0, rate, 1.0)
+    pois = jnp.sum(is_p * (xlogy(a, safe_rate) - rate - gammaln(a + 1.0)))
+    safe_gamma = jnp.where(is_p > 0, pars, 1.0)
+    grad = grad - 2.0 * is_g * (a - pars) * inv_var
+    grad = grad - 2.0 * is_p * (jnp.where(a == 0, 0.0, a / safe_gamma) - m.con_tau)
+    curv = curv + is_g * inv_var
+    curv = curv + is_p * jnp.where(a > 0, a / (safe_gamma * safe_gamma), m.con_tau / safe_gamma)
 
     f = -2.0 * (main + gauss + pois)
-    h = 2.0 * ((jac.T * w) @ jac + jnp.diag(curv))
-    return f, grad, h
+    return f, grad, jac, w, curv
+
+
+def curvature_matrix(jac, w, c):
+    """``2 (J^T diag(w) J + diag(c))`` [P, P] from the factors of
+    :func:`twice_nll_gradient_curvature`."""
+    return 2.0 * ((jac.T * w) @ jac + jnp.diag(c))

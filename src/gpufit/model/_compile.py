@@ -14,6 +14,7 @@ import numpy as np
 
 from ..exceptions import InvalidWorkspace
 from ._compiled import CompiledModel
+from ._solver_tables import constraint_tables, jacobian_tables, solve_partition
 from .interpolation import code4_coefficients
 
 _PER_BIN = ("staterror", "shapesys", "shapefactor")
@@ -156,6 +157,15 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
     aux_order = np.empty(n_aux, dtype=np.int32)
     aux_order[np.asarray(gauss_aux + pois_aux, dtype=np.int64)] = np.arange(n_aux)
 
+    jac_entries, jac_index = jacobian_tables(
+        factor_index, delta_index, bin_of, npars, np.asarray(norm_par, dtype=np.int64),
+        np.asarray(hist_par, dtype=np.int64), n_main,
+    )
+    con_aux, con_gauss, con_pois, con_sigma, con_tau = constraint_tables(
+        npars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par, pois_aux, pois_tau
+    )
+    unconstrained, constrained, solve_inverse = solve_partition(npars, (con_gauss + con_pois) > 0)
+
     def ints(values):
         return np.asarray(values, dtype=np.int32)
 
@@ -181,6 +191,16 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         pois_aux=ints(pois_aux),
         pois_tau=floats(pois_tau),
         aux_order=aux_order,
+        jac_entries=jac_entries,
+        jac_index=jac_index,
+        con_aux=con_aux,
+        con_gauss=floats(con_gauss),
+        con_pois=floats(con_pois),
+        con_sigma=floats(con_sigma),
+        con_tau=floats(con_tau),
+        unconstrained=unconstrained,
+        constrained=constrained,
+        solve_inverse=solve_inverse,
         normsys_code=modifier_settings["normsys"]["interpcode"],
         histosys_code=modifier_settings["histosys"]["interpcode"],
         n_main=int(n_main),

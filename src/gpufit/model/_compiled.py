@@ -25,6 +25,17 @@ ARRAY_FIELDS = (
     "pois_aux",  # [Q] int
     "pois_tau",  # [Q]
     "aux_order",  # [A] int, position of aux datum a in concat(gauss [G], pois [Q])
+    # derived tables for the solver (see model/_solver_tables.py)
+    "jac_entries",  # [Z, L] int, Jacobian contributions summed into each (bin, par) pair
+    "jac_index",  # [N * P] int, pair of each Jacobian entry (Z: identically zero)
+    "con_aux",  # [P] int, auxiliary datum of each parameter's constraint (A: none)
+    "con_gauss",  # [P] 1.0 where the parameter has a Gaussian constraint
+    "con_pois",  # [P] 1.0 where it has a Poisson constraint
+    "con_sigma",  # [P] Gaussian width (1.0 elsewhere)
+    "con_tau",  # [P] Poisson scale factor (1.0 elsewhere)
+    "unconstrained",  # [U] int, parameters solved through the Schur complement
+    "constrained",  # [C] int, parameters solved through the Woodbury identity
+    "solve_inverse",  # [P] int, concat(x[unconstrained], x[constrained])[solve_inverse] == x
 )
 STATIC_FIELDS = ("normsys_code", "histosys_code", "n_main")
 
@@ -55,6 +66,16 @@ class CompiledModel:
     pois_aux: object
     pois_tau: object
     aux_order: object
+    jac_entries: object
+    jac_index: object
+    con_aux: object
+    con_gauss: object
+    con_pois: object
+    con_sigma: object
+    con_tau: object
+    unconstrained: object
+    constrained: object
+    solve_inverse: object
     normsys_code: str
     histosys_code: str
     n_main: int

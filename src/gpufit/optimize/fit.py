@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Mapping
 
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _device
 from ..exceptions import InvalidShape
 from ._result import MINUIT_FALLBACK, FitResult
 from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, value_and_grad_one
@@ -17,13 +17,12 @@ from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, v
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
 _FIRST_PASS_STEPS = 30
-_MEMORY_BUDGET = 256 * 2**20  # bytes of solver state per chunk
 
 
-def default_chunk_size(n_pars: int, n_main: int) -> int:
-    """Largest power of two of fits whose solver state fits in ``_MEMORY_BUDGET``."""
-    per_fit = 8 * (6 * n_pars * n_pars + 8 * n_main * n_pars + 64 * n_pars)
-    return int(2 ** max(0, min(14, math.floor(math.log2(max(_MEMORY_BUDGET // per_fit, 1))))))
+def default_chunk_size(model) -> int:
+    """Fits per compiled call for this model on JAX's default device."""
+    m = model.compiled_numpy
+    return _device.default_chunk_size(m, model.n_pars, model.n_main, model.n_aux)
 
 
 def _padded_size(n: int, chunk: int) -> int:
@@ -148,7 +147,7 @@ def fit(
     n = int(np.prod(batch_shape, dtype=int))
     flat_data = data.reshape(n, width)
     flat_x0 = x0.reshape(n, model.n_pars)
-    chunk = chunk_size or default_chunk_size(model.n_pars, model.n_main)
+    chunk = chunk_size or default_chunk_size(model)
     compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
 
     def solve(rows, starts, steps):
@@ -162,6 +161,7 @@ def fit(
             res = minimize_batch(
                 compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
                 jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
+                group=_device.lockstep_group(size),
             )
             outs.append([np.asarray(r)[: stop - start] for r in res])
         return [np.concatenate(parts).copy() for parts in zip(*outs)]

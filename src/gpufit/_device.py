@@ -1,0 +1,80 @@
+"""How many fits to run at once, from the device the work lands on.
+
+Two sizes matter:
+
+* the **chunk**: fits per compiled call. Inputs, outputs and, on an accelerator, every
+  fit's temporaries live at once, so it is set from the device's memory;
+* the **lockstep group**: fits that step together in one vmapped ``while_loop``. A group
+  runs as long as its slowest member, and on a CPU a group's temporaries should stay in
+  cache, so CPUs use small groups (run one after another with ``lax.map`` inside the
+  compiled call) and accelerators the whole chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+CPU_LOCKSTEP = 16
+_CPU_BUDGET = 512 * 2**20  # bytes per chunk on a CPU (inputs, outputs, one group's temporaries)
+_ACCELERATOR_FRACTION = 0.4  # of the device memory that JAX may use
+_MAX_CHUNK = 2**16
+
+
+def platform() -> str:
+    """JAX's default backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``."""
+    import jax
+
+    return jax.default_backend()
+
+
+def device_memory_bytes() -> int | None:
+    """Memory JAX may use on its default device, or None where it does not say (CPUs)."""
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - backends without memory_stats
+        return None
+    return stats.get("bytes_limit")
+
+
+def bytes_per_fit(m, n_pars: int, n_main: int, n_aux: int) -> int:
+    """Rough bytes of one fit's solver temporaries (float64), from the model's tables."""
+    k, width_f = m.factor_index.shape
+    width_d = m.delta_index.shape[1]
+    z, width_l = m.jac_entries.shape
+    n_terms = m.normsys_par.shape[0] + m.histosys_par.shape[0]
+    words = 8 * k * (width_f + width_d) + 3 * z * width_l + 8 * n_terms + 12 * n_main * n_pars + 8 * (n_pars + n_aux)
+    return 8 * words
+
+
+def default_chunk_size(m, n_pars: int, n_main: int, n_aux: int) -> int:
+    """Fits per compiled call: a power of two that fits the device's memory.
+
+    ``GPUFIT_CHUNK_SIZE`` in the environment overrides it (the ``chunk_size`` argument
+    overrides both).
+    """
+    forced = os.environ.get("GPUFIT_CHUNK_SIZE")
+    if forced:
+        return max(1, int(forced))
+    per_fit = bytes_per_fit(m, n_pars, n_main, n_aux)
+    if platform() == "cpu":
+        per_fit_io = 8 * (4 * n_pars + 2 * (n_main + n_aux) + 8)
+        budget = _CPU_BUDGET - CPU_LOCKSTEP * per_fit
+        fits = max(budget // per_fit_io, CPU_LOCKSTEP)
+    else:
+        memory = device_memory_bytes() or 8 * 2**30
+        fits = int(memory * _ACCELERATOR_FRACTION) // per_fit
+    return int(2 ** max(0, min(int(math.log2(_MAX_CHUNK)), math.floor(math.log2(max(fits, 1))))))
+
+
+def lockstep_group(chunk: int) -> int:
+    """Fits that step together: ``CPU_LOCKSTEP`` (or the largest divisor of ``chunk``
+    below it) on a CPU, the whole chunk elsewhere."""
+    if platform() != "cpu":
+        return chunk
+    group = min(chunk, CPU_LOCKSTEP)
+    while chunk % group:
+        group -= 1
+    return group

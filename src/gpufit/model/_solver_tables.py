@@ -1,0 +1,87 @@
+"""Index tables for the analytic derivatives and the structured Newton solve.
+
+Built once in NumPy from the compiled model's layout, so that the jitted kernels only
+gather (XLA's scatters are slow on CPUs, and a batch of them slower still).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, histosys_par, n_main):
+    """Where each entry of the Jacobian ``d nu_b / d theta_p`` [N, P] comes from.
+
+    The kernel forms one contribution per factor entry [K, M] and per histosys entry
+    [K, H], flattened into ``c = concat(c_factor.ravel(), c_delta.ravel(), [0])``.
+
+    Returns:
+        entries [Z, L] int: for each of the Z (bin, parameter) pairs that can be
+            non-zero, the positions in ``c`` to sum (padded with the trailing zero).
+        index [N * P] int: position of pair (b, p) among the Z sums, or Z (a zero).
+    """
+    par_of_factor = np.concatenate([np.arange(n_pars), normsys_par, [-1]]).astype(np.int64)
+    par_of_delta = np.concatenate([histosys_par, [-1]]).astype(np.int64)
+    pf = par_of_factor[factor_index]  # [K, M]
+    pd = par_of_delta[delta_index]  # [K, H]
+    bins = np.asarray(bin_of, dtype=np.int64)
+    pair_f = np.where(pf >= 0, bins[:, None] * n_pars + pf, -1).ravel()
+    pair_d = np.where(pd >= 0, bins[:, None] * n_pars + pd, -1).ravel()
+    pairs = np.concatenate([pair_f, pair_d])
+    pad = pairs.size  # position of the trailing zero in c
+    valid = np.flatnonzero(pairs >= 0)
+    order = valid[np.argsort(pairs[valid], kind="stable")]
+    keys, starts, counts = np.unique(pairs[order], return_index=True, return_counts=True)
+    width = int(counts.max()) if counts.size else 1
+    entries = np.full((max(keys.size, 1), width), pad, dtype=np.int32)
+    for z, (start, count) in enumerate(zip(starts, counts)):
+        entries[z, :count] = order[start:start + count]
+    index = np.full(n_main * n_pars, max(keys.size, 1), dtype=np.int32)
+    index[keys] = np.arange(keys.size, dtype=np.int32)
+    return entries, index
+
+
+def constraint_tables(n_pars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par, pois_aux, pois_tau):
+    """Constraint terms laid out per parameter (each parameter has at most one).
+
+    Returns:
+        con_aux [P] int: the parameter's auxiliary datum, or A (a padding zero);
+        con_gauss [P], con_pois [P]: 1.0 where the constraint is of that kind;
+        con_sigma [P]: Gaussian width (1.0 elsewhere); con_tau [P]: Poisson scale
+        factor (1.0 elsewhere).
+    """
+    con_aux = np.full(n_pars, n_aux, dtype=np.int32)
+    con_gauss = np.zeros(n_pars)
+    con_pois = np.zeros(n_pars)
+    con_sigma = np.ones(n_pars)
+    con_tau = np.ones(n_pars)
+    con_aux[gauss_par] = gauss_aux
+    con_gauss[gauss_par] = 1.0
+    con_sigma[gauss_par] = gauss_sigma
+    con_aux[pois_par] = pois_aux
+    con_pois[pois_par] = 1.0
+    con_tau[pois_par] = pois_tau
+    return con_aux, con_gauss, con_pois, con_sigma, con_tau
+
+
+def solve_partition(n_pars, constrained_mask):
+    """Split the parameters for the structured solve.
+
+    The Newton matrix is ``J^T W J + diag(d)`` with few main bins N: its constrained
+    block has ``d > 0`` and is inverted through the N x N Woodbury identity, the few
+    unconstrained parameters (POI, normfactors, shapefactors) through their Schur
+    complement. At least one parameter is put in the unconstrained set (any split is
+    exact), so no array is empty.
+
+    Returns:
+        unconstrained [U] int, constrained [C] int, inverse [P] int with
+        ``concat(x[unconstrained], x[constrained])[inverse] == x``.
+    """
+    free = np.flatnonzero(~constrained_mask)
+    cons = np.flatnonzero(constrained_mask)
+    if free.size == 0:
+        free, cons = cons[:1], cons[1:]
+    order = np.concatenate([free, cons])
+    inverse = np.empty(n_pars, dtype=np.int32)
+    inverse[order] = np.arange(n_pars, dtype=np.int32)
+    return free.astype(np.int32), cons.astype(np.int32), inverse
