@@ -6,7 +6,7 @@ import pytest
 
 import gpufit
 from gpufit.optimize import _solver
-from generate import generate_workspace
+from gpufit.testing import generate_workspace
 
 
 def pyhf_twice_nll(model, data, fixed_mu=None):

@@ -65,7 +65,7 @@ def test_1lbb_against_pyhf(lbb_ws):
 
 
 def test_generated_against_pyhf_every_stat():
-    from generate import generate_workspace
+    from gpufit.testing import generate_workspace
 
     ws = gpufit.Workspace(generate_workspace(seed=11))
     model = ws.model()

@@ -10,7 +10,7 @@ import pytest
 
 import gpufit
 from gpufit.likelihood import derivatives, kernels
-from generate import generate_workspace
+from gpufit.testing import generate_workspace
 from reference import reference_logpdf
 from conftest import VALIDATION, random_points
 

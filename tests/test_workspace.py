@@ -10,7 +10,7 @@ import pytest
 
 import gpufit
 from conftest import LBB, SBOTTOM, WS
-from generate import generate_workspace
+from gpufit.testing import generate_workspace
 
 
 def test_load_json_gz_and_file_object(tmp_path):

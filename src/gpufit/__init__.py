@@ -20,6 +20,7 @@ from .exceptions import (  # noqa: E402
     InvalidModel,
     InvalidShape,
     InvalidWorkspace,
+    ToyFitsFailed,
     UnknownName,
     UnspecifiedPOI,
 )
@@ -47,5 +48,6 @@ __all__ = [
     "InvalidShape",
     "InvalidInterpCode",
     "UnspecifiedPOI",
+    "ToyFitsFailed",
     "BackendUnavailable",
 ]

@@ -71,3 +71,15 @@ class UnspecifiedPOI(InvalidModel):
 
 class BackendUnavailable(GpufitError, ImportError):
     """An optional array backend (CuPy) or device that is not installed or not present."""
+
+
+class ToyFitsFailed(GpufitError, RuntimeError):
+    """More toys than the tolerated fraction have a fit that failed after every retry.
+
+    ``result`` holds everything computed (failed toys are NaN in the distributions), so
+    nothing is lost.
+    """
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

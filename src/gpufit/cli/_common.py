@@ -91,6 +91,48 @@ def workspace_options(func):
     return wrapper
 
 
+def toy_options(func):
+    """``--ntoys --seed --toy-pars --chunk-size --max-failed --quiet`` -> ``toy_options``."""
+
+    @click.option("--ntoys", type=int, default=None, help="Toys per hypothesis (and per mu point); default 2000.")
+    @click.option("--seed", type=int, default=None, help="Toy seed, 0 <= S < 2**32; default 0.")
+    @click.option("--toy-pars", type=click.Choice(["profiled", "init"]), default=None,
+                  help="Generate toys at the conditional fit to the data (default) or at the initial values.")
+    @click.option("--chunk-size", type=int, default=None, help="Toys per compiled call (default: from device memory).")
+    @click.option("--max-failed", type=float, default=None,
+                  help="Largest fraction of toys whose fits may fail after every retry (default 0.01).")
+    @click.option("--quiet", is_flag=True, help="No progress bar (also off when stderr is not a terminal).")
+    @functools.wraps(func)
+    def wrapper(ntoys, seed, toy_pars, chunk_size, max_failed, quiet, calculator, **kwargs):
+        given = {"ntoys": ntoys, "seed": seed, "toy_pars": toy_pars, "chunk_size": chunk_size,
+                 "max_failed": max_failed}
+        options = {k: v for k, v in given.items() if v is not None}
+        if calculator != "toys":
+            if options:
+                raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in options)} need --calculator toys")
+            return func(calculator=calculator, toy_options={}, **kwargs)
+        options["progress"] = False if quiet else None
+        return func(calculator=calculator, toy_options=options, **kwargs)
+
+    return wrapper
+
+
+def toy_report(p: dict) -> None:
+    """The toy lines of a table: failures and timing."""
+    info = p.get("info")
+    if not info:
+        return
+    click.echo(
+        f"  toys: {info['ntoys']} per hypothesis{' and mu' if 'mus' in p else ''} (seed {info['seed']}, "
+        f"{info['toy_pars']}), {info['toys']} toys / {info['fits']} fits in {info['seconds']:.1f} s "
+        f"(compile {info['compile_seconds']:.1f} s)"
+    )
+    retried = info["continued"] + info["restarted"] + info["local_minima"]
+    click.echo(
+        f"  failed toys: {p['n_failed']} (fits retried: {retried}, of which iminuit: {info['minuit']})"
+    )
+
+
 def parse_assignments(values, what: str) -> dict:
     """``("mu=1", "lumi=1.02")`` -> ``{"mu": 1.0, "lumi": 1.02}``."""
     out = {}

@@ -11,7 +11,15 @@ import numpy as np
 
 from .._version import __version__
 from ..exceptions import GpufitError
-from ._common import emit, enable_compilation_cache, parse_assignments, parse_range, workspace_options
+from ._common import (
+    emit,
+    enable_compilation_cache,
+    parse_assignments,
+    parse_range,
+    toy_options,
+    toy_report,
+    workspace_options,
+)
 
 
 class _Group(click.Group):
@@ -62,18 +70,25 @@ def fit(ws, model, data, as_json, fixed, no_hesse):
 @click.option("--mu", type=float, default=1.0, show_default=True, help="POI value to test.")
 @click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True)
 @click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
-def hypotest(ws, model, data, as_json, mu, test_stat, calculator):
+@toy_options
+def hypotest(ws, model, data, as_json, mu, test_stat, calculator, toy_options):
     """CLs hypothesis test at one POI value: cls_obs, clsb_obs, clb_obs, cls_exp."""
     from ..infer import hypotest as run
 
-    payload = run(model, data, mu=mu, test_stat=test_stat, calculator=calculator).to_dict()
+    start = time.perf_counter()
+    result = run(model, data, mu=mu, test_stat=test_stat, calculator=calculator, **toy_options)
+    payload = result.to_dict() | {"seconds": time.perf_counter() - start}
 
     def table(p):
         click.echo(f"mu = {p['mu']}  ({p['test_stat']}, {p['calculator']})")
         click.echo(f"  CLs  obs = {p['cls_obs']:.6g}   CLsb = {p['clsb_obs']:.6g}   CLb = {p['clb_obs']:.6g}")
+        if p["calculator"] == "toys":
+            click.echo(f"       +/- {p['cls_obs_err']:.2g}        +/- {p['clsb_obs_err']:.2g}        "
+                       f"+/- {p['clb_obs_err']:.2g}   (binomial)")
         bands = "  ".join(f"{v:.6g}" for v in p["cls_exp"])
         click.echo(f"  CLs  exp (-2..+2 sigma) = {bands}")
-        if p["n_failed"]:
+        toy_report(p)
+        if p["n_failed"] and p["calculator"] != "toys":
             click.echo(f"  warning: {p['n_failed']} fits did not converge")
 
     emit(payload, as_json, table)
@@ -86,13 +101,18 @@ def hypotest(ws, model, data, as_json, mu, test_stat, calculator):
 @click.option("--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True)
 @click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a Brazil-band plot.")
-def limit(ws, model, data, as_json, mus, level, test_stat, calculator, plot):
-    """Upper limit on the POI: observed, expected (-2..+2 sigma), and the scan."""
+@toy_options
+def limit(ws, model, data, as_json, mus, level, test_stat, calculator, plot, toy_options):
+    """Upper limit on the POI: observed, expected (-2..+2 sigma), and the scan.
+
+    With --calculator toys, every (mu point x toy) fit of the scan runs batched; the
+    default grid is 11 points up to 1.5 times the largest asymptotic limit.
+    """
     from ..infer import upper_limit
 
     start = time.perf_counter()
     result = upper_limit(model, data, mus=parse_range(mus) if mus else None, calculator=calculator,
-                         level=level, test_stat=test_stat)
+                         level=level, test_stat=test_stat, **toy_options)
     payload = result.to_dict() | {"seconds": time.perf_counter() - start}
     if plot:
         from ..plotting import brazil_plot
@@ -105,7 +125,8 @@ def limit(ws, model, data, as_json, mus, level, test_stat, calculator, plot):
         click.echo(f"  observed: {p['observed']:.4f}")
         for label, value in zip(["-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma"], p["expected"]):
             click.echo(f"  expected {label:>8s}: {value:.4f}")
-        if p["n_failed"]:
+        toy_report(p)
+        if p["n_failed"] and p["calculator"] != "toys":
             click.echo(f"  warning: {p['n_failed']} fits did not converge")
 
     emit(payload, as_json, table)

@@ -11,6 +11,7 @@ from .asymptotics import AsymptoticScan
 from .test_statistics import normalize_test_stat
 
 CALCULATORS = ("asymptotic", "toys")
+TOY_OPTIONS = ("ntoys", "seed", "toy_pars", "chunk_size", "max_failed", "progress", "toy_tol")
 _CALCULATOR_ALIASES = {"asymptotics": "asymptotic", "toybased": "toys"}
 
 
@@ -18,12 +19,16 @@ def normalize_calculator(name: str) -> str:
     name = _CALCULATOR_ALIASES.get(name, name)
     if name not in CALCULATORS:
         raise ValueError(f"unknown calculator {name!r}; choose one of {', '.join(CALCULATORS)}")
-    if name == "toys":
-        raise NotImplementedError(
-            "calculator='toys' is not available in this version of gpufit; "
-            "use calculator='asymptotic'"
-        )
     return name
+
+
+def split_toy_options(calculator: str, options: dict) -> tuple[dict, dict]:
+    """Separate the toy calculator's options from the fit options; refuse toy options
+    for the asymptotic calculator (they would be silently ignored)."""
+    toy = {k: options.pop(k) for k in TOY_OPTIONS if k in options}
+    if toy and calculator != "toys":
+        raise ValueError(f"{', '.join(sorted(toy))} only apply to calculator='toys'")
+    return toy, options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +43,12 @@ class HypoTestResult:
         cls_exp: 5 expected CLs values for -2, -1, 0, +1, +2 sigma (pyhf's order).
         clsb_exp, clb_exp: the same for CLsb and CLb.
         teststat: the observed test statistic (q, qtilde or q0), and ``teststat_asimov``.
-        teststat_sb, teststat_b: toy distributions (None for asymptotics).
-        n_failed: fits that did not converge (after retries).
+        teststat_sb, teststat_b: toy distributions [ntoys] (None for asymptotics); NaN
+            where a toy's fit failed after every retry.
+        n_failed: toys whose fits failed after every retry (toys calculator), or fits
+            to the observed and Asimov data that did not converge (asymptotic).
+        cls_obs_err, clsb_obs_err, clb_obs_err: binomial errors of the toy p-values.
+        info: toy book-keeping (ntoys, seed, toy_pars, retries, compile and run seconds).
     """
 
     mu: float
@@ -56,6 +65,10 @@ class HypoTestResult:
     teststat_sb: np.ndarray | None = None
     teststat_b: np.ndarray | None = None
     n_failed: int = 0
+    cls_obs_err: float | None = None
+    clsb_obs_err: float | None = None
+    clb_obs_err: float | None = None
+    info: dict | None = None
 
     def to_dict(self) -> dict:
         out = {
@@ -72,6 +85,11 @@ class HypoTestResult:
             "teststat_asimov": self.teststat_asimov,
             "n_failed": self.n_failed,
         }
+        if self.calculator == "toys":
+            out.update(
+                cls_obs_err=self.cls_obs_err, clsb_obs_err=self.clsb_obs_err, clb_obs_err=self.clb_obs_err,
+                info=self.info,
+            )
         return out
 
 
@@ -99,16 +117,24 @@ def hypotest(
     """Test the signal strength ``mu`` on one observed dataset [N + A].
 
     Args:
-        test_stat: ``"qtilde"`` (default, POI >= 0), ``"q"`` or ``"q0"``.
-        calculator: ``"asymptotic"`` (``"asymptotics"`` also accepted).
+        test_stat: ``"qtilde"`` (default, POI >= 0), ``"q"`` or ``"q0"``; the toys
+            calculator also takes ``"t"`` and ``"ttilde"``.
+        calculator: ``"asymptotic"`` (``"asymptotics"`` also accepted) or ``"toys"``.
         init, bounds, fixed: as for :func:`gpufit.fit`.
+        ntoys, seed, toy_pars, chunk_size, max_failed, progress, toy_tol: options of
+            the toys calculator (:class:`gpufit.infer.toys.ToyCalculator`); by default
+            2000 toys per hypothesis, seed 0, ``toy_pars="profiled"``.
     """
     test_stat = normalize_test_stat(test_stat)
     calculator = normalize_calculator(calculator)
+    toy_options, fit_options = split_toy_options(calculator, fit_options)
     _check_poi(model, fixed)
     data = np.asarray(data, dtype=model.dtype)
     if data.ndim != 1:
         raise ValueError(f"hypotest takes one observed dataset [N + A], got shape {data.shape}")
+    if calculator == "toys":
+        return _toy_hypotest(model, data, mu, test_stat, toy_options, init=init, bounds=bounds, fixed=fixed,
+                             **fit_options)
     scan = AsymptoticScan(model, data, test_stat, init=init, bounds=bounds, fixed=fixed, **fit_options)
     r = scan.evaluate([mu])
     q0 = test_stat == "q0"
@@ -126,3 +152,42 @@ def hypotest(
         teststat_asimov=float(r["q_asimov"][0]),
         n_failed=scan.fits_failed,
     )
+
+
+def _toy_hypotest(model, data, mu, test_stat, toy_options, **fit_options) -> HypoTestResult:
+    from .toys import ToyCalculator
+
+    calc = ToyCalculator(model, data, [mu], test_stat, **toy_options, **fit_options)
+    r = calc.run()
+    q0 = test_stat == "q0"
+    return HypoTestResult(
+        mu=float(r["mu"][0]),
+        test_stat=test_stat,
+        calculator="toys",
+        cls_obs=float(r["clsb_obs"][0] if q0 else r["cls_obs"][0]),
+        clsb_obs=float(r["clsb_obs"][0]),
+        clb_obs=float(r["clb_obs"][0]),
+        cls_exp=np.asarray(r["clsb_exp"][0] if q0 else r["cls_exp"][0]),
+        clsb_exp=np.asarray(r["clsb_exp"][0]),
+        clb_exp=np.asarray(r["clb_exp"][0]),
+        teststat=float(r["teststat_obs"][0]),
+        teststat_sb=r["teststat_sb"][0],
+        teststat_b=r["teststat_b"][0],
+        n_failed=int(r["n_failed"]),
+        cls_obs_err=float(r["clsb_obs_err"][0] if q0 else r["cls_obs_err"][0]),
+        clsb_obs_err=float(r["clsb_obs_err"][0]),
+        clb_obs_err=float(r["clb_obs_err"][0]),
+        info=toy_info(calc, r),
+    )
+
+
+def toy_info(calc, r) -> dict:
+    """What a toy run did: counts, retries and seconds (for results and the CLI)."""
+    return {
+        "ntoys": calc.ntoys,
+        "seed": calc.seed,
+        "toy_pars": calc.toy_pars,
+        "chunk_size": calc.chunk_size,
+        "n_failed_observed_fits": calc.n_failed_observed,
+        **r["stats"],
+    }

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import toms748
 
 from .asymptotics import AsymptoticScan
-from .hypotest import _check_poi, normalize_calculator
+from .hypotest import _check_poi, normalize_calculator, split_toy_options, toy_info
 from .test_statistics import normalize_test_stat
 
 
@@ -28,6 +28,7 @@ class UpperLimitResult:
     test_stat: str
     calculator: str
     n_failed: int = 0
+    info: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -40,7 +41,22 @@ class UpperLimitResult:
             "test_stat": self.test_stat,
             "calculator": self.calculator,
             "n_failed": self.n_failed,
+            **({"info": self.info} if self.info is not None else {}),
         }
+
+
+def first_crossing(mus, values, level) -> float:
+    """Where a CLs curve first drops below ``level``, interpolated linearly between the
+    two grid points around it (robust to the toy noise that makes a curve non-monotonic);
+    NaN if it never does, ``mus[0]`` if it starts below."""
+    below = np.flatnonzero(np.asarray(values) < level)
+    if below.size == 0:
+        return float("nan")
+    i = below[0]
+    if i == 0:
+        return float(mus[0])
+    x0, x1, y0, y1 = mus[i - 1], mus[i], values[i - 1], values[i]
+    return float(x0 + (level - y0) * (x1 - x0) / (y1 - y0))
 
 
 def _interpolated_crossing(mus, values, level) -> float:
@@ -68,10 +84,19 @@ def upper_limit(
     are interpolated linearly, as pyhf's ``linear_grid_scan``. Without, each of the six
     curves (observed, 5 expected) is bracketed and solved with TOMS 748 (as pyhf's
     ``toms748_scan``), every evaluation reusing the free fits.
+
+    ``calculator="toys"`` runs the toys of every grid point as one batch (the toy
+    options of :func:`gpufit.hypotest` apply, ``ntoys`` per hypothesis and point) and
+    interpolates each curve where it first crosses ``level``. Without ``mus`` the grid
+    is 11 points from the POI's lower bound to 1.5 times the largest asymptotic limit.
     """
     test_stat = normalize_test_stat(test_stat)
     calculator = normalize_calculator(calculator)
+    toy_options, fit_options = split_toy_options(calculator, fit_options)
     _check_poi(model, fixed)
+    if calculator == "toys":
+        return _toy_upper_limit(model, data, mus, level, test_stat, toy_options,
+                                init=init, bounds=bounds, fixed=fixed, **fit_options)
     scan = AsymptoticScan(model, data, test_stat, init=init, bounds=bounds, fixed=fixed, **fit_options)
     cache: dict[float, np.ndarray] = {}
 
@@ -122,4 +147,41 @@ def upper_limit(
         test_stat=test_stat,
         calculator=calculator,
         n_failed=scan.fits_failed,
+    )
+
+
+def toy_grid(model, data, level=0.05, test_stat="qtilde", points=11, bounds=None, **fit_options) -> np.ndarray:
+    """Default grid of a toy scan: from the POI's lower bound (at least 0) to 1.5 times
+    the largest asymptotic limit (observed or +2 sigma expected)."""
+    asy = upper_limit(model, data, level=level, test_stat=test_stat, bounds=bounds, **fit_options)
+    finite = [v for v in [asy.observed, *asy.expected] if np.isfinite(v)]
+    low = model.suggested_bounds()[model.poi_index, 0]
+    if isinstance(bounds, dict) and model.poi_name in bounds:
+        low = bounds[model.poi_name][0]
+    low = max(float(low), 0.0)
+    top = 1.5 * max(finite) if finite else model.suggested_bounds()[model.poi_index, 1]
+    return np.linspace(low, max(top, low + 1e-3), points)
+
+
+def _toy_upper_limit(model, data, mus, level, test_stat, toy_options, **fit_options) -> UpperLimitResult:
+    from .toys import ToyCalculator
+
+    if mus is None:
+        mus = toy_grid(model, data, level, test_stat, **fit_options)
+    mus = np.asarray(mus, dtype=float)
+    calc = ToyCalculator(model, data, mus, test_stat, **toy_options, **fit_options)
+    r = calc.run()
+    values = np.column_stack([r["cls_obs"], r["cls_exp"]])
+    limits = [first_crossing(mus, values[:, j], level) for j in range(6)]
+    return UpperLimitResult(
+        observed=limits[0],
+        expected=np.asarray(limits[1:]),
+        mus=mus,
+        cls_obs=values[:, 0],
+        cls_exp=values[:, 1:],
+        level=level,
+        test_stat=test_stat,
+        calculator="toys",
+        n_failed=int(r["n_failed"]),
+        info=toy_info(calc, r),
     )

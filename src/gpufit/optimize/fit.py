@@ -27,10 +27,15 @@ def default_chunk_size(model) -> int:
 
 def _padded_size(n: int, chunk: int) -> int:
     """Batch sizes are rounded up to powers of two (then to whole chunks) so that a
-    handful of compiled shapes serve every call."""
+    handful of compiled shapes serve every call; on a CPU, batches of more than one fit
+    are at least one lockstep group, so that every fit runs in the same compiled group
+    shape (bit-identical results whatever the batch around it)."""
     if n >= chunk:
         return chunk
-    return 1 << max(0, (n - 1).bit_length())
+    size = 1 << max(0, (n - 1).bit_length())
+    if n > 1 and _device.platform() == "cpu":
+        size = max(size, min(chunk, _device.CPU_LOCKSTEP))
+    return size
 
 
 def resolve_fixed(model, fixed, batch_shape):
@@ -110,6 +115,7 @@ def fit(
     maxiter: int = DEFAULT_MAXITER,
     retry: bool = True,
     chunk_size: int | None = None,
+    damping: float = 1e-3,
 ) -> FitResult:
     """Maximum-likelihood fits, one per dataset.
 
@@ -128,7 +134,10 @@ def fit(
         maxiter: cap on solver steps per fit.
         retry: refit the fits that did not converge with iminuit (MIGRAD, strategy 2);
             what still fails keeps ``converged=False``.
-        chunk_size: fits per compiled call (default: from the model size).
+        chunk_size: fits per compiled call (default: from the model size and the
+            device's memory; ``GPUFIT_CHUNK_SIZE`` in the environment also sets it).
+        damping: initial Levenberg-Marquardt damping; larger values take more careful
+            (more gradient-like) first steps.
 
     Returns:
         :class:`FitResult` with leading shape ``[...]``.
@@ -161,7 +170,7 @@ def fit(
             res = minimize_batch(
                 compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
                 jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
-                group=_device.lockstep_group(size),
+                group=_device.lockstep_group(size), lam0=damping,
             )
             outs.append([np.asarray(r)[: stop - start] for r in res])
         return [np.concatenate(parts).copy() for parts in zip(*outs)]

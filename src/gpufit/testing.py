@@ -1,4 +1,10 @@
-"""Generated HistFactory workspaces that use every modifier type together."""
+"""Helpers for tests and benchmarks: generated workspaces and a pyhf 0.7.6 shim.
+
+``generate_workspace`` writes random but physical HistFactory workspaces that use every
+modifier type together, of any size (``n_parameters`` gives the parameter count of a
+call). ``patch_pyhf_percentile`` lets pyhf 0.7.6's toy calculator run on numpy >= 2.4
+and jax >= 0.10 (fixed upstream after 0.7.6).
+"""
 
 from __future__ import annotations
 
@@ -60,3 +66,35 @@ def generate_workspace(seed: int = 0, n_channels: int = 2, n_bins: int = 4, n_sa
         },
     }
     return {"channels": channels, "observations": observations, "measurements": [measurement], "version": "1.0.0"}
+
+
+def n_parameters(spec: dict) -> int:
+    """Number of model parameters of a generated workspace (as pyhf counts them)."""
+    import pyhf
+
+    return pyhf.Workspace(spec).model().config.npars
+
+
+def patch_pyhf_percentile() -> None:
+    """Make pyhf 0.7.6's ``percentile`` call numpy/jax with ``method=``.
+
+    pyhf 0.7.6 passes ``interpolation=`` to ``numpy.percentile`` and ``jax.numpy.percentile``,
+    a keyword numpy >= 2.4 and jax >= 0.10 no longer take, so its ``ToyCalculator``
+    raises TypeError. Idempotent; does nothing on newer pyhf.
+    """
+    from pyhf.tensor import numpy_backend
+
+    def numpy_percentile(self, tensor_in, q, axis=None, interpolation="linear"):
+        return np.percentile(tensor_in, q, axis=axis, method=interpolation)
+
+    numpy_backend.numpy_backend.percentile = numpy_percentile
+    try:
+        import jax.numpy as jnp
+        from pyhf.tensor import jax_backend
+    except ImportError:  # pragma: no cover - jax is a dependency of gpufit
+        return
+
+    def jax_percentile(self, tensor_in, q, axis=None, interpolation="linear"):
+        return jnp.percentile(tensor_in, q, axis=axis, method=interpolation)
+
+    jax_backend.jax_backend.percentile = jax_percentile

@@ -1,0 +1,377 @@
+"""The batched toy calculator: test-statistic distributions from thousands of
+pseudo-experiments fitted at once.
+
+A *row* is one toy: (hypothesis, mu index, toy index). For a chunk of rows one compiled
+call draws the toys on the device (:mod:`gpufit.infer.sampling`) and runs both fits of
+each (free, and with the POI fixed to the tested value) from the point that generated
+it. Fits that stop short are then, outside the compiled call and only for those rows:
+
+1. continued with the same solver from where they stopped (up to ``maxiter`` steps);
+2. restarted from the model's suggested initial values with heavier damping;
+3. handed to iminuit (MIGRAD, strategy 2).
+
+A free fit that ends above its fixed-POI twin (a local minimum: the fixed fit's point is
+admissible for the free fit) is refitted from the twin's parameters. What still fails
+is counted: its test statistic is NaN, it is left out of the p-values, and more than
+``max_failed`` (a fraction) raises :class:`gpufit.ToyFitsFailed` carrying the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _device
+from ..exceptions import ToyFitsFailed
+from ..optimize import fit
+from ..optimize._result import MINUIT_FALLBACK
+from ..optimize._solver import CONVERGED, minimize_batch
+from ..optimize.fit import DEFAULT_TOL, _resolve_bounds, default_chunk_size, resolve_fixed
+from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
+from .test_statistics import check_poi_bounds, from_fits
+from .toy_pvalues import toy_pvalues
+
+DEFAULT_NTOYS = 2000
+TOY_PARS = ("profiled", "init")
+_FIRST_PASS_STEPS = 30
+_MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay frequent
+_SEED_LIMIT = 2**32
+
+
+@functools.partial(jax.jit, static_argnames=("maxiter", "group"))
+def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol,
+              maxiter: int, group: int):
+    """Draw a chunk of toys and fit each twice, in one compiled call.
+
+    Args:
+        m: compiled model; seed: [] uint32.
+        hypothesis, mu_index, toy_index: [C] int, the rows.
+        gen_pars: [C, P] generating parameters; mu_test: [C] tested POI values.
+        poi_mask: [P] bool (the POI); free: [P] bool; lo, hi: [P]; tol: [].
+
+    Returns:
+        data [C, N + A]; then for the free fits and the fixed-POI fits:
+        pars [C, P], twice_nll [C], status [C], n_iter [C] (eight arrays).
+    """
+    keys = toy_keys(seed, hypothesis, mu_index, toy_index)
+    data = sample_toys(m, gen_pars, keys)
+    x_fixed = jnp.where(poi_mask, mu_test[:, None], gen_pars)
+    c = data.shape[0]
+    both_free = jnp.concatenate([jnp.broadcast_to(free, gen_pars.shape), jnp.broadcast_to(free & ~poi_mask, gen_pars.shape)])
+    pars, f, status, n_iter, _ = minimize_batch(
+        m, jnp.concatenate([data, data]), jnp.concatenate([gen_pars, x_fixed]), both_free, lo, hi, tol,
+        maxiter=maxiter, group=group,
+    )
+    return data, pars[:c], f[:c], status[:c], n_iter[:c], pars[c:], f[c:], status[c:], n_iter[c:]
+
+
+@dataclasses.dataclass
+class ToyStats:
+    """Book-keeping of a toy run: counts and seconds."""
+
+    toys: int = 0
+    fits: int = 0
+    continued: int = 0
+    restarted: int = 0
+    minuit: int = 0
+    local_minima: int = 0
+    failed: int = 0
+    compile_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """A progress bar only when asked, or by default when stderr is a terminal."""
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
+class ToyCalculator:
+    """Toy-based p-values at POI values ``mus`` for one observed dataset.
+
+    Args:
+        model, data: the model and the observed data [N + A].
+        mus: tested POI values [M].
+        test_stat: ``"qtilde"``, ``"q"``, ``"q0"``, ``"t"`` or ``"ttilde"``.
+        ntoys: toys per hypothesis and mu.
+        seed: campaign seed, 0 <= seed < 2**32; the toys depend only on
+            (seed, hypothesis, mu index, toy index).
+        toy_pars: ``"profiled"``: nuisance parameters at their conditional fit to the
+            data (mu fixed to the tested value, or to 0 for background-only toys; 1 for
+            q0); ``"init"``: the suggested initial values.
+        chunk_size: toys per compiled call (default: from the device's memory).
+        max_failed: largest tolerated fraction of toys with a failed fit.
+        progress: progress bar on stderr (default: when stderr is a terminal).
+        init, bounds, fixed, tol, maxiter: as for :func:`gpufit.fit` (``tol`` for the
+            fits to the observed data).
+        toy_tol: edm threshold of the toy fits: 1e-6 by default, which puts each toy's
+            test statistic within about 1e-6 of its exact value at 20% fewer steps.
+    """
+
+    def __init__(self, model, data, mus, test_stat="qtilde", *, ntoys=DEFAULT_NTOYS, seed=0,
+                 toy_pars="profiled", chunk_size=None, max_failed=0.01, progress=None,
+                 init=None, bounds=None, fixed=None, tol=DEFAULT_TOL, maxiter=300, toy_tol=1e-6):
+        if toy_pars not in TOY_PARS:
+            raise ValueError(f"toy_pars must be one of {TOY_PARS}, got {toy_pars!r}")
+        if not 0 <= int(seed) < _SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        if int(ntoys) < 1:
+            raise ValueError(f"ntoys must be at least 1, got {ntoys!r}")
+        if not 0.0 <= float(max_failed) <= 1.0:
+            raise ValueError(f"max_failed is a fraction in [0, 1], got {max_failed!r}")
+        poi = model.require_poi()
+        self.model = model
+        self.test_stat = test_stat
+        self.data = np.asarray(data, dtype=model.dtype)
+        self.mus = np.atleast_1d(np.asarray(mus, dtype=model.dtype))
+        if test_stat == "q0":
+            self.mus = np.zeros_like(self.mus)
+        self.ntoys = int(ntoys)
+        self.seed = int(seed)
+        self.toy_pars = toy_pars
+        self.max_failed = float(max_failed)
+        self.progress = progress
+        self.tol = float(toy_tol)
+        self.maxiter = int(maxiter)
+        self.user_fixed = dict(fixed or {})
+        self.fit_kwargs = dict(init=init, bounds=bounds, fixed=fixed, tol=tol, maxiter=maxiter)
+        self.stats = ToyStats()
+
+        flags, values = resolve_fixed(model, fixed, ())
+        b = _resolve_bounds(model, bounds)
+        check_poi_bounds(test_stat, float(b[poi, 0]))
+        self.bounds = b
+        self.free = ~flags
+        self.poi_mask = np.zeros(model.n_pars, bool)
+        self.poi_mask[poi] = True
+
+        # observed test statistics: one free fit, one fixed-POI fit per mu
+        m = len(self.mus)
+        self.free_obs = fit(model, self.data, hesse=False, **self.fit_kwargs)
+        self.fixed_obs = self._fixed_fit(np.broadcast_to(self.data, (m, self.data.size)), self.mus)
+        self.teststat_obs = from_fits(
+            test_stat, self.mus, self.fixed_obs.twice_nll, self.free_obs.twice_nll, self.free_obs.pars[poi]
+        )
+
+        # generating points [M, P] of both hypotheses
+        mu_b = 1.0 if test_stat == "q0" else 0.0
+        self.n_failed_observed = int(np.sum(~self.fixed_obs.converged)) + int(not self.free_obs.converged)
+        if toy_pars == "profiled":
+            self.gen_sb = self.fixed_obs.pars
+            gen_b = self._fixed_fit(self.data, mu_b)
+            self.gen_b = np.broadcast_to(gen_b.pars, (m, model.n_pars))
+            self.n_failed_observed += int(not gen_b.converged)
+        else:
+            x0 = model.suggested_init()
+            for index, value in values.items():
+                x0[index] = value
+            self.gen_sb = np.repeat(x0[None], m, axis=0)
+            self.gen_sb[:, poi] = self.mus
+            self.gen_b = np.repeat(x0[None], m, axis=0)
+            self.gen_b[:, poi] = mu_b
+
+        if chunk_size is None:
+            chunk_size = max(default_chunk_size(model) // 2, _device.CPU_LOCKSTEP)
+            if _device.platform() == "cpu":
+                chunk_size = min(chunk_size, _MAX_CPU_CHUNK)
+        self.chunk_size = int(chunk_size)
+
+    # -- fits ------------------------------------------------------------------------
+    def _fixed_fit(self, data, mu, **kwargs):
+        kwargs.setdefault("tol", self.fit_kwargs["tol"])
+        pinned = dict(self.user_fixed)
+        pinned[self.model.poi_name] = np.broadcast_to(np.asarray(mu, dtype=self.model.dtype), np.shape(data)[:-1])
+        options = dict(self.fit_kwargs, fixed=pinned, hesse=False)
+        options.update(kwargs)
+        return fit(self.model, data, **options)
+
+    def _free_fit(self, data, **kwargs):
+        kwargs.setdefault("tol", self.fit_kwargs["tol"])
+        options = dict(self.fit_kwargs, hesse=False)
+        options.update(kwargs)
+        return fit(self.model, data, **options)
+
+    def _refit(self, kind, data, mu_test, **kwargs):
+        kwargs["tol"] = self.tol
+        if kind == "free":
+            return self._free_fit(data, **kwargs)
+        return self._fixed_fit(data, mu_test, **kwargs)
+
+    def _repair(self, data, mu_test, free_res, fixed_res):
+        """Retry the fits of one chunk that did not converge, in place; return failed [C].
+
+        ``free_res`` and ``fixed_res`` are [pars [C, P], twice_nll [C], status [C]].
+        """
+        stats = self.stats
+        for kind, (pars, f, status) in (("free", free_res), ("fixed", fixed_res)):
+            bad = np.flatnonzero(status != CONVERGED)
+            if bad.size == 0:
+                continue
+            # 1. continue from where the first pass stopped
+            stats.continued += bad.size
+            r = self._refit(kind, data[bad], mu_test[bad], init=pars[bad], retry=False)
+            _store(pars, f, status, bad, r)
+            still = bad[~r.converged]
+            if still.size == 0:
+                continue
+            # 2. a new start with heavier damping and twice the steps, then 3. iminuit
+            start = np.repeat(self.model.suggested_init()[None], still.size, axis=0)
+            if kind == "fixed":
+                start[:, self.model.poi_index] = mu_test[still]
+            stats.restarted += still.size
+            r = self._refit(kind, data[still], mu_test[still], init=start, damping=1.0,
+                            maxiter=2 * self.maxiter, retry=True)
+            stats.minuit += int(np.sum(r.status >= MINUIT_FALLBACK))
+            _store(pars, f, status, still, r)
+
+        # a free fit above its fixed twin sits in a local minimum: refit from the twin
+        f_free, f_fixed = free_res[1], fixed_res[1]
+        worse = np.flatnonzero(
+            (free_res[2] == CONVERGED) & (fixed_res[2] == CONVERGED) & (f_free > f_fixed + max(1e-5, 10 * self.tol))
+        )
+        if worse.size:
+            stats.local_minima += worse.size
+            r = self._free_fit(data[worse], init=fixed_res[0][worse], retry=True, tol=self.tol)
+            better = r.converged & (r.twice_nll < f_free[worse])
+            _store(*free_res, worse[better], _select(r, better))
+        return (free_res[2] != CONVERGED) | (fixed_res[2] != CONVERGED)
+
+    # -- rows --------------------------------------------------------------------------
+    def teststats(self, hypothesis, mu_index, toy_index, bar=None) -> tuple[np.ndarray, np.ndarray]:
+        """Test statistics of toys given by rows: three int arrays [R].
+
+        Returns:
+            teststat [R] (NaN where a fit failed after every retry), failed [R] bool.
+        """
+        hypothesis = np.asarray(hypothesis, np.int64)
+        mu_index = np.asarray(mu_index, np.int64)
+        toy_index = np.asarray(toy_index, np.int64)
+        out = np.full(hypothesis.size, np.nan)
+        failed = np.zeros(hypothesis.size, bool)
+        model, poi = self.model, self.model.poi_index
+        compiled = model.compiled
+        chunk = self.chunk_size
+        group = _device.lockstep_group(chunk)
+        chunk -= chunk % group
+        lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
+        free, poi_mask = jnp.asarray(self.free), jnp.asarray(self.poi_mask)
+        started = time.perf_counter()
+        for start in range(0, hypothesis.size, chunk):
+            stop = min(start + chunk, hypothesis.size)
+            rows = np.arange(start, stop)
+            take = np.concatenate([rows, np.repeat(rows[:1], chunk - rows.size)])  # pad to the chunk
+            h, i, t = hypothesis[take], mu_index[take], toy_index[take]
+            gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
+            mu_test = self.mus[i]
+            args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
+                    jnp.asarray(gen), jnp.asarray(mu_test), poi_mask, free, lo, hi, self.tol)
+            compiled_call, compile_seconds = _compiled(args, _FIRST_PASS_STEPS, group)
+            self.stats.compile_seconds += compile_seconds
+            res = [np.asarray(a).copy() for a in compiled_call(*args)]
+            data, pf, ff, sf, _, px, fx, sx, _ = res
+            n = rows.size
+            data, mu_test = data[:n], mu_test[:n]
+            free_res, fixed_res = [pf[:n], ff[:n], sf[:n]], [px[:n], fx[:n], sx[:n]]
+            bad = self._repair(data, mu_test, free_res, fixed_res)
+            ts = from_fits(self.test_stat, mu_test, fixed_res[1], free_res[1], free_res[0][:, poi])
+            out[rows] = np.where(bad, np.nan, ts)
+            failed[rows] = bad
+            self.stats.toys += n
+            self.stats.fits += 2 * n
+            self.stats.failed += int(bad.sum())
+            if bar is not None:
+                bar.update(n)
+        self.stats.seconds += time.perf_counter() - started
+        return out, failed
+
+    def run(self) -> dict:
+        """All toys of every mu: ``teststat_sb``, ``teststat_b`` [M, ntoys] and p-values."""
+        m, n = len(self.mus), self.ntoys
+        hyp = np.repeat([SIGNAL_PLUS_BACKGROUND, BACKGROUND_ONLY], n)
+        hypothesis = np.tile(hyp, m)
+        mu_index = np.repeat(np.arange(m), 2 * n)
+        toy_index = np.tile(np.arange(n), 2 * m)
+        with _progress_bar(self.progress, 2 * m * n) as bar:
+            ts, _ = self.teststats(hypothesis, mu_index, toy_index, bar)
+        ts = ts.reshape(m, 2, n)
+        return self.summarize(ts[:, 0], ts[:, 1])
+
+    def summarize(self, teststat_sb, teststat_b) -> dict:
+        """p-values per mu from toy distributions [M, T]; enforces ``max_failed``."""
+        results = [toy_pvalues(self.teststat_obs[k], teststat_sb[k], teststat_b[k]) for k in range(len(self.mus))]
+        out = {key: np.array([r[key] for r in results]) for key in results[0]}
+        out.update(mu=self.mus, teststat_obs=np.asarray(self.teststat_obs), teststat_sb=teststat_sb,
+                   teststat_b=teststat_b)
+        failed = int(np.sum(~np.isfinite(teststat_sb)) + np.sum(~np.isfinite(teststat_b)))
+        out["n_failed"] = failed
+        out["stats"] = self.stats.to_dict()
+        total = teststat_sb.size + teststat_b.size
+        if total and failed / total > self.max_failed:
+            raise ToyFitsFailed(
+                f"{failed} of {total} toys ({failed / total:.2%}) have a fit that failed after every retry, "
+                f"above max_failed={self.max_failed:g}; their test statistics are NaN in "
+                "err.result. Check the model (gpufit fit on the observed data), loosen tol, "
+                "or raise max_failed to accept them",
+                result=out,
+            )
+        return out
+
+
+def _compiled_cache_key(args, maxiter, group):
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    return (tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves), maxiter, group)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(args, maxiter, group):
+    """The compiled chunk function for these argument shapes, and its compile seconds
+    (0 when it was compiled before)."""
+    key = _compiled_cache_key(args, maxiter, group)
+    if key in _COMPILED:
+        return _COMPILED[key], 0.0
+    start = time.perf_counter()
+    compiled = toy_chunk.lower(*args, maxiter=maxiter, group=group).compile()
+    seconds = time.perf_counter() - start
+    if len(_COMPILED) > 16:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = compiled
+    return compiled, seconds
+
+
+def _store(pars, f, status, rows, r):
+    pars[rows], f[rows], status[rows] = r.pars, r.twice_nll, np.where(r.converged, CONVERGED, r.status)
+
+
+def _select(r, mask):
+    return dataclasses.replace(
+        r, pars=r.pars[mask], twice_nll=r.twice_nll[mask], converged=r.converged[mask], status=r.status[mask]
+    )
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress_bar(progress, total):
+    if not show_progress(progress):
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="toy", desc="toys", leave=False, smoothing=0.1)

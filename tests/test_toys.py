@@ -1,0 +1,238 @@
+"""Toys: device sampling, determinism, the batched calculator against pyhf's
+ToyCalculator (statistically, with binomial errors), retries and failure accounting."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pyhf
+import pytest
+from click.testing import CliRunner
+from conftest import VALIDATION
+from scipy import stats
+
+import gpufit
+from gpufit.cli import main
+from gpufit.infer import sampling
+from gpufit.infer.toy_pvalues import toy_pvalues
+from gpufit.infer.toys import ToyCalculator
+from gpufit.testing import generate_workspace, patch_pyhf_percentile
+
+
+def _pyhf_toys(model, data, mu, ntoys, seed, test_stat="qtilde"):
+    """pyhf's ToyCalculator (numpy backend, percentile shim): p-values and distributions."""
+    patch_pyhf_percentile()
+    pyhf.set_backend("numpy")
+    np.random.seed(seed)
+    pm = model.pyhf_model
+    calc = pyhf.infer.utils.create_calculator(
+        "toybased", data, pm, pm.config.suggested_init(), pm.config.suggested_bounds(),
+        pm.config.suggested_fixed(), ntoys=ntoys, test_stat=test_stat, track_progress=False,
+    )
+    obs = calc.teststatistic(mu)
+    sb, b = calc.distributions(mu)
+    clsb, clb, cls = calc.pvalues(obs, sb, b)
+    exp = calc.expected_pvalues(sb, b)
+    return {
+        "clsb": float(clsb), "clb": float(clb), "cls": float(cls), "cls_exp": np.asarray(exp[2], dtype=float),
+        "sb": np.asarray(sb.samples, dtype=float), "b": np.asarray(b.samples, dtype=float), "obs": float(obs),
+    }
+
+
+def _within(a, b, n_a, n_b, sigmas=4.0):
+    """|a - b| within ``sigmas`` binomial errors of the difference."""
+    p = 0.5 * (a + b)
+    err = np.sqrt(max(p * (1 - p), 1.0 / max(n_a, n_b)) * (1.0 / n_a + 1.0 / n_b))
+    return abs(a - b) <= sigmas * err
+
+
+def _validation(name):
+    ws = gpufit.Workspace.load(os.path.join(VALIDATION, name))
+    return ws
+
+
+@pytest.mark.parametrize(
+    "case,mu,ntoys",
+    [("docs", 1.0, 1500), ("1bin_shapesys.json", 1.0, 600), ("generated", 1.0, 200)],
+)
+def test_toys_agree_with_pyhf(case, mu, ntoys, docs_ws):
+    if case == "docs":
+        ws = docs_ws
+    elif case == "generated":
+        # two channels: the shapefactor of channel 0 cannot absorb the signal of channel 1
+        ws = gpufit.Workspace(generate_workspace(seed=5, n_channels=2, n_bins=2, n_normsys=2, n_histosys=1))
+    else:
+        ws = _validation(case)
+    model = ws.model()
+    data = ws.data(model)
+    ours = gpufit.hypotest(model, data, mu, calculator="toys", ntoys=4 * ntoys, seed=11, progress=False)
+    ref = _pyhf_toys(model, data, mu, ntoys, seed=11)
+    assert ours.n_failed == 0
+    assert ours.teststat == pytest.approx(ref["obs"], abs=2e-4)
+    n_ours, n_ref = 4 * ntoys, ntoys
+    assert _within(ours.clsb_obs, ref["clsb"], n_ours, n_ref), (ours.clsb_obs, ref["clsb"])
+    assert _within(ours.clb_obs, ref["clb"], n_ours, n_ref), (ours.clb_obs, ref["clb"])
+    # the distributions themselves: two-sample KS on each hypothesis
+    assert stats.ks_2samp(ours.teststat_sb, ref["sb"]).pvalue > 1e-3
+    assert stats.ks_2samp(ours.teststat_b, ref["b"]).pvalue > 1e-3
+    _assert_band_consistent(ours, ref)
+
+
+def _band_noise(sb, b, obs, rng, n_boot=200):
+    """Bootstrap standard deviation of the expected CLs band [5] from toy samples."""
+    bands = [
+        toy_pvalues(obs, rng.choice(sb, sb.size), rng.choice(b, b.size))["cls_exp"] for _ in range(n_boot)
+    ]
+    return np.std(bands, axis=0)
+
+
+def _assert_band_consistent(ours, ref, sigmas=4.0):
+    """The expected CLs band within toy noise: both bands' bootstrap errors combined.
+    (Its outer values ride on the tails of the signal+background toys and move by
+    several hundredths between seeds at a few thousand toys.)"""
+    rng = np.random.default_rng(0)
+    noise = np.hypot(
+        _band_noise(ours.teststat_sb, ours.teststat_b, ours.teststat, rng),
+        _band_noise(ref["sb"], ref["b"], ref["obs"], rng),
+    )
+    np.testing.assert_array_less(np.abs(ours.cls_exp - ref["cls_exp"]), sigmas * noise + 1e-3)
+
+
+def test_toys_converge_to_asymptotics_at_large_counts():
+    """A 2-bin model with thousands of events: toy CLs approach the asymptotic ones."""
+    spec = pyhf.simplemodels.uncorrelated_background(
+        signal=[150.0, 120.0], bkg=[5000.0, 4000.0], bkg_uncertainty=[50.0, 40.0]
+    ).spec
+    ws = gpufit.Workspace({"channels": spec["channels"], "observations": [{"name": "singlechannel", "data": [5080.0, 4050.0]}],
+                           "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"})
+    model = ws.model()
+    data = ws.data(model)
+    asy = gpufit.hypotest(model, data, 1.0)
+    toys = gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=4000, seed=3, progress=False)
+    for ours, want, err in ((toys.clsb_obs, asy.clsb_obs, toys.clsb_obs_err), (toys.clb_obs, asy.clb_obs, toys.clb_obs_err)):
+        assert abs(ours - want) < 4 * err + 0.01, (ours, want, err)
+    assert toys.cls_obs == pytest.approx(asy.cls_obs, abs=4 * toys.cls_obs_err + 0.02)
+    np.testing.assert_allclose(toys.cls_exp[:3], asy.cls_exp[:3], atol=0.03)
+
+
+def test_sampling_moments_match_the_model(sbottom):
+    """Main data Poisson(nu), Gaussian aux Normal(theta, sigma), as pyhf samples them."""
+    model, data = sbottom
+    m = model.compiled
+    pars = model.suggested_init()
+    n = 20000
+    keys = sampling.toy_keys(5, np.zeros(n), np.zeros(n), np.arange(n))
+    toys = np.asarray(sampling.sample_toys(m, jnp.asarray(pars), keys))
+    nu = np.asarray(model.expected_data(pars))
+    mean, var = toys.mean(0), toys.var(0)
+    main = slice(0, model.n_main)
+    err = np.sqrt(nu[main] / n)
+    assert np.all(np.abs(mean[main] - nu[main]) < 5 * err)
+    np.testing.assert_allclose(var[main], nu[main], rtol=0.1)
+    aux = slice(model.n_main, None)
+    np.testing.assert_allclose(mean[aux], nu[aux], atol=0.05)
+    assert np.all(toys[:, main] == np.round(toys[:, main]))
+
+
+def test_same_seed_any_chunk_size_identical_and_seeds_independent(docs_ws):
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    a = ToyCalculator(model, data, [0.5, 1.0], ntoys=100, seed=7, chunk_size=16, progress=False).run()
+    b = ToyCalculator(model, data, [0.5, 1.0], ntoys=100, seed=7, chunk_size=256, progress=False).run()
+    np.testing.assert_array_equal(a["teststat_sb"], b["teststat_sb"])
+    np.testing.assert_array_equal(a["teststat_b"], b["teststat_b"])
+    # rows asked one by one, in another order, give the same toys
+    calc = ToyCalculator(model, data, [0.5, 1.0], ntoys=100, seed=7, chunk_size=32, progress=False)
+    ts, _ = calc.teststats([0, 1], [1, 0], [99, 3])
+    assert ts[0] == a["teststat_sb"][1, 99] and ts[1] == a["teststat_b"][0, 3]
+    c = ToyCalculator(model, data, [0.5, 1.0], ntoys=100, seed=8, chunk_size=16, progress=False).run()
+    assert not np.array_equal(a["teststat_b"], c["teststat_b"])
+    keys = [sampling.toy_keys(s, np.zeros(2000), np.zeros(2000), np.arange(2000)) for s in (7, 8)]
+    first = [np.asarray(sampling.sample_toys(model.compiled, jnp.asarray(model.suggested_init()), k))[:, 0] for k in keys]
+    assert abs(np.corrcoef(first[0], first[1])[0, 1]) < 0.1
+
+
+def test_toy_pars_init_and_q0(docs_ws):
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    init = gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=500, toy_pars="init", progress=False)
+    prof = gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=500, progress=False)
+    assert init.info["toy_pars"] == "init" and prof.info["toy_pars"] == "profiled"
+    assert 0 < init.cls_obs < 1 and 0 < prof.cls_obs < 1
+    disc = gpufit.hypotest(model, data, 0.0, test_stat="q0", calculator="toys", ntoys=500, progress=False)
+    assert disc.cls_obs == disc.clsb_obs  # p0, as pyhf returns it
+    with pytest.raises(ValueError, match="toy_pars must be one of"):
+        gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=10, toy_pars="asimov")
+    with pytest.raises(ValueError, match="only apply to calculator='toys'"):
+        gpufit.hypotest(model, data, 1.0, ntoys=10)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        gpufit.hypotest(model, data, 1.0, calculator="toys", seed=-1)
+
+
+def test_hard_toys_are_retried_not_dropped():
+    """Toys with empty signal-region bins (where pyhf's jax runs abort) all end converged,
+    some after the retry chain; an unreachable tolerance sends fits through every stage."""
+    ws = gpufit.Workspace(generate_workspace(seed=3, n_channels=1, n_bins=3, empty_bin=True))
+    model = ws.model()
+    data = ws.data(model)
+    calc = ToyCalculator(model, data, [1.0], ntoys=60, seed=1, progress=False, toy_tol=0.0, maxiter=40)
+    r = calc.run()
+    st = r["stats"]
+    assert st["continued"] == 240 and st["restarted"] == 240 and st["minuit"] > 0
+    assert st["toys"] == 120 and st["fits"] == 240
+    # whatever could not be finished is counted, never dropped: NaN in the arrays
+    assert r["n_failed"] == int(np.isnan(r["teststat_sb"]).sum() + np.isnan(r["teststat_b"]).sum())
+    assert r["teststat_sb"].shape == (1, 60)
+
+
+def _broken_workspace():
+    """A model that cannot be fitted: a normsys with lo = 0 makes the likelihood NaN."""
+    spec = generate_workspace(seed=2, n_channels=1, n_bins=2, n_normsys=0, n_histosys=0)
+    spec["channels"][0]["samples"][1]["modifiers"].append(
+        {"name": "broken", "type": "normsys", "data": {"hi": 1.2, "lo": 0.0}}
+    )
+    return gpufit.Workspace(spec)
+
+
+def test_failed_fits_are_counted_and_raise_above_threshold():
+    ws = _broken_workspace()
+    model = ws.model()
+    data = ws.data(model)
+    with pytest.raises(gpufit.ToyFitsFailed, match="failed after every retry") as err:
+        gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=8, progress=False)
+    result = err.value.result
+    assert result["n_failed"] == 16
+    assert np.isnan(result["teststat_sb"]).all()
+    r = gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=8, progress=False, max_failed=1.0)
+    assert r.n_failed == 16 and r.teststat_b.shape == (8,)
+
+
+def test_toy_upper_limit(docs_ws):
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    asy = gpufit.upper_limit(model, data)
+    toys = gpufit.upper_limit(model, data, calculator="toys", ntoys=1500, seed=2, progress=False)
+    assert toys.calculator == "toys" and toys.n_failed == 0
+    assert toys.cls_exp.shape == (11, 5) and toys.mus.shape == (11,)
+    assert toys.observed == pytest.approx(asy.observed, rel=0.1)
+    np.testing.assert_allclose(toys.expected[1:4], asy.expected[1:4], rtol=0.15)
+    assert np.all(np.diff(toys.expected) >= 0)
+
+
+def test_cli_toys(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["hypotest", "example:docs", "--calculator", "toys", "--ntoys", "300", "--seed", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output.strip().splitlines()[-1])
+    assert payload["calculator"] == "toys" and payload["n_failed"] == 0
+    assert payload["info"]["ntoys"] == 300 and payload["info"]["seed"] == 4
+    assert "compile_seconds" in payload["info"]
+    res = runner.invoke(main, ["hypotest", "example:docs", "--calculator", "toys", "--ntoys", "200", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "failed toys: 0" in res.output and "compile" in res.output
+    res = runner.invoke(main, ["limit", "example:docs", "--calculator", "toys", "--ntoys", "200", "--mus", "0.5:4:8", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output.strip().splitlines()[-1])["mus"]) == 8
+    res = runner.invoke(main, ["hypotest", "example:docs", "--ntoys", "20"])
+    assert res.exit_code != 0 and "need --calculator toys" in res.output
