@@ -32,7 +32,7 @@ def load(name):
         ws = gpufit.Workspace.load(data_path("atlas_1Lbb_ins1755298/BkgOnly.json")).with_patchset(
             data_path("atlas_1Lbb_ins1755298/patchset.json.gz"), "C1N2_Wh_hbb_700_300")
     else:
-        raise SystemExit(f"unknown model {name!r}")
+        raise SystemExit(f"unknown model {name!r}; choose sbottom or 1lbb")
     model = ws.model()
     return model, ws.data(model)
 

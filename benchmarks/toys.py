@@ -1,0 +1,117 @@
+"""Toys per second: gpufit's batched toy calculator against pyhf's ToyCalculator, same run.
+
+    python benchmarks/toys.py [--models gen10,gen40,gen100,gen300,sbottom,1lbb]
+                              [--ntoys 100,1000,10000] [--pyhf-toys 10]
+                              [--out benchmarks/results/toys-cpu.json]
+
+A "toy" is one signal+background and one background-only pseudo-experiment at one mu
+(4 fits), as pyhf's ``hypotest(calctype="toybased", ntoys=N)`` counts them; toys/s is
+``ntoys / seconds`` for both. gpufit is timed warm (the first call compiles; its compile
+time is reported separately), pyhf with its jax backend and scipy (its fastest set-up)
+on ``--pyhf-toys`` toys after a warm-up call, with the numpy>=2.4 percentile shim
+(:func:`gpufit.testing.patch_pyhf_percentile`). pyhf's jax runs can abort on a failed
+fit (1Lbb); such a row says so instead of a rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import fits  # benchmarks/fits.py: the sbottom and 1Lbb models
+import pyhf
+
+import gpufit
+from gpufit.testing import generate_workspace, patch_pyhf_percentile
+
+GENERATED = {  # name: generate_workspace arguments (parameter count printed in the table)
+    "gen10": dict(seed=1, n_channels=1, n_bins=2, n_normsys=2, n_histosys=1),
+    "gen40": dict(seed=1, n_channels=2, n_bins=6),
+    "gen100": dict(seed=1, n_channels=3, n_bins=12, n_normsys=6, n_histosys=6),
+    "gen300": dict(seed=1, n_channels=6, n_bins=20, n_normsys=10, n_histosys=10),
+}
+
+
+def load(name):
+    if name not in GENERATED:
+        return fits.load(name)  # sbottom, 1lbb
+    ws = gpufit.Workspace(generate_workspace(**GENERATED[name]))
+    model = ws.model()
+    return model, ws.data(model)
+
+
+def time_pyhf(model, data, ntoys, mu=1.0):
+    """pyhf toys/s (jax backend + scipy), or an error message."""
+    patch_pyhf_percentile()
+    pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
+    pm = model.pyhf_model
+    try:
+        pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=2, track_progress=False)  # warm-up
+        start = time.perf_counter()
+        pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=ntoys, track_progress=False)
+        return ntoys / (time.perf_counter() - start), None
+    except Exception as err:  # noqa: BLE001 - a failed pyhf fit ends its run; report it
+        return None, f"{type(err).__name__}: {str(err)[:120]}"
+    finally:
+        pyhf.set_backend("numpy")
+
+
+def time_gpufit(model, data, ntoys, mu=1.0, seed=0):
+    start = time.perf_counter()
+    r = gpufit.hypotest(model, data, mu, calculator="toys", ntoys=ntoys, seed=seed, progress=False, max_failed=1.0)
+    return ntoys / (time.perf_counter() - start), r
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="gen10,gen40,gen100,gen300,sbottom,1lbb")
+    parser.add_argument("--ntoys", default="100,1000,10000")
+    parser.add_argument("--pyhf-toys", type=int, default=10)
+    parser.add_argument("--mu", type=float, default=1.0)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "toys-cpu.json"))
+    args = parser.parse_args()
+    import jax
+
+    device = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
+    rows = []
+    for name in args.models.split(","):
+        model, data = load(name)
+        ref, ref_error = time_pyhf(model, data, args.pyhf_toys, args.mu)
+        first = time.perf_counter()
+        _, r0 = time_gpufit(model, data, 16, args.mu, seed=12345)  # compiles
+        first_call = time.perf_counter() - first
+        for ntoys in (int(n) for n in args.ntoys.split(",")):
+            rate, r = time_gpufit(model, data, ntoys, args.mu)
+            info = r.info
+            row = {
+                "model": name, "parameters": model.n_pars, "ntoys": ntoys, "gpufit_toys_per_s": rate,
+                "gpufit_fits_per_s": 4 * rate, "compile_seconds": r0.info["compile_seconds"],
+                "first_call_seconds": first_call, "pyhf_jax_toys_per_s": ref, "pyhf_error": ref_error,
+                "pyhf_toys_timed": args.pyhf_toys, "ratio_vs_pyhf_jax": rate / ref if ref else None,
+                "n_failed": r.n_failed, "retried": info["continued"] + info["restarted"] + info["local_minima"],
+                "minuit": info["minuit"], "cls_obs": r.cls_obs, "cls_obs_err": r.cls_obs_err,
+            }
+            rows.append(row)
+            ratio = f"x{rate / ref:7.1f}" if ref else "   n/a "
+            pyhf_text = f"{ref:8.2f}" if ref else "  failed"
+            print(f"{name:8s} P={model.n_pars:4d} ntoys={ntoys:7d}  gpufit {rate:9.1f} toys/s  pyhf-jax {pyhf_text} "
+                  f"{ratio} vs pyhf-jax  failed {r.n_failed}  retried {row['retried']}  "
+                  f"(compile {row['compile_seconds']:.1f} s)", flush=True)
+            if ref_error and ntoys == int(args.ntoys.split(",")[0]):
+                print(f"         pyhf: {ref_error}")
+    report = {"device": device, "machine": platform.machine(), "cpus": os.cpu_count(),
+              "gpufit": gpufit.__version__, "pyhf": pyhf.__version__, "jax": jax.__version__,
+              "command": "python benchmarks/toys.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+              "rows": rows}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(report, handle, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
