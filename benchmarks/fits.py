@@ -12,15 +12,14 @@ the first few of the same datasets one at a time with its jax backend and scipy
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 
 import numpy as np
 import pyhf
 
 import gpufit
+from _report import write_report  # benchmarks/_report.py
 from gpufit.cli._common import data_path
 
 
@@ -60,10 +59,11 @@ def main():
     parser.add_argument("--pyhf-fits", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "fits-cpu.json"))
     args = parser.parse_args()
-    import jax
-
-    device = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
     rows = []
+
+    def write():
+        write_report(args.out, "fits.py", args, rows)
+
     for name in args.models.split(","):
         model, data = load(name)
         toys = datasets(model, data, max(int(b) for b in args.batches.split(",")))
@@ -84,11 +84,7 @@ def main():
             print(f"{name:8s} P={model.n_pars:4d} B={batch:6d}  gpufit {rate:9.1f} fits/s  "
                   f"pyhf-jax {ref['jax']:7.1f}  pyhf-numpy {ref['numpy']:6.2f}  "
                   f"x{rate / ref['jax']:6.1f} vs pyhf-jax  failed {result.n_failed}", flush=True)
-    report = {"device": device, "machine": platform.machine(), "cpus": os.cpu_count(),
-              "gpufit": gpufit.__version__, "pyhf": pyhf.__version__, "jax": jax.__version__, "rows": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=1)
+            write()
     print(f"wrote {args.out}")
 
 

@@ -5,11 +5,10 @@ import gzip
 import json
 import os
 
-import numpy as np
 import pytest
 
 import gpufit
-from conftest import LBB, SBOTTOM, WS
+from conftest import LBB, SBOTTOM
 from gpufit.testing import generate_workspace
 
 

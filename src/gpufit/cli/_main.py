@@ -165,3 +165,103 @@ def info(as_json):
             click.echo(f"{key:15s} {value}")
 
     emit(payload, as_json, table)
+
+
+@main.group()
+def campaign():
+    """Toy campaigns split into jobs: plan, run-job, run, merge."""
+
+
+@campaign.command("plan")
+@workspace_options
+@click.option("--mus", required=True, metavar="START:STOP:COUNT", help="POI values (or a,b,c).")
+@click.option("--ntoys", type=int, required=True, help="Toys per hypothesis and mu point.")
+@click.option("--toys-per-job", type=int, required=True, help="Toys of one mu point per job.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True)
+@click.option("--toy-pars", type=click.Choice(["profiled", "init"]), default="profiled", show_default=True)
+@click.option("--chunk-size", type=int, default=None, help="Toys per compiled call in each job.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New campaign directory.")
+@click.option("--submit", type=click.Choice(["slurm", "htcondor", "panda"]), default=None,
+              help="Also write a batch submit script into OUT/submit/.")
+@click.option("--gpu", is_flag=True, help="Ask the batch system for one GPU per job.")
+@click.option("--container", default=None, help="Container image for the submit script.")
+def campaign_plan(ws, model, data, as_json, mus, ntoys, toys_per_job, seed, test_stat, toy_pars, chunk_size,
+                  out, submit, gpu, container):
+    """Write OUT/campaign.json and one OUT/jobs/job-NNNN.json per job."""
+    from ..campaign import plan
+
+    payload = plan(ws, out, parse_range(mus), ntoys, toys_per_job, seed, test_stat=test_stat, toy_pars=toy_pars,
+                   measurement=model.measurement, modifier_settings=model.modifier_settings,
+                   chunk_size=chunk_size, submit=submit, gpu=gpu, container=container)
+
+    def table(p):
+        click.echo(f"campaign {p['campaign_id']}: {p['n_jobs']} jobs in {out}/jobs "
+                   f"({len(p['mus'])} mu points x {p['ntoys']} toys, {p['toys_per_job']} per job, seed {p['seed']})")
+        if p.get("submit_script"):
+            click.echo(f"submit script: {p['submit_script']}")
+
+    emit(payload, as_json, table)
+
+
+@campaign.command("run-job")
+@click.argument("job", type=click.Path(exists=True, dir_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def campaign_run_job(job, quiet, as_json):
+    """Run one job file (the container entry point); resumes from its checkpoint."""
+    from ..campaign import run_job
+
+    payload = run_job(job, progress=False if quiet else None)
+    emit(payload, as_json, lambda p: click.echo(f"{p['job']}: {p['status']}" + (f" -> {p['path']}" if p.get("path") else "")))
+
+
+@campaign.command("run")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--executor", default="local", show_default=True, help="local | dask | dask://HOST:PORT")
+@click.option("--workers", type=int, default=2, show_default=True, help="Workers of the embedded Dask cluster.")
+@click.option("--gpu", is_flag=True, help="Dask: each job needs the worker resource GPU=1.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def campaign_run(directory, executor, workers, gpu, as_json):
+    """Run the jobs whose results are missing or broken."""
+    from ..campaign import run
+
+    start = time.perf_counter()
+    payload = run(directory, executor=executor, workers=workers, gpu=gpu) | {"seconds": time.perf_counter() - start}
+    emit(payload, as_json, lambda p: click.echo(
+        f"{len(p['ran'])} jobs run, {p['skipped']} already done, of {p['jobs']} ({p['executor']}, {p['seconds']:.1f} s)"))
+
+
+@campaign.command("merge")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--allow-partial", is_flag=True, help="Answer from the toys there are when jobs are missing.")
+@click.option("--level", type=float, default=0.05, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Brazil-band plot (several mu).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def campaign_merge(directory, allow_partial, level, plot, as_json):
+    """Check and combine the results: hypotest keys (one mu) or limit keys (several)."""
+    from ..campaign import merge
+
+    payload = merge(directory, allow_partial=allow_partial, level=level)
+    if plot and "observed" in payload:
+        from ..infer.intervals import UpperLimitResult
+        from ..plotting import brazil_plot
+
+        brazil_plot(UpperLimitResult(
+            observed=payload["observed"], expected=np.asarray(payload["expected"]), mus=np.asarray(payload["mus"]),
+            cls_obs=np.asarray(payload["cls_obs"]), cls_exp=np.asarray(payload["cls_exp"]), level=level,
+            test_stat=payload["test_stat"], calculator="toys"), plot)
+        payload["plot"] = plot
+
+    def table(p):
+        t = p["toys"]
+        if "observed" in p:
+            click.echo(f"observed limit {p['observed']:.4f}; expected " + "  ".join(f"{v:.4f}" for v in p["expected"]))
+        else:
+            click.echo(f"mu = {p['mu']}: CLs = {p['cls_obs']:.6g} +/- {p['cls_obs_err']:.2g}  CLsb = {p['clsb_obs']:.6g}  "
+                       f"CLb = {p['clb_obs']:.6g}")
+            click.echo("  CLs exp (-2..+2 sigma) = " + "  ".join(f"{v:.6g}" for v in p["cls_exp"]))
+        click.echo(f"  toys counted per mu: {t['counted_per_mu']} of {t['expected_per_mu']}; failed {t['n_failed']}"
+                   + (f"; PARTIAL, missing {len(t['missing_jobs'])} jobs" if t["partial"] else ""))
+
+    emit(payload, as_json, table)

@@ -8,7 +8,7 @@ it. Fits that stop short are then, outside the compiled call and only for those 
 
 1. continued with the same solver from where they stopped (up to ``maxiter`` steps);
 2. restarted from the model's suggested initial values with heavier damping;
-3. handed to iminuit (MIGRAD, strategy 2).
+3. handed to iminuit (MIGRAD with the exact gradient).
 
 A free fit that ends above its fixed-POI twin (a local minimum: the fixed fit's point is
 admissible for the free fit) is refitted from the twin's parameters. What still fails
@@ -32,7 +32,7 @@ from ..exceptions import ToyFitsFailed
 from ..optimize import fit
 from ..optimize._result import MINUIT_FALLBACK
 from ..optimize._solver import CONVERGED, minimize_batch
-from ..optimize.fit import DEFAULT_TOL, _resolve_bounds, default_chunk_size, resolve_fixed
+from ..optimize.fit import DEFAULT_TOL, _padded_size, _resolve_bounds, default_chunk_size, resolve_fixed
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
 from .test_statistics import check_poi_bounds, from_fits
 from .toy_pvalues import toy_pvalues
@@ -258,7 +258,8 @@ class ToyCalculator:
         failed = np.zeros(hypothesis.size, bool)
         model, poi = self.model, self.model.poi_index
         compiled = model.compiled
-        chunk = self.chunk_size
+        # a run smaller than a chunk pads only to a power of two (a few compiled shapes)
+        chunk = _padded_size(hypothesis.size, self.chunk_size) if hypothesis.size else self.chunk_size
         group = _device.lockstep_group(chunk)
         chunk -= chunk % group
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])

@@ -15,7 +15,6 @@ a few forward passes, independent of P, where ``jax.jacfwd`` costs P of them and
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from ..model.interpolation import histosys_delta, normsys_factor

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -95,7 +94,7 @@ def _minuit_refit(model, data, x0, free, bounds, tol):
     minuit.errordef = Minuit.LEAST_SQUARES
     minuit.limits = [tuple(b) for b in bounds]
     minuit.fixed = [not f for f in free]
-    minuit.strategy = 2
+    minuit.strategy = 0  # exact gradients; strategy 1-2 add numerical Hessians: 14 s and more on 1Lbb
     minuit.tol = max(tol * 50.0, 1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -132,7 +131,8 @@ def fit(
         tol: convergence threshold on the estimated distance to the minimum (edm) of
             -2 log L.
         maxiter: cap on solver steps per fit.
-        retry: refit the fits that did not converge with iminuit (MIGRAD, strategy 2);
+        retry: refit the fits that did not converge with iminuit (MIGRAD with the exact
+            gradient, strategy 0);
             what still fails keeps ``converged=False``.
         chunk_size: fits per compiled call (default: from the model size and the
             device's memory; ``GPUFIT_CHUNK_SIZE`` in the environment also sets it).

@@ -1,0 +1,28 @@
+"""The JSON report every benchmark writes: machine, versions, command, rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+
+def write_report(path: str, script: str, args, rows: list) -> None:
+    """Write ``rows`` with the device and versions (called after every row, so that an
+    interrupted run keeps what it measured)."""
+    import jax
+    import pyhf
+
+    import gpufit
+
+    report = {
+        "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
+        "machine": platform.machine(), "cpus": os.cpu_count(),
+        "gpufit": gpufit.__version__, "pyhf": pyhf.__version__, "jax": jax.__version__,
+        "command": f"python benchmarks/{script} " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=1)

@@ -1,0 +1,104 @@
+"""``run``: the jobs of a campaign that are missing or broken, in this process or on Dask.
+
+* ``"local"``: one job after another in this process;
+* ``"dask"``: a ``distributed.LocalCluster`` started here (``workers`` processes, one
+  thread each);
+* ``"dask://HOST:PORT"`` (or ``tcp://...``): an existing scheduler, e.g. one whose
+  workers dask-jobqueue started on SLURM or PBS nodes.
+
+Dask tasks are keyed by campaign and job, so a retried or resubmitted task is the same
+task; a worker that dies mid-job loses only the rows after the job's last checkpoint
+(another worker resumes from it). With ``gpu=True`` each task asks for the worker
+resource ``GPU=1`` (start workers with ``--resources GPU=1``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from ._files import CampaignError
+from .job import identity, job_status, load_job, run_job
+from .plan import load_campaign
+
+
+def job_files(directory: str) -> list[str]:
+    """The campaign's job files, one per job identity (a duplicated file runs once)."""
+    campaign = load_campaign(directory)
+    seen, out = set(), []
+    for path in sorted(glob.glob(os.path.join(directory, "jobs", "*.json"))):
+        job = load_job(path)
+        if job["campaign_id"] != campaign["campaign_id"]:
+            raise CampaignError(
+                f"{path} belongs to campaign {job['campaign_id']}, not {campaign['campaign_id']} ({directory})"
+            )
+        key = (job["job"], tuple(job["mu_indices"]), job["toy_start"], job["toy_stop"])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(path)
+    return out
+
+
+def pending(directory: str) -> list[str]:
+    """Job files whose result is missing or broken (a broken result is removed)."""
+    todo = []
+    for path in job_files(directory):
+        status = job_status(path)
+        if status == "broken":
+            job = load_job(path)
+            from .job import result_path
+
+            os.unlink(result_path(path, job))
+        if status != "done":
+            todo.append(path)
+    return todo
+
+
+def _task(path: str) -> dict:
+    return run_job(path, progress=False)
+
+
+def run(directory: str, executor: str = "local", workers: int = 2, gpu: bool = False,
+        progress: bool | None = None) -> dict:
+    """Run what is missing; return ``{"ran": [...], "skipped": n, "executor": ...}``."""
+    todo = pending(directory)
+    total = len(job_files(directory))
+    summary = {"executor": executor, "jobs": total, "skipped": total - len(todo), "ran": []}
+    if not todo:
+        return summary
+    if executor == "local":
+        for path in todo:
+            summary["ran"].append(run_job(path, progress=progress))
+        return summary
+    if executor == "dask" or executor.startswith(("dask://", "tcp://")):
+        summary["ran"] = _run_dask(directory, todo, executor, workers, gpu)
+        return summary
+    raise CampaignError(f"unknown executor {executor!r}; use local, dask or dask://HOST:PORT")
+
+
+def _run_dask(directory, todo, executor, workers, gpu):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise CampaignError("the dask executor needs dask.distributed: pip install 'gpufit[dask]'") from None
+    campaign = load_campaign(directory)
+    keys = [f"gpufit-{campaign['campaign_id']}-{load_job(p)['job']}" for p in todo]
+    options = {"resources": {"GPU": 1}} if gpu else {}
+    if executor == "dask":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+        client = Client(cluster)
+    else:
+        address = executor.replace("dask://", "tcp://", 1)
+        cluster, client = None, Client(address)
+    try:
+        futures = client.map(_task, [os.path.abspath(p) for p in todo], key=keys, retries=3, pure=False, **options)
+        return client.gather(futures)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+__all__ = ["run", "pending", "job_files", "identity"]

@@ -1,0 +1,143 @@
+"""``run_job``: one job of a campaign, checkpointed, resumable, written atomically.
+
+The job's toys are processed in blocks of ``checkpoint_every`` chunks; after each block
+the finished rows go to ``results/job-NNNN.checkpoint.npz`` (atomically, checksummed).
+A job started again resumes after the last checkpoint; a job whose result exists and
+verifies is a no-op. The result file ``results/job-NNNN.npz`` appears only when every
+toy of the job is done.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from .._version import __version__
+from ..infer.sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND
+from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
+from .plan import JOB_FORMAT
+
+CHECKPOINT_EVERY = 4  # chunks per checkpoint
+
+
+def result_path(job_path: str, job: dict) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(job_path))), "results", job["job"] + ".npz")
+
+
+def checkpoint_path(job_path: str, job: dict) -> str:
+    return result_path(job_path, job)[: -len(".npz")] + ".checkpoint.npz"
+
+
+def load_job(job_path: str) -> dict:
+    job = read_json(job_path, "job file")
+    if job.get("format") != JOB_FORMAT:
+        raise CampaignError(f"{job_path} is not a {JOB_FORMAT} file")
+    return job
+
+
+def identity(job: dict) -> dict:
+    return {k: job[k] for k in IDENTITY}
+
+
+def job_status(job_path: str) -> str:
+    """``"done"`` (a result that verifies), ``"broken"`` (one that does not), or ``"missing"``."""
+    job = load_job(job_path)
+    path = result_path(job_path, job)
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        meta, *_ = read_result(path, extra=("teststat_obs",))
+    except BrokenResult:
+        return "broken"
+    return "done" if identity(meta) == identity(job) else "broken"
+
+
+def _device() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
+
+
+def _rows(job: dict):
+    """The job's rows in a fixed order: for each mu index, s+b toys then b toys."""
+    n = job["toy_stop"] - job["toy_start"]
+    toys = np.arange(job["toy_start"], job["toy_stop"])
+    hyp, mu, toy = [], [], []
+    for i in job["mu_indices"]:
+        for h in (SIGNAL_PLUS_BACKGROUND, BACKGROUND_ONLY):
+            hyp.append(np.full(n, h))
+            mu.append(np.full(n, i))
+            toy.append(toys)
+    return np.concatenate(hyp), np.concatenate(mu), np.concatenate(toy)
+
+
+def _split(ts, job):
+    """Rows [mus * 2 * toys] -> (teststat_sb, teststat_b), each [mus, toys]."""
+    per_mu = ts.reshape(len(job["mu_indices"]), 2, job["toy_stop"] - job["toy_start"])
+    return per_mu[:, 0], per_mu[:, 1]
+
+
+def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int = CHECKPOINT_EVERY,
+            stop_after_blocks: int | None = None) -> dict:
+    """Run one job file; return a summary (``status``: "done", "skipped" or "stopped").
+
+    ``stop_after_blocks`` stops after that many checkpointed blocks (for tests of
+    resuming; a killed job behaves the same).
+    """
+    from ..infer.toys import ToyCalculator, _progress_bar
+    from ..workspace import Workspace
+
+    job = load_job(job_path)
+    final = result_path(job_path, job)
+    if job_status(job_path) == "done":
+        return {"job": job["job"], "status": "skipped", "path": final}
+    ws_path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["workspace"])
+    ws = Workspace.load(ws_path)
+    if ws.digest() != job["workspace_digest"]:
+        raise CampaignError(
+            f"{ws_path} has digest {ws.digest()}, but job {job['job']} was planned for "
+            f"{job['workspace_digest']}: the workspace changed after planning"
+        )
+    model = ws.model(measurement=job["measurement"], modifier_settings=job["modifier_settings"])
+    data = ws.data(model)
+    started = time.perf_counter()
+    calc = ToyCalculator(model, data, job["mus"], job["test_stat"], ntoys=1, seed=job["seed"],
+                         toy_pars=job["toy_pars"], chunk_size=job.get("chunk_size"), max_failed=1.0,
+                         progress=False)
+    hyp, mu, toy = _rows(job)
+    ts = np.full(hyp.size, np.nan)
+    done = 0
+    meta = identity(job) | {"gpufit_version": __version__, "device": _device()}
+    checkpoint = checkpoint_path(job_path, job)
+    if os.path.exists(checkpoint):
+        try:
+            cmeta, csb, cb, _ = read_result(checkpoint, extra=("teststat_obs",))
+            if identity(cmeta) == identity(job):
+                ts, done = np.stack([csb, cb], axis=1).reshape(-1), int(cmeta["rows_done"])
+        except BrokenResult:
+            pass  # a checkpoint torn by the kill: start over
+    block = max(1, checkpoint_every) * calc.chunk_size
+    blocks = 0
+    with _progress_bar(progress, hyp.size) as bar:
+        bar.update(done)
+        while done < hyp.size:
+            stop = min(done + block, hyp.size)
+            ts[done:stop], _ = calc.teststats(hyp[done:stop], mu[done:stop], toy[done:stop], bar)
+            done = stop
+            blocks += 1
+            if done < hyp.size:
+                sb, b = _split(ts, job)
+                write_result(checkpoint, meta | {"rows_done": done}, sb, b,
+                             {"teststat_obs": calc.teststat_obs[job["mu_indices"]]})
+                if stop_after_blocks is not None and blocks >= stop_after_blocks:
+                    return {"job": job["job"], "status": "stopped", "rows_done": done}
+    sb, b = _split(ts, job)
+    meta |= {"rows_done": int(hyp.size), "n_failed": int(np.isnan(ts).sum()), "seconds": time.perf_counter() - started,
+             "stats": calc.stats.to_dict()}
+    write_result(final, meta, sb, b, {"teststat_obs": calc.teststat_obs[job["mu_indices"]]})
+    if os.path.exists(checkpoint):
+        os.unlink(checkpoint)
+    return {"job": job["job"], "status": "done", "path": final, "n_failed": meta["n_failed"]}

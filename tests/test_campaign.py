@@ -1,0 +1,220 @@
+"""Campaigns: plan, run-job, run (local and a real Dask LocalCluster), merge, and faults."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import WS
+
+import gpufit
+from gpufit import campaign
+from gpufit.campaign._files import read_result
+from gpufit.cli import main
+
+MUS = [0.5, 1.5]
+NTOYS, PER_JOB = 64, 32  # 2 mu points x 2 jobs
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return gpufit.Workspace.load(os.path.join(WS, "pyhf_docs_2-bin_1-channel.json"))
+
+
+def _plan(ws, path, seed=3, mus=MUS, ntoys=NTOYS, per_job=PER_JOB, **kw):
+    return campaign.plan(ws, str(path), mus, ntoys, per_job, seed, chunk_size=16, **kw)
+
+
+def _arrays(directory):
+    """{job: (teststat_sb, teststat_b)} of a campaign's results."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(directory, "results", "job-*.npz"))):
+        if path.endswith(".checkpoint.npz"):
+            continue
+        meta, sb, b, _ = read_result(path, extra=("teststat_obs",))
+        out[meta["job"]] = (sb, b)
+    return out
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key][0], b[key][0])
+        np.testing.assert_array_equal(a[key][1], b[key][1])
+
+
+@pytest.fixture(scope="module")
+def local_run(docs, tmp_path_factory):
+    path = tmp_path_factory.mktemp("local")
+    _plan(docs, path)
+    summary = campaign.run(str(path), executor="local")
+    assert len(summary["ran"]) == 4
+    return str(path)
+
+
+def test_one_point_campaign_equals_hypotest(docs, tmp_path):
+    model = docs.model()
+    data = docs.data(model)
+    _plan(docs, tmp_path, seed=9, mus=[1.0], ntoys=48, per_job=16)
+    campaign.run(str(tmp_path))
+    merged = campaign.merge(str(tmp_path))
+    r = gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=48, seed=9, chunk_size=16, progress=False)
+    sb = np.concatenate([v[0][0] for _, v in sorted(_arrays(str(tmp_path)).items())])
+    np.testing.assert_array_equal(sb, r.teststat_sb)
+    assert merged["cls_obs"] == r.cls_obs and merged["cls_exp"] == list(r.cls_exp)
+    assert merged["toys"]["counted_per_mu"] == [48] and not merged["toys"]["partial"]
+
+
+def test_jobs_one_by_one_and_reruns_are_no_ops(docs, local_run, tmp_path):
+    _plan(docs, tmp_path)
+    for job in sorted(glob.glob(str(tmp_path / "jobs" / "*.json"))):
+        assert campaign.run_job(job)["status"] == "done"
+        assert campaign.run_job(job)["status"] == "skipped"
+    _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
+    assert campaign.run(str(tmp_path))["ran"] == []
+    limit = campaign.merge(str(tmp_path))
+    assert len(limit["mus"]) == 2 and len(limit["expected"]) == 5
+
+
+def test_dask_local_cluster_equals_local(docs, local_run, tmp_path):
+    _plan(docs, tmp_path)
+    summary = campaign.run(str(tmp_path), executor="dask", workers=2)
+    assert len(summary["ran"]) == 4
+    _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
+
+
+def test_killed_dask_worker_changes_nothing(docs, local_run, tmp_path):
+    from distributed import Client, LocalCluster
+
+    _plan(docs, tmp_path, ntoys=NTOYS, per_job=8)  # 16 jobs
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            pids = client.run(os.getpid)
+            victim = sorted(pids)[0]
+
+            def kill_when_started():
+                deadline = time.time() + 120
+                while time.time() < deadline and not glob.glob(str(tmp_path / "results" / "job-*.npz")):
+                    time.sleep(0.05)
+                os.kill(pids[victim], signal.SIGKILL)
+
+            killer = threading.Thread(target=kill_when_started)
+            killer.start()
+            summary = campaign.run(str(tmp_path), executor=cluster.scheduler_address)
+            killer.join()
+    assert len(summary["ran"]) == 16
+    merged = campaign.merge(str(tmp_path))
+    reference = campaign.merge(local_run)
+    assert merged["toys"]["counted_per_mu"] == [NTOYS, NTOYS]
+    assert merged["cls_obs"] == reference["cls_obs"] and merged["cls_exp"] == reference["cls_exp"]
+
+
+def test_killed_job_resumes_from_its_checkpoint(docs, local_run, tmp_path):
+    _plan(docs, tmp_path)
+    job = str(tmp_path / "jobs" / "job-0001.json")
+    stopped = campaign.run_job(job, checkpoint_every=1, stop_after_blocks=1)
+    assert stopped["status"] == "stopped" and 0 < stopped["rows_done"] < 2 * PER_JOB
+    assert os.path.exists(tmp_path / "results" / "job-0001.checkpoint.npz")
+    assert not os.path.exists(tmp_path / "results" / "job-0001.npz")
+    assert campaign.run_job(job)["status"] == "done"
+    assert not os.path.exists(tmp_path / "results" / "job-0001.checkpoint.npz")
+    mine = _arrays(str(tmp_path))["job-0001"]
+    want = _arrays(local_run)["job-0001"]
+    np.testing.assert_array_equal(mine[0], want[0])
+    np.testing.assert_array_equal(mine[1], want[1])
+
+
+def test_truncated_result_is_refused_then_redone(local_run, tmp_path):
+    directory = str(tmp_path / "c")
+    shutil.copytree(local_run, directory)
+    victim = os.path.join(directory, "results", "job-0002.npz")
+    with open(victim, "rb") as handle:
+        payload = handle.read()
+    with open(victim, "wb") as handle:
+        handle.write(payload[: len(payload) // 2])
+    with pytest.raises(campaign.CampaignError, match="job-0002.npz is truncated"):
+        campaign.merge(directory)
+    summary = campaign.run(directory)
+    assert [r["job"] for r in summary["ran"]] == ["job-0002"]
+    _assert_same(_arrays(directory), _arrays(local_run))
+
+
+def test_corrupt_result_fails_its_checksum(local_run, tmp_path):
+    directory = str(tmp_path / "c")
+    shutil.copytree(local_run, directory)
+    path = os.path.join(directory, "results", "job-0000.npz")
+    meta, sb, b, extra = read_result(path, extra=("teststat_obs",))
+    sb[0, 0] += 1.0
+    np.savez(path, teststat_sb=sb, teststat_b=b, meta=np.array(json.dumps(meta)), **extra)
+    with pytest.raises(campaign.CampaignError, match="job-0000.npz fails its checksum"):
+        campaign.merge(directory)
+
+
+def test_duplicates_do_not_double_count(local_run, tmp_path):
+    directory = str(tmp_path / "c")
+    shutil.copytree(local_run, directory)
+    shutil.copy(os.path.join(directory, "jobs", "job-0000.json"), os.path.join(directory, "jobs", "job-0000-copy.json"))
+    shutil.copy(os.path.join(directory, "results", "job-0001.npz"), os.path.join(directory, "results", "job-0001-copy.npz"))
+    assert campaign.run(directory)["ran"] == []
+    merged = campaign.merge(directory)
+    assert merged["toys"]["counted_per_mu"] == [NTOYS, NTOYS]
+    assert merged["toys"]["duplicates_ignored"] == [os.path.join(directory, "results", "job-0001.npz")] or \
+        merged["toys"]["duplicates_ignored"] == [os.path.join(directory, "results", "job-0001-copy.npz")]
+    assert merged["cls_obs"] == campaign.merge(local_run)["cls_obs"]
+
+
+def test_foreign_and_missing_results(docs, local_run, tmp_path):
+    other = tmp_path / "other"
+    _plan(docs, other, seed=4)
+    campaign.run_job(str(other / "jobs" / "job-0000.json"))
+    directory = str(tmp_path / "c")
+    shutil.copytree(local_run, directory)
+    os.unlink(os.path.join(directory, "results", "job-0003.npz"))
+    with pytest.raises(campaign.CampaignError, match=r"1 of 4 jobs have no result \(job-0003\)"):
+        campaign.merge(directory)
+    partial = campaign.merge(directory, allow_partial=True)
+    assert partial["toys"]["partial"] and partial["toys"]["missing_jobs"] == ["job-0003"]
+    assert partial["toys"]["counted_per_mu"] == [NTOYS, NTOYS - PER_JOB]
+    shutil.copy(other / "results" / "job-0000.npz", os.path.join(directory, "results", "job-0003.npz"))
+    with pytest.raises(campaign.CampaignError, match="job-0003.npz belongs to campaign"):
+        campaign.merge(directory)
+
+
+def test_cli_campaign_and_submit_scripts(tmp_path):
+    runner = CliRunner()
+    out = str(tmp_path / "camp")
+    res = runner.invoke(main, ["campaign", "plan", "example:docs", "--mus", "0.5:1.5:2", "--ntoys", "32",
+                               "--toys-per-job", "16", "--seed", "5", "--out", out, "--submit", "slurm", "--gpu",
+                               "--chunk-size", "16", "--json"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output.strip().splitlines()[-1])
+    assert plan["n_jobs"] == 4
+    script = open(plan["submit_script"]).read()
+    assert "#SBATCH --array=0-3" in script and "--gres=gpu:1" in script and "campaign run-job" in script
+    res = runner.invoke(main, ["campaign", "run-job", os.path.join(out, "jobs", "job-0000.json"), "--quiet"])
+    assert res.exit_code == 0 and "job-0000: done" in res.output
+    res = runner.invoke(main, ["campaign", "merge", out])
+    assert res.exit_code == 2 and "3 of 4 jobs have no result" in res.output
+    res = runner.invoke(main, ["campaign", "run", out, "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output.strip().splitlines()[-1])["ran"]) == 3
+    res = runner.invoke(main, ["campaign", "merge", out, "--json"])
+    assert res.exit_code == 0, res.output
+    merged = json.loads(res.output.strip().splitlines()[-1])
+    assert merged["toys"]["counted_per_mu"] == [32, 32] and "observed" in merged
+    for system, needle in (("htcondor", "request_gpus"), ("panda", "prun --containerImage")):
+        target = str(tmp_path / system)
+        res = runner.invoke(main, ["campaign", "plan", "example:docs", "--mus", "1", "--ntoys", "8",
+                                   "--toys-per-job", "8", "--out", target, "--submit", system, "--gpu"])
+        assert res.exit_code == 0, res.output
+        text = open(glob.glob(os.path.join(target, "submit", f"{system}.*"))[0]).read()
+        assert needle in text and "campaign run-job" in text
+    res = runner.invoke(main, ["campaign", "plan", "example:docs", "--mus", "1", "--ntoys", "8",
+                               "--toys-per-job", "8", "--out", out])
+    assert res.exit_code == 2 and "already holds a campaign" in res.output
