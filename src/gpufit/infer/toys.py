@@ -42,6 +42,7 @@ TOY_PARS = ("profiled", "init")
 _FIRST_PASS_STEPS = 30
 _MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay frequent
 _SEED_LIMIT = 2**32
+_RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
 
 
 @functools.partial(jax.jit, static_argnames=("maxiter", "group"))
@@ -200,10 +201,16 @@ class ToyCalculator:
         return fit(self.model, data, **options)
 
     def _refit(self, kind, data, mu_test, **kwargs):
+        """Refit rows in batches of one fixed size (``_RETRY_BATCH``), so that every run
+        reuses the same compiled retry kernels whatever number of fits it retries."""
         kwargs["tol"] = self.tol
-        if kind == "free":
-            return self._free_fit(data, **kwargs)
-        return self._fixed_fit(data, mu_test, **kwargs)
+        kwargs["chunk_size"] = _RETRY_BATCH if _device.platform() == "cpu" else 16 * _RETRY_BATCH
+        n = len(data)
+        if n == 1:  # a lone fit would compile a batch-of-one kernel: pad to two
+            data, mu_test = np.repeat(data, 2, axis=0), np.repeat(mu_test, 2)
+            kwargs["init"] = np.repeat(np.atleast_2d(kwargs["init"]), 2, axis=0)
+        r = self._free_fit(data, **kwargs) if kind == "free" else self._fixed_fit(data, mu_test, **kwargs)
+        return _select(r, np.arange(len(r.twice_nll)) < n)
 
     def _repair(self, data, mu_test, free_res, fixed_res):
         """Retry the fits of one chunk that did not converge, in place; return failed [C].
@@ -239,7 +246,7 @@ class ToyCalculator:
         )
         if worse.size:
             stats.local_minima += worse.size
-            r = self._free_fit(data[worse], init=fixed_res[0][worse], retry=True, tol=self.tol)
+            r = self._refit("free", data[worse], None, init=fixed_res[0][worse], retry=True)
             better = r.converged & (r.twice_nll < f_free[worse])
             _store(*free_res, worse[better], _select(r, better))
         return (free_res[2] != CONVERGED) | (fixed_res[2] != CONVERGED)
@@ -355,7 +362,8 @@ def _store(pars, f, status, rows, r):
 
 def _select(r, mask):
     return dataclasses.replace(
-        r, pars=r.pars[mask], twice_nll=r.twice_nll[mask], converged=r.converged[mask], status=r.status[mask]
+        r, pars=r.pars[mask], twice_nll=r.twice_nll[mask], converged=r.converged[mask], status=r.status[mask],
+        n_iter=r.n_iter[mask], edm=r.edm[mask],
     )
 
 
