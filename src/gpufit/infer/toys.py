@@ -229,13 +229,12 @@ class ToyCalculator:
             still = bad[~r.converged]
             if still.size == 0:
                 continue
-            # 2. a new start with heavier damping and twice the steps, then 3. iminuit
+            # 2. a new start with heavier damping (the same compiled kernel), then 3. iminuit
             start = np.repeat(self.model.suggested_init()[None], still.size, axis=0)
             if kind == "fixed":
                 start[:, self.model.poi_index] = mu_test[still]
             stats.restarted += still.size
-            r = self._refit(kind, data[still], mu_test[still], init=start, damping=1.0,
-                            maxiter=2 * self.maxiter, retry=True)
+            r = self._refit(kind, data[still], mu_test[still], init=start, damping=1.0, retry=True)
             stats.minuit += int(np.sum(r.status >= MINUIT_FALLBACK))
             _store(pars, f, status, still, r)
 
