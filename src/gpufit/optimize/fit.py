@@ -98,7 +98,7 @@ def _minuit_refit(model, data, x0, free, bounds, tol):
     minuit.tol = max(tol * 50.0, 1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        minuit.migrad(ncall=100_000)
+        minuit.migrad(ncall=max(5_000, 50 * len(minuit.values)))  # bounded: ~3 ms a call on 1Lbb
     return np.asarray(minuit.values), float(minuit.fval), bool(minuit.valid), float(minuit.fmin.edm)
 
 
