@@ -20,7 +20,7 @@ import tempfile
 import time
 
 import numpy as np
-from toys import load  # benchmarks/toys.py: generated and published models
+from toys import load, workspace  # benchmarks/toys.py: generated and published models
 
 from _report import write_report  # benchmarks/_report.py
 from gpufit import campaign
@@ -40,7 +40,7 @@ def main():
 
     model, data = load(args.model)
     mus = [float(m) for m in args.mus.split(",")]
-    workspace = _workspace(args.model)
+    ws = workspace(args.model)
 
     # warm the compiled kernels of this process (the workers compile their own)
     ToyCalculator(model, data, mus, ntoys=16, progress=False).run()
@@ -52,7 +52,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for executor in ("local", "dask"):
             directory = os.path.join(tmp, executor)
-            campaign.plan(workspace, directory, mus, args.ntoys, args.toys_per_job, seed=1)
+            campaign.plan(ws, directory, mus, args.ntoys, args.toys_per_job, seed=1)
             start = time.perf_counter()
             campaign.run(directory, executor=executor, workers=args.workers)
             times[executor] = time.perf_counter() - start
@@ -73,21 +73,6 @@ def main():
           f"-> speed-up {speedup:.2f}, efficiency {speedup / args.workers:.0%}; identical: {identical}")
     write_report(args.out, "campaign.py", args, [row])
     print(f"wrote {args.out}")
-
-
-def _workspace(name):
-    from toys import GENERATED
-
-    import gpufit
-    from gpufit.testing import generate_workspace
-
-    if name in GENERATED:
-        return gpufit.Workspace(generate_workspace(**GENERATED[name]))
-    from gpufit.cli._common import EXAMPLES, data_path
-
-    base, patch = EXAMPLES[name]
-    ws = gpufit.Workspace.load(data_path(base))
-    return ws.patched(data_path(patch)) if patch else ws
 
 
 if __name__ == "__main__":

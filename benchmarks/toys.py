@@ -35,10 +35,14 @@ GENERATED = {  # name: generate_workspace arguments (parameter count printed in 
 }
 
 
-def load(name):
+def workspace(name):
     if name not in GENERATED:
-        return fits.load(name)  # sbottom, 1lbb
-    ws = gpufit.Workspace(generate_workspace(**GENERATED[name]))
+        return fits.workspace(name)  # sbottom, 1lbb
+    return gpufit.Workspace(generate_workspace(**GENERATED[name]))
+
+
+def load(name):
+    ws = workspace(name)
     model = ws.model()
     return model, ws.data(model)
 

@@ -28,6 +28,11 @@ def platform() -> str:
     return jax.default_backend()
 
 
+def describe(device) -> str:
+    """A JAX device as ``"gpu:0 NVIDIA H100 80GB HBM3"`` (platform, id, kind)."""
+    return f"{device.platform}:{device.id} {getattr(device, 'device_kind', '')}".strip()
+
+
 def device_memory_bytes() -> int | None:
     """Memory JAX may use on its default device, or None where it does not say (CPUs)."""
     import jax

@@ -18,7 +18,7 @@ import glob
 import os
 
 from ._files import CampaignError
-from .job import identity, job_status, load_job, run_job
+from .job import identity, job_status, load_job, result_path, run_job
 from .plan import load_campaign
 
 
@@ -40,16 +40,14 @@ def job_files(directory: str) -> list[str]:
     return out
 
 
-def pending(directory: str) -> list[str]:
-    """Job files whose result is missing or broken (a broken result is removed)."""
+def pending(directory: str, files: list[str] | None = None) -> list[str]:
+    """Job files (default: all of ``directory``'s) whose result is missing or broken
+    (a broken result is removed)."""
     todo = []
-    for path in job_files(directory):
+    for path in job_files(directory) if files is None else files:
         status = job_status(path)
         if status == "broken":
-            job = load_job(path)
-            from .job import result_path
-
-            os.unlink(result_path(path, job))
+            os.unlink(result_path(path, load_job(path)))
         if status != "done":
             todo.append(path)
     return todo
@@ -62,8 +60,9 @@ def _task(path: str) -> dict:
 def run(directory: str, executor: str = "local", workers: int = 2, gpu: bool = False,
         progress: bool | None = None) -> dict:
     """Run what is missing; return ``{"ran": [...], "skipped": n, "executor": ...}``."""
-    todo = pending(directory)
-    total = len(job_files(directory))
+    files = job_files(directory)
+    todo = pending(directory, files)
+    total = len(files)
     summary = {"executor": executor, "jobs": total, "skipped": total - len(todo), "ran": []}
     if not todo:
         return summary

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import time
 
+import jax
 import numpy as np
 
+from .._device import describe
 from .._version import __version__
 from ..infer.sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND
 from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
@@ -52,13 +54,6 @@ def job_status(job_path: str) -> str:
     except BrokenResult:
         return "broken"
     return "done" if identity(meta) == identity(job) else "broken"
-
-
-def _device() -> str:
-    import jax
-
-    d = jax.devices()[0]
-    return f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
 
 
 def _rows(job: dict):
@@ -110,7 +105,7 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     hyp, mu, toy = _rows(job)
     ts = np.full(hyp.size, np.nan)
     done = 0
-    meta = identity(job) | {"gpufit_version": __version__, "device": _device()}
+    meta = identity(job) | {"gpufit_version": __version__, "device": describe(jax.devices()[0])}
     checkpoint = checkpoint_path(job_path, job)
     if os.path.exists(checkpoint):
         try:

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .._version import __version__
-from ._files import CampaignError, atomic_write_bytes, atomic_write_json
+from ._files import CampaignError, atomic_write_bytes, atomic_write_json, read_json
 
 CAMPAIGN_FORMAT = "gpufit-campaign/1"
 JOB_FORMAT = "gpufit-job/1"
@@ -93,8 +93,6 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
 
 
 def load_campaign(directory: str) -> dict:
-    from ._files import read_json
-
     campaign = read_json(os.path.join(directory, "campaign.json"), "campaign file")
     if campaign.get("format") != CAMPAIGN_FORMAT:
         raise CampaignError(f"{directory}/campaign.json is not a {CAMPAIGN_FORMAT} file")

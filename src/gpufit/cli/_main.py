@@ -9,6 +9,7 @@ import time
 import click
 import numpy as np
 
+from .._device import describe
 from .._version import __version__
 from ..exceptions import GpufitError
 from ._common import (
@@ -147,7 +148,7 @@ def info(as_json):
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jax_backend": jax.default_backend(),
-        "devices": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip() for d in devices],
+        "devices": [describe(d) for d in devices],
         "x64": bool(jax.config.read("jax_enable_x64")),
         "default_dtype": str(x.dtype),
         "sanity_check": check == float(np.sum(np.arange(1024.0) ** 2)),

@@ -137,6 +137,15 @@ def hypotest(
                              **fit_options)
     scan = AsymptoticScan(model, data, test_stat, init=init, bounds=bounds, fixed=fixed, **fit_options)
     r = scan.evaluate([mu])
+    return _result(r, test_stat, calculator, teststat=float(r["q_obs"][0]),
+                   teststat_asimov=float(r["q_asimov"][0]), n_failed=scan.fits_failed)
+
+
+def _result(r: dict, test_stat: str, calculator: str, **extra) -> HypoTestResult:
+    """The result at the first mu of a calculator's p-value dict (arrays [M], bands [M, 5]).
+
+    For q0 the CLs fields hold p0 and its band, as pyhf's ``hypotest`` returns them.
+    """
     q0 = test_stat == "q0"
     return HypoTestResult(
         mu=float(r["mu"][0]),
@@ -148,9 +157,7 @@ def hypotest(
         cls_exp=np.asarray(r["clsb_exp"][0] if q0 else r["cls_exp"][0]),
         clsb_exp=np.asarray(r["clsb_exp"][0]),
         clb_exp=np.asarray(r["clb_exp"][0]),
-        teststat=float(r["q_obs"][0]),
-        teststat_asimov=float(r["q_asimov"][0]),
-        n_failed=scan.fits_failed,
+        **extra,
     )
 
 
@@ -160,16 +167,8 @@ def _toy_hypotest(model, data, mu, test_stat, toy_options, **fit_options) -> Hyp
     calc = ToyCalculator(model, data, [mu], test_stat, **toy_options, **fit_options)
     r = calc.run()
     q0 = test_stat == "q0"
-    return HypoTestResult(
-        mu=float(r["mu"][0]),
-        test_stat=test_stat,
-        calculator="toys",
-        cls_obs=float(r["clsb_obs"][0] if q0 else r["cls_obs"][0]),
-        clsb_obs=float(r["clsb_obs"][0]),
-        clb_obs=float(r["clb_obs"][0]),
-        cls_exp=np.asarray(r["clsb_exp"][0] if q0 else r["cls_exp"][0]),
-        clsb_exp=np.asarray(r["clsb_exp"][0]),
-        clb_exp=np.asarray(r["clb_exp"][0]),
+    return _result(
+        r, test_stat, "toys",
         teststat=float(r["teststat_obs"][0]),
         teststat_sb=r["teststat_sb"][0],
         teststat_b=r["teststat_b"][0],

@@ -113,11 +113,7 @@ def upper_limit(
         values = curves(mus)
         limits = [_interpolated_crossing(mus, values[:, j], level) for j in range(6)]
     else:
-        low, high = model.suggested_bounds()[model.poi_index]
-        if isinstance(bounds, dict) and model.poi_name in bounds:
-            low, high = bounds[model.poi_name]
-        low = max(float(low), 0.0)
-        high = float(high)
+        low, high = _poi_range(model, bounds)
         grid = np.linspace(low, high, 11)
         values = curves(grid)
         while np.any(values[-1] > level) and high < 1e6:  # widen until every curve crosses
@@ -137,6 +133,19 @@ def upper_limit(
                 limits.append(float(toms748(f, a, b, k=2, xtol=2e-12, rtol=rtol)))
         mus = np.array(sorted(cache))
         values = curves(mus)
+    return _limit_result(limits, mus, values, level, test_stat, calculator, scan.fits_failed)
+
+
+def _poi_range(model, bounds) -> tuple[float, float]:
+    """The POI's (lower bound, at least 0; upper bound), from ``bounds={name: ...}`` or the model."""
+    low, high = model.suggested_bounds()[model.poi_index]
+    if isinstance(bounds, dict) and model.poi_name in bounds:
+        low, high = bounds[model.poi_name]
+    return max(float(low), 0.0), float(high)
+
+
+def _limit_result(limits, mus, values, level, test_stat, calculator, n_failed, info=None) -> UpperLimitResult:
+    """Limits [6] (observed, then -2..+2 sigma) and the scan's CLs values [M, 6]."""
     return UpperLimitResult(
         observed=limits[0],
         expected=np.asarray(limits[1:]),
@@ -146,7 +155,8 @@ def upper_limit(
         level=level,
         test_stat=test_stat,
         calculator=calculator,
-        n_failed=scan.fits_failed,
+        n_failed=n_failed,
+        info=info,
     )
 
 
@@ -155,10 +165,7 @@ def toy_grid(model, data, level=0.05, test_stat="qtilde", points=11, bounds=None
     the largest asymptotic limit (observed or +2 sigma expected)."""
     asy = upper_limit(model, data, level=level, test_stat=test_stat, bounds=bounds, **fit_options)
     finite = [v for v in [asy.observed, *asy.expected] if np.isfinite(v)]
-    low = model.suggested_bounds()[model.poi_index, 0]
-    if isinstance(bounds, dict) and model.poi_name in bounds:
-        low = bounds[model.poi_name][0]
-    low = max(float(low), 0.0)
+    low, _ = _poi_range(model, bounds)
     top = 1.5 * max(finite) if finite else model.suggested_bounds()[model.poi_index, 1]
     return np.linspace(low, max(top, low + 1e-3), points)
 
@@ -173,15 +180,4 @@ def _toy_upper_limit(model, data, mus, level, test_stat, toy_options, **fit_opti
     r = calc.run()
     values = np.column_stack([r["cls_obs"], r["cls_exp"]])
     limits = [first_crossing(mus, values[:, j], level) for j in range(6)]
-    return UpperLimitResult(
-        observed=limits[0],
-        expected=np.asarray(limits[1:]),
-        mus=mus,
-        cls_obs=values[:, 0],
-        cls_exp=values[:, 1:],
-        level=level,
-        test_stat=test_stat,
-        calculator="toys",
-        n_failed=int(r["n_failed"]),
-        info=toy_info(calc, r),
-    )
+    return _limit_result(limits, mus, values, level, test_stat, "toys", int(r["n_failed"]), toy_info(calc, r))
