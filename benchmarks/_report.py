@@ -18,6 +18,7 @@ def write_report(path: str, script: str, args, rows: list) -> None:
     report = {
         "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
         "machine": platform.machine(), "cpus": os.cpu_count(),
+        "threads": "gpufit and pyhf run in one process, each with every core XLA and BLAS see",
         "gpufit": gpufit.__version__, "pyhf": pyhf.__version__, "jax": jax.__version__,
         "command": f"python benchmarks/{script} " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),

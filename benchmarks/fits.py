@@ -82,12 +82,13 @@ def main():
                 "model": name, "parameters": model.n_pars, "batch": batch, "seconds": seconds,
                 "gpufit_fits_per_s": rate, "pyhf_jax_fits_per_s": ref["jax"], "pyhf_numpy_fits_per_s": ref["numpy"],
                 "ratio_vs_pyhf_jax": rate / ref["jax"], "n_failed": result.n_failed,
-                "mean_iterations": float(np.mean(result.n_iter)),
+                "mean_iterations": float(np.mean(result.n_iter)), "max_iterations": int(np.max(result.n_iter)),
             }
             rows.append(row)
             print(f"{name:8s} P={model.n_pars:4d} B={batch:6d}  gpufit {rate:9.1f} fits/s  "
                   f"pyhf-jax {ref['jax']:7.1f}  pyhf-numpy {ref['numpy']:6.2f}  "
-                  f"x{rate / ref['jax']:6.1f} vs pyhf-jax  failed {result.n_failed}", flush=True)
+                  f"x{rate / ref['jax']:6.1f} vs pyhf-jax  failed {result.n_failed}  "
+                  f"steps mean {np.mean(result.n_iter):.1f} max {np.max(result.n_iter)}", flush=True)
             write()
     print(f"wrote {args.out}")
 

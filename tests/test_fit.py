@@ -131,3 +131,28 @@ def test_bounds_are_respected(docs_ws):
     widened = gpufit.fit(model, data, bounds={"mu": (-5.0, 10.0)}, hesse=False)
     assert widened.value("mu") < 0
     assert widened.twice_nll < result.twice_nll
+
+
+def test_newton_phase_reaches_the_gauss_newton_minima_in_fewer_steps(sbottom):
+    """Exact-Hessian steps (newton_edm=inf) find the same minima as Gauss-Newton alone on
+    sbottom toys, with no more steps per fit on average (quadratic end game)."""
+    import jax
+    import jax.numpy as jnp
+
+    from gpufit.infer.sampling import sample_toys, toy_keys
+
+    model, _ = sbottom
+    m = model.compiled
+    b = model.suggested_bounds()
+    init = jnp.asarray(model.suggested_init())
+    n = 32
+    keys = toy_keys(3, jnp.zeros(n, int), jnp.zeros(n, int), jnp.arange(n))
+    data = jax.jit(sample_toys)(m, init, keys)
+    args = (m, data, jnp.broadcast_to(init, (n, model.n_pars)), jnp.asarray(~model.fixed_parameters()),
+            jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), 1e-8)
+    gn = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, newton_edm=0.0)]
+    nt = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, newton_edm=float("inf"))]
+    assert np.all(gn[2] == _solver.CONVERGED) and np.all(nt[2] == _solver.CONVERGED)
+    np.testing.assert_allclose(nt[1], gn[1], atol=1e-6, rtol=0)
+    assert nt[3].mean() < gn[3].mean()
+

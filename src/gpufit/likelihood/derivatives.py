@@ -17,57 +17,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..model.interpolation import histosys_delta, normsys_factor
-
-
-def _normsys_derivative(code, alpha, hi, lo, coef):
-    log_hi, log_lo = jnp.log(hi), jnp.log(lo)
-    up = jnp.power(hi, alpha) * log_hi
-    down = -jnp.power(lo, -alpha) * log_lo
-    if code == "code1":
-        return jnp.where(alpha >= 0, up, down)  # the right derivative at the kink
-    poly = coef[:, 0] + alpha * (
-        2 * coef[:, 1] + alpha * (3 * coef[:, 2] + alpha * (4 * coef[:, 3] + alpha * (5 * coef[:, 4] + alpha * 6 * coef[:, 5])))
-    )
-    return jnp.where(alpha >= 1.0, up, jnp.where(alpha > -1.0, poly, down))
-
-
-def _histosys_derivative(code, alpha, up, down):
-    if code == "code0":
-        return jnp.where(alpha >= 0, up, down)  # the right derivative at the kink
-    if code == "code2":
-        a = 0.5 * (up - down)
-        b = 0.5 * (up + down)
-        return jnp.where(alpha > 1.0, b + 2 * a, jnp.where(alpha >= -1.0, 2 * a * alpha + b, b - 2 * a))
-    s = 0.5 * (up + down)
-    a = 0.0625 * (up - down)
-    a2 = alpha * alpha
-    inside = s + a * alpha * (30.0 + a2 * (18.0 * a2 - 40.0))
-    return jnp.where(alpha > 1.0, up, jnp.where(alpha < -1.0, down, inside))
-
-
-def _normsys_second(code, alpha, hi, lo, coef):
-    log_hi, log_lo = jnp.log(hi), jnp.log(lo)
-    up = jnp.power(hi, alpha) * log_hi * log_hi
-    down = jnp.power(lo, -alpha) * log_lo * log_lo
-    if code == "code1":
-        return jnp.where(alpha >= 0, up, down)  # the right derivative at the kink
-    poly = 2 * coef[:, 1] + alpha * (
-        6 * coef[:, 2] + alpha * (12 * coef[:, 3] + alpha * (20 * coef[:, 4] + alpha * 30 * coef[:, 5]))
-    )
-    return jnp.where(alpha >= 1.0, up, jnp.where(alpha > -1.0, poly, down))
-
-
-def _histosys_second(code, alpha, up, down):
-    if code == "code0":
-        return jnp.zeros_like(alpha * up)
-    if code == "code2":
-        a = 0.5 * (up - down)
-        return jnp.where((alpha > 1.0) | (alpha < -1.0), 0.0, 2 * a)
-    a = 0.0625 * (up - down)
-    a2 = alpha * alpha
-    inside = a * (30.0 + a2 * (90.0 * a2 - 120.0))
-    return jnp.where((alpha > 1.0) | (alpha < -1.0), 0.0, inside)
+from .interpolation import histosys, normsys
 
 
 def _exclusive_products(g):
@@ -97,39 +47,44 @@ def _assemble(m, c_factor, c_delta):
     return dense.reshape(m.n_main, -1)
 
 
+def _entries(m, pars, order):
+    """Per-entry pieces of every sample-bin for ONE parameter vector [P].
+
+    Returns factors, dfactors (and d2factors) [K, M]: each factor entry's value and
+    derivatives in its own parameter (1, 0, 0 for padding); ddelta (and d2delta) [K, H]:
+    each histosys entry's derivatives; base [K] = nominal + shifts; factor [K] = product.
+    """
+    code_n, code_h = m.normsys_code, m.histosys_code
+    norm = normsys(jnp, code_n, pars[m.normsys_par], m.normsys_log_hi, m.normsys_log_lo, m.normsys_coef, order)
+    hist = histosys(jnp, code_h, pars[m.histosys_par], m.histosys_up, m.histosys_down, order)
+    one, zero = jnp.ones(1, pars.dtype), jnp.zeros(1, pars.dtype)
+    linear = (pars, jnp.ones_like(pars), jnp.zeros_like(pars))  # normfactor, lumi, gammas: factor = theta
+    pads = (one, zero, zero)
+    f = [jnp.concatenate([linear[i], norm[i], pads[i]])[m.factor_index] for i in range(order + 1)]  # [K, M]
+    d = [jnp.concatenate([hist[i], zero])[m.delta_index] for i in range(order + 1)]  # [K, H]
+    base = m.nominal + jnp.sum(d[0], axis=-1)
+    return f, d, base, jnp.prod(f[0], axis=-1)
+
+
 def expected_main_and_jacobian(m, pars, second: bool = False):
     """Expected main counts and their Jacobian for ONE parameter vector.
 
     Args:
         m: compiled model.
         pars: [P].
-        second: also return the diagonal second derivatives d2 nu_b / d theta_p^2.
+        second: also return the diagonal second derivatives d2 nu_b / d theta_p^2
+            (without the products of two entries of one parameter in one sample-bin).
 
     Returns:
         nu [N], jac [N, P] (and d2 [N, P] when ``second``).
     """
-    alpha_n = pars[m.normsys_par]
-    alpha_h = pars[m.histosys_par]
-    code_n, code_h = m.normsys_code, m.histosys_code
-    f_norm = normsys_factor(jnp, code_n, alpha_n, m.normsys_hi, m.normsys_lo, m.normsys_coef)
-    df_norm = _normsys_derivative(code_n, alpha_n, m.normsys_hi, m.normsys_lo, m.normsys_coef)
-    d_hist = histosys_delta(jnp, code_h, alpha_h, m.histosys_up, m.histosys_down)
-    dd_hist = _histosys_derivative(code_h, alpha_h, m.histosys_up, m.histosys_down)
-    one, zero = jnp.ones(1, pars.dtype), jnp.zeros(1, pars.dtype)
-    factors = jnp.concatenate([pars, f_norm, one])[m.factor_index]  # [K, M]
-    dfactors = jnp.concatenate([jnp.ones_like(pars), df_norm, zero])[m.factor_index]  # [K, M]
-    factor = jnp.prod(factors, axis=-1)  # [K]
-    base = m.nominal + jnp.sum(jnp.concatenate([d_hist, zero])[m.delta_index], axis=-1)  # [K]
+    f, d, base, factor = _entries(m, pars, 2 if second else 1)
     nu = (base * factor) @ m.bin_matrix
-    others = base[:, None] * _exclusive_products(factors)  # [K, M]
-    jac = _assemble(m, others * dfactors, factor[:, None] * jnp.concatenate([dd_hist, zero])[m.delta_index])
+    others = base[:, None] * _exclusive_products(f[0])  # [K, M]
+    jac = _assemble(m, others * f[1], factor[:, None] * d[1])
     if not second:
         return nu, jac
-    d2f = _normsys_second(code_n, alpha_n, m.normsys_hi, m.normsys_lo, m.normsys_coef)
-    d2d = _histosys_second(code_h, alpha_h, m.histosys_up, m.histosys_down)
-    s_factor = others * jnp.concatenate([jnp.zeros_like(pars), d2f, zero])[m.factor_index]
-    s_delta = factor[:, None] * jnp.concatenate([d2d, zero])[m.delta_index]
-    return nu, jac, _assemble(m, s_factor, s_delta)
+    return nu, jac, _assemble(m, others * f[2], factor[:, None] * d[2])
 
 
 def twice_nll_gradient_curvature(m, pars, data):
@@ -174,7 +129,9 @@ def twice_nll_gradient_curvature(m, pars, data):
     curv = curv + is_g * inv_var
     curv = curv + is_p * jnp.where(a > 0, a / (safe_gamma * safe_gamma), m.con_tau / safe_gamma)
 
-    f = -2.0 * (main + gauss + pois)
+    # a bin with n = 0 and nu < 0 (a histosys pushed past zero) would make -2 log L
+    # unbounded below: such points are outside the model, not minima
+    f = jnp.where(jnp.any(nu < 0), jnp.inf, -2.0 * (main + gauss + pois))
     return f, grad, jac, w, curv
 
 
@@ -182,3 +139,69 @@ def curvature_matrix(jac, w, c):
     """``2 (J^T diag(w) J + diag(c))`` [P, P] from the factors of
     :func:`twice_nll_gradient_curvature`."""
     return 2.0 * ((jac.T * w) @ jac + jnp.diag(c))
+
+
+def _per_sample_bin(table, contributions):
+    """Dense [K, P] from per-entry contributions [K, W] through ``factor_of``/``delta_of``."""
+    flat = jnp.concatenate([contributions.ravel(), jnp.zeros(1, contributions.dtype)])
+    return jnp.sum(flat.at[table].get(mode="promise_in_bounds"), axis=-1)
+
+
+def twice_nll_hessian(m, pars, data):
+    """The exact Hessian of -2 log L for ONE fit: pars [P], data [N + A] -> [P, P].
+
+    With ``nu_k = B_k F_k`` (B: nominal plus histosys shifts, F: the product of the
+    factors) and ``r_b = 1 - n_b / nu_b``:
+
+        H = 2 [J^T diag(n / nu^2) J + sum_b r_b d2 nu_b + constraint curvature]
+        d2 nu_k = (B_k / F_k) gF gF^T + gB gF^T + gF gB^T        off the diagonal
+
+    where gF, gB [K, P] are the per-sample-bin gradients of F and B (each entry
+    depends on one parameter, so the factor block is rank one per sample-bin). The
+    rank-one form divides by F_k, so it is evaluated with factors clamped away from
+    zero (a normfactor or gamma at 0: the terms that involve it are right, the others
+    are O(clamp) instead of 0); the diagonal, where that division would cancel
+    catastrophically, is summed exactly from the entries. Two K x P x P products per
+    call: use it where Gauss-Newton steps converge slowly, not for every step.
+    """
+    f, d, base, factor = _entries(m, pars, 2)
+    n = data[: m.n_main]
+    aux = data[m.n_main :]
+    others = _exclusive_products(f[0])  # prod of the other factors [K, M]
+    g_f = _per_sample_bin(m.factor_of, others * f[1])  # dF_k / d theta [K, P]
+    g_b = _per_sample_bin(m.delta_of, d[1])  # dB_k / d theta [K, P]
+    jac_k = base[:, None] * g_f + factor[:, None] * g_b  # d nu_k / d theta [K, P]
+    nu = (base * factor) @ m.bin_matrix
+    jac = m.bin_matrix.T @ jac_k  # [N, P]
+    ratio = jnp.where(n == 0, 0.0, n / nu)
+    w = jnp.where(n == 0, 0.0, ratio / nu)
+    c = m.bin_matrix @ (1.0 - ratio)  # r of each sample-bin's main bin [K]
+
+    clamp = jnp.finfo(pars.dtype).eps ** (2.0 / 3.0)
+    f_safe = jnp.where(f[0] < 0, jnp.minimum(f[0], -clamp), jnp.maximum(f[0], clamp))
+    prod_safe = jnp.prod(f_safe, axis=-1)  # [K]
+    g_safe = _per_sample_bin(m.factor_of, prod_safe[:, None] / f_safe * f[1])  # [K, P]
+    left = jnp.concatenate([(c * base / prod_safe)[:, None] * g_safe, c[:, None] * g_b])  # [2K, P]
+    right = jnp.concatenate([g_safe, 2.0 * g_f])
+    second = left.T @ right
+    second = 0.5 * (second + second.T)
+    diag = c @ (
+        base[:, None] * _per_sample_bin(m.factor_of, others * f[2])
+        + factor[:, None] * _per_sample_bin(m.delta_of, d[2])
+        + 2.0 * g_b * g_f
+    )
+    eye = jnp.eye(pars.shape[0], dtype=bool)
+    second = jnp.where(eye, jnp.diag(diag), second)
+
+    a = jnp.concatenate([aux, jnp.zeros(1, aux.dtype)])[m.con_aux]
+    safe_gamma = jnp.where(m.con_pois > 0, pars, 1.0)
+    con = m.con_gauss / (m.con_sigma * m.con_sigma) + m.con_pois * a / (safe_gamma * safe_gamma)
+    return 2.0 * ((jac.T * w) @ jac + second + jnp.diag(con))
+
+
+def twice_nll_gradient_hessian(m, pars, data):
+    """-2 log L, its gradient, its exact Hessian and the Gauss-Newton curvature for ONE
+    fit: f [], g [P], hessian [P, P], gauss_newton [P, P] (the fallback where the
+    Hessian is not positive definite)."""
+    f, g, jac, w, c = twice_nll_gradient_curvature(m, pars, data)
+    return f, g, twice_nll_hessian(m, pars, data), curvature_matrix(jac, w, c)

@@ -21,7 +21,7 @@ exactly as pyhf's ``Model.logpdf``.
 from __future__ import annotations
 
 from .._arrays import namespace_of
-from ..model.interpolation import histosys_delta, normsys_factor
+from .interpolation import histosys, normsys
 
 _HALF_LOG_2PI = 0.9189385332046727417803297364056176398613974736377834128171515404
 
@@ -31,12 +31,10 @@ def expected_main(m, pars):
     ns = namespace_of(m.nominal)
     xp = ns.xp
     batch = pars.shape[:-1]
-    f_norm = normsys_factor(
-        xp, m.normsys_code, xp.take(pars, m.normsys_par, axis=-1), m.normsys_hi, m.normsys_lo, m.normsys_coef
+    (f_norm,) = normsys(
+        xp, m.normsys_code, xp.take(pars, m.normsys_par, axis=-1), m.normsys_log_hi, m.normsys_log_lo, m.normsys_coef
     )
-    d_hist = histosys_delta(
-        xp, m.histosys_code, xp.take(pars, m.histosys_par, axis=-1), m.histosys_up, m.histosys_down
-    )
+    (d_hist,) = histosys(xp, m.histosys_code, xp.take(pars, m.histosys_par, axis=-1), m.histosys_up, m.histosys_down)
     one = xp.ones(batch + (1,), dtype=pars.dtype)
     factors = xp.concatenate([pars, f_norm, one], axis=-1)  # [..., P + Tn + 1]
     deltas = xp.concatenate([d_hist, 0.0 * one], axis=-1)  # [..., Th + 1]

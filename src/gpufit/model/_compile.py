@@ -14,7 +14,7 @@ import numpy as np
 
 from ..exceptions import InvalidWorkspace
 from ._compiled import CompiledModel
-from ._solver_tables import constraint_tables, jacobian_tables, solve_partition
+from ._solver_tables import constraint_tables, jacobian_tables, sample_bin_tables, solve_partition
 from .interpolation import code4_coefficients
 
 _PER_BIN = ("staterror", "shapesys", "shapefactor")
@@ -132,6 +132,8 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
     norm_hi_a = np.asarray(norm_hi, dtype=float)
     norm_lo_a = np.asarray(norm_lo, dtype=float)
     coef = code4_coefficients(norm_hi_a, norm_lo_a) if n_terms else np.zeros((0, 6))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_hi, log_lo = np.log(norm_hi_a), np.log(norm_lo_a)
 
     gauss_par, gauss_aux, gauss_sigma = [], [], []
     pois_par, pois_aux, pois_tau = [], [], []
@@ -161,6 +163,9 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         factor_index, delta_index, bin_of, npars, np.asarray(norm_par, dtype=np.int64),
         np.asarray(hist_par, dtype=np.int64), n_main,
     )
+    factor_of, delta_of = sample_bin_tables(
+        factor_index, delta_index, npars, np.asarray(norm_par, dtype=np.int64), np.asarray(hist_par, dtype=np.int64)
+    )
     con_aux, con_gauss, con_pois, con_sigma, con_tau = constraint_tables(
         npars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par, pois_aux, pois_tau
     )
@@ -178,8 +183,8 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         factor_index=factor_index,
         delta_index=delta_index,
         normsys_par=ints(norm_par),
-        normsys_hi=floats(norm_hi_a),
-        normsys_lo=floats(norm_lo_a),
+        normsys_log_hi=floats(log_hi),
+        normsys_log_lo=floats(log_lo),
         normsys_coef=floats(coef).reshape(n_terms, 6),
         histosys_par=ints(hist_par),
         histosys_up=floats(hist_up),
@@ -193,6 +198,8 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         aux_order=aux_order,
         jac_entries=jac_entries,
         jac_index=jac_index,
+        factor_of=factor_of,
+        delta_of=delta_of,
         con_aux=con_aux,
         con_gauss=floats(con_gauss),
         con_pois=floats(con_pois),

@@ -12,8 +12,8 @@ ARRAY_FIELDS = (
     "factor_index",  # [K, M] int, into concat(pars [P], normsys factors [Tn], 1.0)
     "delta_index",  # [K, H] int, into concat(histosys deltas [Th], 0.0)
     "normsys_par",  # [Tn] int
-    "normsys_hi",  # [Tn]
-    "normsys_lo",  # [Tn]
+    "normsys_log_hi",  # [Tn] log of the up factor
+    "normsys_log_lo",  # [Tn] log of the down factor
     "normsys_coef",  # [Tn, 6] code4 polynomial coefficients
     "histosys_par",  # [Th] int
     "histosys_up",  # [Th] hi - nominal
@@ -28,6 +28,8 @@ ARRAY_FIELDS = (
     # derived tables for the solver (see model/_solver_tables.py)
     "jac_entries",  # [Z, L] int, Jacobian contributions summed into each (bin, par) pair
     "jac_index",  # [N * P] int, pair of each Jacobian entry (Z: identically zero)
+    "factor_of",  # [K, P, Lf] int, factor entries of parameter p in sample-bin k (exact Hessian)
+    "delta_of",  # [K, P, Ld] int, histosys entries of parameter p in sample-bin k
     "con_aux",  # [P] int, auxiliary datum of each parameter's constraint (A: none)
     "con_gauss",  # [P] 1.0 where the parameter has a Gaussian constraint
     "con_pois",  # [P] 1.0 where it has a Poisson constraint
@@ -53,8 +55,8 @@ class CompiledModel:
     factor_index: object
     delta_index: object
     normsys_par: object
-    normsys_hi: object
-    normsys_lo: object
+    normsys_log_hi: object
+    normsys_log_lo: object
     normsys_coef: object
     histosys_par: object
     histosys_up: object
@@ -68,6 +70,8 @@ class CompiledModel:
     aux_order: object
     jac_entries: object
     jac_index: object
+    factor_of: object
+    delta_of: object
     con_aux: object
     con_gauss: object
     con_pois: object

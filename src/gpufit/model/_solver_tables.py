@@ -41,6 +41,39 @@ def jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, hist
     return entries, index
 
 
+def sample_bin_tables(factor_index, delta_index, n_pars, normsys_par, histosys_par):
+    """Where each per-sample-bin derivative ``d F_k / d theta_p`` and ``d B_k / d theta_p``
+    [K, P] comes from (``F_k``: the product of sample-bin k's factors, ``B_k``: its
+    nominal plus histosys shifts), for the exact Hessian.
+
+    Returns:
+        factor_of [K, P, Lf] int: positions in the flattened factor entries [K * M]
+            (K * M, a padding zero, where none) whose contributions sum to (k, p);
+        delta_of [K, P, Ld] int: the same for the histosys entries [K * H].
+        Lf and Ld are the largest number of entries of one parameter in one sample-bin
+        (1 in every published model seen so far).
+    """
+
+    def table(index, par_of):
+        k, width = index.shape
+        pars = par_of[index]  # [K, W]
+        lists = [[[] for _ in range(n_pars)] for _ in range(k)]
+        for row in range(k):
+            for col in range(width):
+                if pars[row, col] >= 0:
+                    lists[row][pars[row, col]].append(row * width + col)
+        depth = max([len(c) for r in lists for c in r] + [1])
+        out = np.full((k, n_pars, depth), k * width, dtype=np.int32)
+        for row in range(k):
+            for p, cells in enumerate(lists[row]):
+                out[row, p, : len(cells)] = cells
+        return out
+
+    par_of_factor = np.concatenate([np.arange(n_pars), normsys_par, [-1]]).astype(np.int64)
+    par_of_delta = np.concatenate([histosys_par, [-1]]).astype(np.int64)
+    return table(np.asarray(factor_index), par_of_factor), table(np.asarray(delta_index), par_of_delta)
+
+
 def constraint_tables(n_pars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par, pois_aux, pois_tau):
     """Constraint terms laid out per parameter (each parameter has at most one).
 

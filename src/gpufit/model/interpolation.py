@@ -1,7 +1,5 @@
-"""Interpolation codes for normsys (multiplicative) and histosys (additive) modifiers.
-
-Pure element-wise functions of arrays, with the same formulas and case boundaries as
-pyhf's ``interpolators`` (which follow CERN-OPEN-2012-016):
+"""Interpolation codes for normsys (multiplicative) and histosys (additive) modifiers,
+as pyhf's ``interpolators`` define them (CERN-OPEN-2012-016):
 
 ========  =========  ====================================================================
 code      modifier   between -1 and +1            beyond
@@ -21,8 +19,9 @@ agree number for number: beyond +1 it extrapolates ``(b + 2a)(x - 1)`` and below
 ``(b + 2a)(x - 1) + hi - nom`` and ``-(b - 2a)(x + 1) + lo - nom``, and is continuous;
 pyhf's (and so gpufit's) code2 jumps at |x| = 1. Prefer code0 or code4p.
 
-Each function takes the nuisance parameters ``alpha`` [..., T] and per-term constants
-[T] (or [T, 6] for code4 coefficients) and returns [..., T].
+This module holds what is settled when a model is compiled: the codes, pyhf's defaults
+and the code4 coefficients. The kernels themselves are in
+:mod:`gpufit.likelihood.interpolation`.
 """
 
 from __future__ import annotations
@@ -90,36 +89,3 @@ def code4_coefficients(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         log_hi, log_lo = np.log(hi), np.log(lo)
     b = np.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
     return np.einsum("rc,ct->tr", _CODE4_A_INVERSE, b)
-
-
-def normsys_factor(xp, code: str, alpha, hi, lo, coef):
-    """Multiplicative factor of each normsys term: [..., T]."""
-    up = xp.power(hi, alpha)
-    down = xp.power(lo, -alpha)
-    if code == "code1":
-        return xp.where(alpha > 0, up, down)
-    # code4: 1 + sum_i a_i alpha^i inside, exponential at and beyond |alpha| = 1
-    poly = 1.0 + alpha * (
-        coef[:, 0]
-        + alpha * (coef[:, 1] + alpha * (coef[:, 2] + alpha * (coef[:, 3] + alpha * (coef[:, 4] + alpha * coef[:, 5]))))
-    )
-    return xp.where(alpha >= 1.0, up, xp.where(alpha > -1.0, poly, down))
-
-
-def histosys_delta(xp, code: str, alpha, up, down):
-    """Additive shift of each histosys term: [..., T]; ``up = hi - nom``, ``down = nom - lo``."""
-    if code == "code0":
-        return xp.where(alpha > 0, alpha * up, alpha * down)
-    if code == "code2":
-        a = 0.5 * (up - down)
-        b = 0.5 * (up + down)
-        inside = a * alpha * alpha + b * alpha
-        return xp.where(
-            alpha > 1.0, (b + 2 * a) * (alpha - 1.0), xp.where(alpha >= -1.0, inside, (b - 2 * a) * alpha)
-        )
-    # code4p
-    s = 0.5 * (up + down)
-    a = 0.0625 * (up - down)
-    a2 = alpha * alpha
-    inside = alpha * s + a2 * a * (15.0 + a2 * (3.0 * a2 - 10.0))
-    return xp.where(alpha > 1.0, alpha * up, xp.where(alpha < -1.0, alpha * down, inside))

@@ -1,0 +1,81 @@
+"""The solver's phases side by side: Gauss-Newton only, Newton end game, Newton throughout.
+
+    python benchmarks/solver.py [--models sbottom,1lbb] [--toys 128]
+                                [--out benchmarks/results/solver-cpu.json]
+
+Each model's toys are drawn at the suggested initial values (the same keys for every
+row) and fitted from there by ``minimize_batch`` in lockstep groups of 16, as the toy
+calculator does, with the edm tolerance of the fits (1e-8) and up to 300 steps. Timed
+warm (after a call that compiles). Reported per row: milliseconds per fit (wall time of
+the batch / toys), mean and largest number of steps, how the fits ended, and the
+largest difference in -2 log L from the Gauss-Newton row (same datasets). One process,
+every core XLA sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fits  # benchmarks/fits.py: the sbottom and 1Lbb models
+from _report import write_report  # benchmarks/_report.py
+from gpufit.infer.sampling import sample_toys, toy_keys
+from gpufit.optimize._solver import STATUS, minimize_batch
+
+CONFIGS = {  # row name: (newton_edm, newton_after)
+    "gauss-newton": (0.0, 0),
+    "newton below edm 1": (1.0, 0),
+    "newton after 20 steps": (0.0, 20),
+    "newton throughout": (float("inf"), 0),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="sbottom,1lbb")
+    parser.add_argument("--toys", type=int, default=128)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "solver-cpu.json"))
+    args = parser.parse_args()
+    rows = []
+    for name in args.models.split(","):
+        model, _ = fits.load(name)
+        m = model.compiled
+        init = jnp.asarray(model.suggested_init())
+        n = args.toys
+        keys = toy_keys(1, jnp.zeros(n, int), jnp.zeros(n, int), jnp.arange(n))
+        data = jax.jit(sample_toys)(m, init, keys)
+        b = model.suggested_bounds()
+        call = (m, data, jnp.broadcast_to(init, (n, model.n_pars)), jnp.asarray(~model.fixed_parameters()),
+                jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), 1e-8)
+        reference = None
+        for row_name, (newton_edm, newton_after) in CONFIGS.items():
+            def run():
+                return jax.block_until_ready(minimize_batch(*call, maxiter=300, group=16, newton_edm=newton_edm,
+                                                            newton_after=newton_after))
+            run()
+            start = time.perf_counter()
+            _, f, status, steps, _ = (np.asarray(a) for a in run())
+            seconds = time.perf_counter() - start
+            reference = f if reference is None else reference
+            ended = {STATUS[int(code)]: int(np.sum(status == code)) for code in np.unique(status)}
+            row = {
+                "model": name, "parameters": model.n_pars, "toys": n, "solver": row_name,
+                "newton_edm": newton_edm, "newton_after": newton_after,
+                "ms_per_fit": 1e3 * seconds / n, "mean_steps": float(steps.mean()), "max_steps": int(steps.max()),
+                "ended": ended, "max_abs_twice_nll_change": float(np.max(np.abs(f - reference))),
+            }
+            rows.append(row)
+            print(f"{name:8s} P={model.n_pars:4d} {row_name:22s} {row['ms_per_fit']:7.2f} ms/fit  steps mean "
+                  f"{row['mean_steps']:5.1f} max {row['max_steps']:4d}  {ended}  "
+                  f"|d(-2lnL)| <= {row['max_abs_twice_nll_change']:.1e}", flush=True)
+            write_report(args.out, "solver.py", args, rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
