@@ -58,10 +58,14 @@ def fit(ws, model, data, as_json, fixed, no_hesse):
 
     def table(p):
         click.echo(f"twice_nll = {p['twice_nll']:.6f}   converged = {p['converged']} ({p['status']})")
+        if p.get("hesse_valid") is False:
+            click.echo("warning: the Hessian is not positive definite at this point; the errors are not reliable")
         errors = p.get("uncertainties", {})
+        limits = p.get("at_limit", {})
         for name, value in p["parameters"].items():
             err = errors.get(name)
-            click.echo(f"  {name:40s} {value: .6f}" + (f" +/- {err:.6f}" if err is not None else ""))
+            click.echo(f"  {name:40s} {value: .6f}" + (f" +/- {err:.6f}" if err is not None else "")
+                       + ("   (at limit)" if limits.get(name) else ""))
 
     emit(payload, as_json, table)
 

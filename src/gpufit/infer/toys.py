@@ -30,7 +30,6 @@ import numpy as np
 from .. import _device
 from ..exceptions import ToyFitsFailed
 from ..optimize import fit
-from ..optimize._result import MINUIT_FALLBACK
 from ..optimize._solver import CONVERGED, minimize_batch
 from ..optimize.fit import DEFAULT_TOL, _padded_size, _resolve_bounds, default_chunk_size, resolve_fixed
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
@@ -235,7 +234,7 @@ class ToyCalculator:
                 start[:, self.model.poi_index] = mu_test[still]
             stats.restarted += still.size
             r = self._refit(kind, data[still], mu_test[still], init=start, damping=1.0, retry=True)
-            stats.minuit += int(np.sum(r.status >= MINUIT_FALLBACK))
+            stats.minuit += int(np.sum(r.by_minuit))
             _store(pars, f, status, still, r)
 
         # a free fit above its fixed twin sits in a local minimum: refit from the twin
@@ -362,7 +361,7 @@ def _store(pars, f, status, rows, r):
 def _select(r, mask):
     return dataclasses.replace(
         r, pars=r.pars[mask], twice_nll=r.twice_nll[mask], converged=r.converged[mask], status=r.status[mask],
-        n_iter=r.n_iter[mask], edm=r.edm[mask],
+        n_iter=r.n_iter[mask], edm=r.edm[mask], by_minuit=r.by_minuit[mask],
     )
 
 

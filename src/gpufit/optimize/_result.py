@@ -8,7 +8,12 @@ import numpy as np
 
 from ._solver import STATUS
 
-MINUIT_FALLBACK = 10  # added to the status of fits that iminuit finished
+MESSAGES = {
+    "converged": "the estimated distance to the minimum (edm) fell below tol",
+    "max_iterations": "the step cap (maxiter) was reached before edm fell below tol",
+    "not_finite": "-2 log L or its gradient is not finite at the start or on the way: check the model and data",
+    "stalled": "no step lowers -2 log L any more (damping at its cap) while edm is above tol",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,11 +24,18 @@ class FitResult:
         pars: [..., P] best-fit parameters.
         twice_nll: [...] -2 log L at ``pars``.
         converged: [...] bool.
-        status: [...] int; ``status_names`` spells them out.
+        status: [...] int, how the fit ended (:data:`gpufit.optimize.STATUS`);
+            ``status_names`` and ``messages`` spell it out.
         n_iter: [...] solver steps.
         edm: [...] estimated distance to the minimum (in -2 log L units).
         uncertainties: [..., P] Hesse errors (None unless ``hesse``); 0 for fixed ones.
         covariance: [..., P, P] (None unless ``hesse``).
+        hesse_valid: [...] bool, the Hessian on the free parameters is positive definite
+            at ``pars`` (None unless ``hesse``); where False the covariance is a
+            pseudo-inverse and the errors are not to be trusted.
+        bounds: [P, 2] the bounds the fits ran with (``at_limit`` reads them).
+        by_minuit: [...] bool, iminuit (MIGRAD) had the last word on the fit: its status
+            is then MIGRAD's (converged where ``valid``); ``finished_by`` says it in words.
         parameter_names, fixed: the model's names and the fixed flags used.
     """
 
@@ -37,6 +49,9 @@ class FitResult:
     fixed: np.ndarray
     uncertainties: np.ndarray | None = None
     covariance: np.ndarray | None = None
+    hesse_valid: np.ndarray | None = None
+    bounds: np.ndarray | None = None
+    by_minuit: np.ndarray | None = None
 
     @property
     def n_failed(self) -> int:
@@ -45,15 +60,28 @@ class FitResult:
 
     @property
     def status_names(self):
-        """``status`` as words: converged, max_iterations, not_finite, stalled
-        (``+minuit`` where iminuit finished the fit)."""
+        """``status`` as words: converged, max_iterations, not_finite, stalled."""
+        return np.vectorize(lambda code: STATUS.get(int(code), str(code)), otypes=[object])(self.status)
 
-        def name(code):
-            code = int(code)
-            base = STATUS.get(code % MINUIT_FALLBACK, str(code))
-            return base + ("+minuit" if code >= MINUIT_FALLBACK else "")
+    @property
+    def messages(self):
+        """``status`` as a sentence per fit (what happened, and what to do about it)."""
+        return np.vectorize(lambda name: MESSAGES.get(name, name), otypes=[object])(self.status_names)
 
-        return np.vectorize(name, otypes=[object])(self.status)
+    @property
+    def finished_by(self):
+        """``"gpufit"`` or ``"iminuit"`` per fit: which minimizer had the last word."""
+        by = np.zeros(np.shape(self.status), bool) if self.by_minuit is None else np.asarray(self.by_minuit)
+        return np.where(by, "iminuit", "gpufit").astype(object)
+
+    @property
+    def at_limit(self) -> np.ndarray:
+        """[..., P] bool: free parameters that ended on one of their bounds (as MINUIT's
+        ``at_limit``); a minimum on a bound has no symmetric Hesse error there."""
+        if self.bounds is None:
+            raise ValueError("this FitResult carries no bounds")
+        pars = np.asarray(self.pars)
+        return ((pars <= self.bounds[:, 0]) | (pars >= self.bounds[:, 1])) & ~np.asarray(self.fixed)
 
     @property
     def correlations(self) -> np.ndarray | None:
@@ -85,9 +113,13 @@ class FitResult:
             "twice_nll": np.asarray(self.twice_nll).tolist(),
             "converged": np.asarray(self.converged).tolist(),
             "status": np.asarray(self.status_names).tolist(),
+            "finished_by": np.asarray(self.finished_by).tolist(),
             "n_iter": np.asarray(self.n_iter).tolist(),
             "edm": np.asarray(self.edm).tolist(),
         }
+        if self.bounds is not None:
+            out["at_limit"] = dict(zip(self.parameter_names, self.at_limit.T.tolist()))
         if self.uncertainties is not None:
             out["uncertainties"] = dict(zip(self.parameter_names, np.asarray(self.uncertainties).T.tolist()))
+            out["hesse_valid"] = np.asarray(self.hesse_valid).tolist()
         return out

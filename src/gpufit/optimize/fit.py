@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _device
 from ..exceptions import InvalidShape
-from ._result import MINUIT_FALLBACK, FitResult
+from ._result import FitResult
 from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, value_and_grad_one
 
 DEFAULT_TOL = 1e-8
@@ -185,22 +185,23 @@ def fit(
         p2, f2, s2, i2, e2 = solve(late, pars[late], maxiter - first)
         pars[late], twice_nll[late], status[late], n_iter[late], edm[late] = p2, f2, s2, n_iter[late] + i2, e2
 
+    by_minuit = np.zeros(n, bool)
     if retry:
         for i in np.flatnonzero(status != CONVERGED):
             start = pars[i] if np.all(np.isfinite(pars[i])) else flat_x0[i]
             p, f, valid, e = _minuit_refit(model, jnp.asarray(flat_data[i]), start, free, b, tol)
+            by_minuit[i] = True
             if valid and (not np.isfinite(twice_nll[i]) or f <= twice_nll[i] + 1e-6):
                 pars[i], twice_nll[i], edm[i] = p, f, e
-                status[i] = MINUIT_FALLBACK + CONVERGED
-            else:
-                status[i] = MINUIT_FALLBACK + status[i]
+                status[i] = CONVERGED
 
-    converged = status % MINUIT_FALLBACK == CONVERGED
-    uncertainties = covariance = None
+    converged = status == CONVERGED
+    uncertainties = covariance = hesse_valid = None
     if hesse is None:
         hesse = n == 1
     if hesse:
-        covariance = _covariance(compiled, flat_data, pars, free, chunk)
+        covariance, hesse_valid = _covariance(compiled, flat_data, pars, free, chunk)
+        hesse_valid = hesse_valid.reshape(batch_shape)
         uncertainties = np.sqrt(np.clip(np.diagonal(covariance, axis1=-2, axis2=-1), 0.0, None))
         covariance = covariance.reshape(batch_shape + (model.n_pars, model.n_pars))
         uncertainties = uncertainties.reshape(batch_shape + (model.n_pars,))
@@ -215,11 +216,17 @@ def fit(
         fixed=flags,
         uncertainties=uncertainties,
         covariance=covariance,
+        hesse_valid=hesse_valid,
+        bounds=b,
+        by_minuit=by_minuit.reshape(batch_shape),
     )
 
 
-def _covariance(compiled, data, pars, free, chunk) -> np.ndarray:
-    """Covariance [B, P, P] = 2 (Hessian of -2 log L on the free parameters)^-1."""
+def _covariance(compiled, data, pars, free, chunk):
+    """Covariance [B, P, P] = 2 (Hessian of -2 log L on the free parameters)^-1, and
+    whether it is trustworthy [B] bool: the Hessian is positive definite there. Where it
+    is not (a flat or negative direction: not a proper minimum, or a parameter at a
+    bound) the covariance is a pseudo-inverse and ``hesse_valid`` says so."""
     hs = []
     for start in range(0, len(pars), chunk):
         hs.append(np.asarray(hessian_batch(compiled, jnp.asarray(data[start:start + chunk]), jnp.asarray(pars[start:start + chunk]))))
@@ -228,12 +235,15 @@ def _covariance(compiled, data, pars, free, chunk) -> np.ndarray:
     cov = np.zeros_like(h)
     sub = h[:, idx[:, None], idx[None, :]]
     with np.errstate(all="ignore"):
-        try:
-            inv = np.linalg.inv(sub)
-        except np.linalg.LinAlgError:
-            inv = np.linalg.pinv(sub)
+        finite = np.all(np.isfinite(sub), axis=(1, 2))
+        valid = finite.copy()
+        if idx.size:
+            eig = np.linalg.eigvalsh(np.where(finite[:, None, None], sub, 0.0))  # [B, F] ascending
+            valid &= eig[:, 0] > 1e-12 * np.abs(eig[:, -1])
+        inv = np.empty_like(sub)
+        if valid.any():
+            inv[valid] = np.linalg.inv(sub[valid])
+        if (~valid).any():
+            inv[~valid] = np.linalg.pinv(np.nan_to_num(sub[~valid]))
     cov[:, idx[:, None], idx[None, :]] = 2.0 * inv
-    return cov
-
-
-
+    return cov, valid
