@@ -200,8 +200,17 @@ def twice_nll_hessian(m, pars, data):
 
 
 def twice_nll_gradient_hessian(m, pars, data):
-    """-2 log L, its gradient, its exact Hessian and the Gauss-Newton curvature for ONE
-    fit: f [], g [P], hessian [P, P], gauss_newton [P, P] (the fallback where the
-    Hessian is not positive definite)."""
+    """-2 log L, its gradient, the solver's Newton matrix and the Gauss-Newton curvature
+    for ONE fit: f [], g [P], hessian [P, P], gauss_newton [P, P] (the fallback where
+    the first is not positive definite).
+
+    The Newton matrix is the exact Hessian plus, for empty bins only, the Gauss-Newton
+    term ``2 J_b J_b^T / nu_b``: an empty bin contributes no curvature to the exact
+    Hessian (n/nu^2 = 0), so exact Newton steps run straight through nu_b = 0, where
+    -2 log L stops being defined; the expected information 1/nu_b grows as the edge
+    nears and keeps the steps inside.
+    """
     f, g, jac, w, c = twice_nll_gradient_curvature(m, pars, data)
-    return f, g, twice_nll_hessian(m, pars, data), curvature_matrix(jac, w, c)
+    empty = jnp.where(data[: m.n_main] == 0, w, 0.0)  # w = 1/nu in empty bins
+    barrier = 2.0 * (jac.T * empty) @ jac
+    return f, g, twice_nll_hessian(m, pars, data) + barrier, curvature_matrix(jac, w, c)

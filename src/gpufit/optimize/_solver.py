@@ -16,15 +16,15 @@ termination):
    per bin, so near the minimum it converges only linearly (27 steps a fit on 1Lbb toys).
 2. **Newton** (optional: once the estimated distance to the minimum is below
    ``newton_edm``, or after ``newton_after`` Gauss-Newton steps): the exact Hessian
-   (:func:`gpufit.likelihood.derivatives.twice_nll_hessian`, two K x P x P products)
-   and a dense damped Cholesky solve, with the Gauss-Newton matrix where the damped
+   (:func:`gpufit.likelihood.derivatives.twice_nll_hessian`, two K x P x P products;
+   plus the Gauss-Newton term of empty bins, which keeps steps off nu_b < 0) and a
+   dense damped Cholesky solve, with the Gauss-Newton matrix where the damped
    Hessian is not positive definite; quadratic convergence in the end game.
 
-   Off by default, by measurement (1Lbb toys, 2-core CPU, groups of 16): Newton
-   throughout halves the mean steps (20.8 -> 10.1) but a step costs about four
-   Gauss-Newton ones (the Hessian 480 us a fit against 170 us), and the slowest fits
-   of a group, which set its time, are mostly ones whose minimum lies on the edge
-   nu_b = 0 of an empty bin, which neither curvature model cures.
+   Off by default, by measurement (benchmarks/solver.py: 1Lbb toys, 2-core CPU, groups
+   of 16): Newton throughout halves the mean steps (20.8 -> 11.7) and finds the same
+   minima, but a step costs about four Gauss-Newton ones (the Hessian 480 us a fit
+   against 170 us) and a group pays it for all its fits: 41 ms a fit against 8.5.
 
 Common to both: a parameter on a bound with the gradient (then the step) pushing
 outward is held for the step (projected Newton) and the step is clipped into the box;
