@@ -1,4 +1,4 @@
-"""Analytic first derivatives of the expected counts, for the batched solver (JAX).
+"""Analytic derivatives of the expected counts and of -2 log L, for the solver (JAX).
 
 ``nu_k = (nominal_k + sum_h delta_kh(alpha)) * prod_m F_km(theta)`` gives
 
@@ -11,6 +11,11 @@ exact zeros apart (so a normfactor at 0 is fine), and the sums over entries that
 Jacobian (``model/_solver_tables.py``; no scatter, which is slow on CPUs). One call costs
 a few forward passes, independent of P, where ``jax.jacfwd`` costs P of them and
 ``jax.jacrev`` N.
+
+The exact Hessian of -2 log L (:func:`twice_nll_hessian`) uses the same entries, laid
+out per sample-bin ([K, P], through ``factor_of`` / ``delta_of``): each sample-bin's
+second derivatives are rank one plus a diagonal, so the Hessian is two K x P x P
+products instead of P autodiff passes.
 """
 
 from __future__ import annotations
