@@ -9,6 +9,31 @@ from __future__ import annotations
 import numpy as np
 
 
+def _entry_parameters(factor_index, delta_index, n_pars, normsys_par, histosys_par):
+    """The parameter of each factor entry [K, M] and histosys entry [K, H] (-1: padding)."""
+    par_of_factor = np.concatenate([np.arange(n_pars), normsys_par, [-1]]).astype(np.int64)
+    par_of_delta = np.concatenate([histosys_par, [-1]]).astype(np.int64)
+    return par_of_factor[np.asarray(factor_index)], par_of_delta[np.asarray(delta_index)]
+
+
+def _group(pairs, pad):
+    """Positions in ``pairs`` [E] that share a key (negative: none), grouped.
+
+    Returns:
+        keys [Z] int, the distinct keys in ascending order;
+        entries [max(Z, 1), L] int, the positions of each key in ascending order, padded
+        with ``pad`` (L: the largest group, at least 1).
+    """
+    valid = np.flatnonzero(pairs >= 0)
+    order = valid[np.argsort(pairs[valid], kind="stable")]
+    keys, starts, counts = np.unique(pairs[order], return_index=True, return_counts=True)
+    width = int(counts.max()) if counts.size else 1
+    entries = np.full((max(keys.size, 1), width), pad, dtype=np.int32)
+    for z, (start, count) in enumerate(zip(starts, counts)):
+        entries[z, :count] = order[start:start + count]
+    return keys, entries
+
+
 def jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, histosys_par, n_main):
     """Where each entry of the Jacobian ``d nu_b / d theta_p`` [N, P] comes from.
 
@@ -20,22 +45,12 @@ def jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, hist
             non-zero, the positions in ``c`` to sum (padded with the trailing zero).
         index [N * P] int: position of pair (b, p) among the Z sums, or Z (a zero).
     """
-    par_of_factor = np.concatenate([np.arange(n_pars), normsys_par, [-1]]).astype(np.int64)
-    par_of_delta = np.concatenate([histosys_par, [-1]]).astype(np.int64)
-    pf = par_of_factor[factor_index]  # [K, M]
-    pd = par_of_delta[delta_index]  # [K, H]
+    pf, pd = _entry_parameters(factor_index, delta_index, n_pars, normsys_par, histosys_par)
     bins = np.asarray(bin_of, dtype=np.int64)
     pair_f = np.where(pf >= 0, bins[:, None] * n_pars + pf, -1).ravel()
     pair_d = np.where(pd >= 0, bins[:, None] * n_pars + pd, -1).ravel()
     pairs = np.concatenate([pair_f, pair_d])
-    pad = pairs.size  # position of the trailing zero in c
-    valid = np.flatnonzero(pairs >= 0)
-    order = valid[np.argsort(pairs[valid], kind="stable")]
-    keys, starts, counts = np.unique(pairs[order], return_index=True, return_counts=True)
-    width = int(counts.max()) if counts.size else 1
-    entries = np.full((max(keys.size, 1), width), pad, dtype=np.int32)
-    for z, (start, count) in enumerate(zip(starts, counts)):
-        entries[z, :count] = order[start:start + count]
+    keys, entries = _group(pairs, pad=pairs.size)  # pairs.size: the trailing zero in c
     index = np.full(n_main * n_pars, max(keys.size, 1), dtype=np.int32)
     index[keys] = np.arange(keys.size, dtype=np.int32)
     return entries, index
@@ -54,24 +69,16 @@ def sample_bin_tables(factor_index, delta_index, n_pars, normsys_par, histosys_p
         (1 in every published model seen so far).
     """
 
-    def table(index, par_of):
-        k, width = index.shape
-        pars = par_of[index]  # [K, W]
-        lists = [[[] for _ in range(n_pars)] for _ in range(k)]
-        for row in range(k):
-            for col in range(width):
-                if pars[row, col] >= 0:
-                    lists[row][pars[row, col]].append(row * width + col)
-        depth = max([len(c) for r in lists for c in r] + [1])
-        out = np.full((k, n_pars, depth), k * width, dtype=np.int32)
-        for row in range(k):
-            for p, cells in enumerate(lists[row]):
-                out[row, p, : len(cells)] = cells
-        return out
+    def table(pars):  # pars [K, W]: the parameter of each entry
+        k, width = pars.shape
+        rows = np.arange(k, dtype=np.int64)[:, None]
+        keys, entries = _group(np.where(pars >= 0, rows * n_pars + pars, -1).ravel(), pad=k * width)
+        out = np.full((k * n_pars, entries.shape[1]), k * width, dtype=np.int32)
+        out[keys] = entries[: keys.size]
+        return out.reshape(k, n_pars, -1)
 
-    par_of_factor = np.concatenate([np.arange(n_pars), normsys_par, [-1]]).astype(np.int64)
-    par_of_delta = np.concatenate([histosys_par, [-1]]).astype(np.int64)
-    return table(np.asarray(factor_index), par_of_factor), table(np.asarray(delta_index), par_of_delta)
+    pf, pd = _entry_parameters(factor_index, delta_index, n_pars, normsys_par, histosys_par)
+    return table(pf), table(pd)
 
 
 def constraint_tables(n_pars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par, pois_aux, pois_tau):
