@@ -51,6 +51,15 @@ def validation_expected():
         return json.load(handle)
 
 
+def strict_json(text: str):
+    """Parse one JSON document as a strict parser would: NaN and Infinity are refused."""
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def random_points(model, n, seed=0, scale=0.8):
     """Random parameter points inside the bounds (fixed parameters at their init)."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import WS
+from conftest import WS, strict_json
 
 import gpufit
 from gpufit import campaign
@@ -193,7 +193,7 @@ def test_cli_campaign_and_submit_scripts(tmp_path):
                                "--toys-per-job", "16", "--seed", "5", "--out", out, "--submit", "slurm", "--gpu",
                                "--chunk-size", "16", "--json"])
     assert res.exit_code == 0, res.output
-    plan = json.loads(res.output.strip().splitlines()[-1])
+    plan = strict_json(res.stdout)
     assert plan["n_jobs"] == 4
     script = open(plan["submit_script"]).read()
     assert "#SBATCH --array=0-3" in script and "--gres=gpu:1" in script and "campaign run-job" in script
@@ -203,10 +203,10 @@ def test_cli_campaign_and_submit_scripts(tmp_path):
     assert res.exit_code == 2 and "3 of 4 jobs have no result" in res.output
     res = runner.invoke(main, ["campaign", "run", out, "--json"])
     assert res.exit_code == 0, res.output
-    assert len(json.loads(res.output.strip().splitlines()[-1])["ran"]) == 3
+    assert len(strict_json(res.stdout)["ran"]) == 3
     res = runner.invoke(main, ["campaign", "merge", out, "--json"])
     assert res.exit_code == 0, res.output
-    merged = json.loads(res.output.strip().splitlines()[-1])
+    merged = strict_json(res.stdout)
     assert merged["toys"]["counted_per_mu"] == [32, 32] and "observed" in merged
     for system, needle in (("htcondor", "request_gpus"), ("panda", "prun --containerImage")):
         target = str(tmp_path / system)

@@ -9,7 +9,7 @@ import numpy as np
 import pyhf
 import pytest
 from click.testing import CliRunner
-from conftest import VALIDATION
+from conftest import VALIDATION, strict_json
 from scipy import stats
 
 import gpufit
@@ -186,8 +186,17 @@ def test_hard_toys_are_retried_not_dropped():
     assert r["teststat_sb"].shape == (1, 60)
 
 
-def _broken_workspace():
-    """A model that cannot be fitted: a normsys with lo = 0 makes the likelihood NaN."""
+def _broken_workspace(monkeypatch):
+    """A model that cannot be fitted: a normsys with lo = 0 makes the likelihood NaN.
+
+    Loading refuses such a model (test_bad_input.py); the load-time check is switched
+    off here to build one anyway, so that the toys' failure accounting meets fits that
+    really fail."""
+    import gpufit.model._model
+    import gpufit.workspace
+
+    for module in (gpufit.workspace, gpufit.model._model):
+        monkeypatch.setattr(module, "check_channel_values", lambda channels: None)
     spec = generate_workspace(seed=2, n_channels=1, n_bins=2, n_normsys=0, n_histosys=0)
     spec["channels"][0]["samples"][1]["modifiers"].append(
         {"name": "broken", "type": "normsys", "data": {"hi": 1.2, "lo": 0.0}}
@@ -195,8 +204,8 @@ def _broken_workspace():
     return gpufit.Workspace(spec)
 
 
-def test_failed_fits_are_counted_and_raise_above_threshold():
-    ws = _broken_workspace()
+def test_failed_fits_are_counted_and_raise_above_threshold(monkeypatch):
+    ws = _broken_workspace(monkeypatch)
     model = ws.model()
     data = ws.data(model)
     with pytest.raises(gpufit.ToyFitsFailed, match="failed after every retry") as err:
@@ -224,7 +233,7 @@ def test_cli_toys(tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["hypotest", "example:docs", "--calculator", "toys", "--ntoys", "300", "--seed", "4", "--json"])
     assert res.exit_code == 0, res.output
-    payload = json.loads(res.output.strip().splitlines()[-1])
+    payload = strict_json(res.stdout)
     assert payload["calculator"] == "toys" and payload["n_failed"] == 0
     assert payload["info"]["ntoys"] == 300 and payload["info"]["seed"] == 4
     assert "compile_seconds" in payload["info"]
@@ -233,6 +242,6 @@ def test_cli_toys(tmp_path):
     assert "failed toys: 0" in res.output and "compile" in res.output
     res = runner.invoke(main, ["limit", "example:docs", "--calculator", "toys", "--ntoys", "200", "--mus", "0.5:4:8", "--json"])
     assert res.exit_code == 0, res.output
-    assert len(json.loads(res.output.strip().splitlines()[-1])["mus"]) == 8
+    assert len(strict_json(res.stdout)["mus"]) == 8
     res = runner.invoke(main, ["hypotest", "example:docs", "--ntoys", "20"])
     assert res.exit_code != 0 and "need --calculator toys" in res.output

@@ -9,7 +9,7 @@ import types
 
 import numpy as np
 
-from .exceptions import BackendUnavailable
+from .exceptions import BackendUnavailable, InvalidArgument
 
 BACKENDS = ("jax", "numpy", "cupy")
 
@@ -51,7 +51,7 @@ _CACHE: dict[str, types.SimpleNamespace] = {}
 def get_namespace(backend: str) -> types.SimpleNamespace:
     """The namespace (``xp``, ``gammaln``, ``xlogy``, ``asarray``) of a backend by name."""
     if backend not in _FACTORIES:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise InvalidArgument(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend not in _CACHE:
         _CACHE[backend] = _FACTORIES[backend]()
     return _CACHE[backend]

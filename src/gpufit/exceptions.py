@@ -16,6 +16,9 @@ __all__ = [
     "InvalidInterpCode",
     "UnspecifiedPOI",
     "BackendUnavailable",
+    "InvalidArgument",
+    "ToyFitsFailed",
+    "LimitOutsideGrid",
 ]
 
 
@@ -45,12 +48,24 @@ class UnknownName(GpufitError, KeyError):
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         shown = ", ".join(repr(v) for v in valid[:40])
         more = f" (and {len(valid) - 40} more)" if len(valid) > 40 else ""
-        msg = f"unknown {kind} {name!r}.{hint} Valid {kind}s: {shown}{more}."
+        msg = f"unknown {kind} {name!r}.{hint} Valid {_plural(kind)}: {shown}{more}."
         super().__init__(msg)
         self.kind, self.name, self.valid = kind, name, valid
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]
+
+
+def _plural(kind: str) -> str:
+    """English plural of the last word: patch -> patches, parameter of interest -> parameters of interest."""
+    head, sep, tail = kind.partition(" of ")
+    head = head + ("es" if head.endswith(("ch", "sh", "s", "x")) else "s")
+    return head + sep + tail
+
+
+class InvalidArgument(GpufitError, ValueError):
+    """An argument outside its valid range (a POI value outside its bounds, a grid that
+    does not increase, ``ntoys < 1``, a CLs level outside (0, 1), ...)."""
 
 
 class InvalidModel(GpufitError, ValueError):
@@ -80,6 +95,12 @@ class ToyFitsFailed(GpufitError, RuntimeError):
     nothing is lost.
     """
 
-    def __init__(self, message: str, result=None):
+    def __init__(self, message: str, result=None, n_failed: int = 0, n_toys: int = 0, max_failed: float = 0.0):
         super().__init__(message)
         self.result = result
+        self.n_failed, self.n_toys, self.max_failed = n_failed, n_toys, max_failed
+
+
+class LimitOutsideGrid(UserWarning):
+    """An upper limit that the scanned POI values do not bracket: the result holds a
+    bound (``observed_bound`` / ``expected_bound`` say which way), not a crossing."""

@@ -16,11 +16,13 @@ import sys
 from typing import Any, Iterable, Mapping
 
 import jsonpatch
+import numpy as np
 import pyhf
 
 from .exceptions import InvalidWorkspace, UnknownName
+from .model import Model, check_channel_values
 
-__all__ = ["Workspace", "read_json", "load_patchset"]
+__all__ = ["Workspace", "read_json", "load_patchset", "inspect_workspace"]
 
 
 def read_json(source) -> Any:
@@ -36,11 +38,18 @@ def read_json(source) -> Any:
         name = os.fspath(source)
         if not os.path.exists(name):
             raise FileNotFoundError(f"workspace file {name!r} does not exist")
+        if os.path.isdir(name):
+            raise InvalidWorkspace(f"{name!r} is a directory; give the workspace file in it (.json or .json.gz)",
+                                   expected="a file")
         with open(name, "rb") as handle:
             raw = handle.read()
-        if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
-            raw = gzip.decompress(raw)
-        text = raw.decode()
+        try:
+            if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix
+                raw = gzip.decompress(raw)
+            text = raw.decode()
+        except (OSError, EOFError, UnicodeDecodeError) as err:
+            raise InvalidWorkspace(f"{name} is not a JSON text file (gzipped or not): {err}",
+                                   expected="a JSON document") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -120,33 +129,47 @@ class Workspace:
         self._check_observations()
 
     def _check_observations(self) -> None:
-        nbins = self._pyhf.channel_nbins
-        observed = self._pyhf.observations
-        for index, channel in enumerate(self._pyhf["channels"]):
+        """Every channel has an observation; samples and observations agree on the bin
+        count (the odd one out is blamed); every number is finite and of the right sign."""
+        channels = self._pyhf["channels"]
+        obs_index = {o["name"]: i for i, o in enumerate(self._pyhf["observations"])}
+        for index, channel in enumerate(channels):
             name = channel["name"]
-            if name not in observed:
+            if name not in obs_index:
                 raise InvalidWorkspace(
                     f"channel {name!r} has no observation; add one to 'observations'",
                     path="observations",
                     expected=f"an entry named {name!r}",
                 )
-            if len(observed[name]) != nbins[name]:
-                obs_index = [o["name"] for o in self._pyhf["observations"]].index(name)
-                raise InvalidWorkspace(
-                    f"observations[{obs_index}].data of channel {name!r} has "
-                    f"{len(observed[name])} bins but the channel's samples have {nbins[name]}",
-                    path=f"observations[{obs_index}].data",
-                    expected=f"{nbins[name]} bins",
-                )
+            observed = self._pyhf["observations"][obs_index[name]]["data"]
+            counts = [len(sample["data"]) for sample in channel["samples"]]
+            # the bin count most entries agree on (the observation breaks a tie)
+            votes = counts + [len(observed)]
+            nbins = max(set(votes), key=lambda n: (votes.count(n), n == len(observed)))
             for s_index, sample in enumerate(channel["samples"]):
-                if len(sample["data"]) != nbins[name]:
+                if len(sample["data"]) != nbins:
                     raise InvalidWorkspace(
                         f"channels[{index}].samples[{s_index}].data ({sample['name']!r}) has "
-                        f"{len(sample['data'])} bins but the channel's first sample has "
-                        f"{nbins[name]}",
+                        f"{len(sample['data'])} bins but channel {name!r} has {nbins} "
+                        "(its other samples and its observation)",
                         path=f"channels[{index}].samples[{s_index}].data",
-                        expected=f"{nbins[name]} bins",
+                        expected=f"{nbins} bins",
                     )
+            path = f"observations[{obs_index[name]}].data"
+            if len(observed) != nbins:
+                raise InvalidWorkspace(
+                    f"{path} of channel {name!r} has {len(observed)} bins but the channel's samples have {nbins}",
+                    path=path, expected=f"{nbins} bins",
+                )
+            values = np.asarray(observed, dtype=float)
+            bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
+            if bad.size:
+                raise InvalidWorkspace(
+                    f"{path}[{bad[0]}] (observed count in channel {name!r}) is {values[bad[0]]:g}: "
+                    "observations must be finite and >= 0",
+                    path=f"{path}[{bad[0]}]", expected="a finite number >= 0",
+                )
+        check_channel_values(channels)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -235,8 +258,6 @@ class Workspace:
         ``{"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}``
         (pyhf's defaults). ``poi_name=None`` builds a POI-less model.
         """
-        from .model import Model  # the compiler sits below the workspace layer
-
         meas = self._measurement(measurement)
         modelspec = {"channels": self._pyhf["channels"], "parameters": meas["config"]["parameters"]}
         for patch in patches or []:
@@ -260,8 +281,6 @@ class Workspace:
 
         Returns a NumPy float array ``[N + A]`` (``[N]`` without auxdata).
         """
-        import numpy as np
-
         observed = self._pyhf.observations
         missing = [c for c in model.channels if c not in observed]
         if missing:
@@ -283,3 +302,34 @@ class Workspace:
             with opener(path, "wt") as handle:
                 handle.write(text)
         return text
+
+
+def inspect_workspace(ws: Workspace, measurement: str | None = None) -> dict:
+    """What ``gpufit inspect`` shows (as ``pyhf inspect``): channels with their bins and
+    samples, modifiers with their types, measurements with their POI, and the parameter
+    groups of one measurement (number, constraint, init, bounds, fixed)."""
+    spec = ws.pyhf
+    meas = ws._measurement(measurement)
+    config = spec.model(measurement_name=meas["name"]).config
+    modifiers = sorted({(m["name"], m["type"]) for c in spec["channels"] for s in c["samples"] for m in s["modifiers"]})
+    parameters = []
+    for name in config.par_order:
+        paramset = config.param_set(name)
+        parameters.append({
+            "name": name,
+            "n": paramset.n_parameters,
+            "constraint": getattr(paramset, "pdf_type", None),
+            "init": list(paramset.suggested_init),
+            "bounds": [list(b) for b in paramset.suggested_bounds],
+            "fixed": bool(paramset.suggested_fixed_as_bool),
+        })
+    return {
+        "channels": [{"name": c["name"], "bins": spec.channel_nbins[c["name"]], "samples": [s["name"] for s in c["samples"]]}
+                     for c in spec["channels"]],
+        "samples": list(spec.samples),
+        "modifiers": [{"name": n, "type": t} for n, t in modifiers],
+        "measurements": [{"name": m["name"], "poi": m["config"]["poi"]} for m in spec["measurements"]],
+        "measurement": meas["name"],
+        "poi": config.poi_name,
+        "parameters": parameters,
+    }

@@ -21,6 +21,8 @@ import numpy as np
 from ..exceptions import GpufitError
 
 RESULT_FORMAT = "gpufit-result/1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (os has no getter) and put it back
 IDENTITY = ("campaign_id", "job", "mu_indices", "toy_start", "toy_stop", "seed")
 
 
@@ -39,6 +41,9 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        # mkstemp makes the file private (0600); give it the mode open() would, so that
+        # colleagues sharing the campaign directory can read and merge it
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -99,8 +104,12 @@ def read_result(path: str, extra=()) -> tuple[dict, np.ndarray, np.ndarray, dict
             meta = json.loads(str(npz["meta"]))
             sb, b = np.asarray(npz["teststat_sb"], dtype=float), np.asarray(npz["teststat_b"], dtype=float)
             arrays = {k: np.asarray(npz[k], dtype=float) for k in extra}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
-        raise BrokenResult(f"{path} is truncated or not a gpufit result ({type(err).__name__}: {err})") from None
+    except KeyError as err:
+        raise BrokenResult(f"{path} is not a gpufit result: it lacks the array {err}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        # numpy's own messages (e.g. advice on allow_pickle) do not fit a damaged result
+        raise BrokenResult(f"{path} is truncated or not a gpufit result (an .npz archive that "
+                           f"numpy cannot read: {type(err).__name__})") from None
     if meta.get("format") != RESULT_FORMAT or any(k not in meta for k in IDENTITY):
         raise BrokenResult(f"{path} is not a {RESULT_FORMAT} file")
     want = checksum(meta, sb, b, _extra_bytes(arrays))

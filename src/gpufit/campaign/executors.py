@@ -21,6 +21,8 @@ from ._files import CampaignError
 from .job import identity, job_status, load_job, result_path, run_job
 from .plan import load_campaign
 
+CONNECT_TIMEOUT = "10s"
+
 
 def job_files(directory: str) -> list[str]:
     """The campaign's job files, one per job identity (a duplicated file runs once)."""
@@ -40,14 +42,17 @@ def job_files(directory: str) -> list[str]:
     return out
 
 
-def pending(directory: str, files: list[str] | None = None) -> list[str]:
+def pending(directory: str, files: list[str] | None = None, broken: list | None = None) -> list[str]:
     """Job files (default: all of ``directory``'s) whose result is missing or broken
-    (a broken result is removed)."""
+    (a broken result is removed, and its path appended to ``broken``)."""
     todo = []
     for path in job_files(directory) if files is None else files:
         status = job_status(path)
         if status == "broken":
-            os.unlink(result_path(path, load_job(path)))
+            result = result_path(path, load_job(path))
+            os.unlink(result)
+            if broken is not None:
+                broken.append(result)
         if status != "done":
             todo.append(path)
     return todo
@@ -60,20 +65,24 @@ def _task(path: str) -> dict:
 def run(directory: str, executor: str = "local", workers: int = 2, gpu: bool = False,
         progress: bool | None = None) -> dict:
     """Run what is missing; return ``{"ran": [...], "skipped": n, "executor": ...}``."""
+    if int(workers) < 1:
+        raise CampaignError(f"workers must be at least 1, got {workers}")
+    if not (executor in ("local", "dask") or executor.startswith(("dask://", "tcp://"))):
+        raise CampaignError(f"unknown executor {executor!r}; use local, dask or dask://HOST:PORT")
     files = job_files(directory)
-    todo = pending(directory, files)
+    broken: list[str] = []
+    todo = pending(directory, files, broken)
     total = len(files)
-    summary = {"executor": executor, "jobs": total, "skipped": total - len(todo), "ran": []}
+    summary = {"executor": executor, "jobs": total, "skipped": total - len(todo), "ran": [],
+               "broken_redone": broken}
     if not todo:
         return summary
     if executor == "local":
         for path in todo:
             summary["ran"].append(run_job(path, progress=progress))
         return summary
-    if executor == "dask" or executor.startswith(("dask://", "tcp://")):
-        summary["ran"] = _run_dask(directory, todo, executor, workers, gpu)
-        return summary
-    raise CampaignError(f"unknown executor {executor!r}; use local, dask or dask://HOST:PORT")
+    summary["ran"] = _run_dask(directory, todo, executor, workers, gpu)
+    return summary
 
 
 def _run_dask(directory, todo, executor, workers, gpu):
@@ -90,7 +99,13 @@ def _run_dask(directory, todo, executor, workers, gpu):
         client = Client(cluster)
     else:
         address = executor.replace("dask://", "tcp://", 1)
-        cluster, client = None, Client(address)
+        try:
+            cluster, client = None, Client(address, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as err:
+            raise CampaignError(
+                f"cannot reach a Dask scheduler at {address} within {CONNECT_TIMEOUT} ({type(err).__name__}); "
+                "start one ('dask scheduler', then 'dask worker ADDRESS') or use --executor dask for a local cluster"
+            ) from None
     try:
         futures = client.map(_task, [os.path.abspath(p) for p in todo], key=keys, retries=3, pure=False, **options)
         return client.gather(futures)

@@ -107,13 +107,17 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     done = 0
     meta = identity(job) | {"gpufit_version": __version__, "device": describe(jax.devices()[0])}
     checkpoint = checkpoint_path(job_path, job)
+    resumed = {}
     if os.path.exists(checkpoint):
         try:
             cmeta, csb, cb, _ = read_result(checkpoint, extra=("teststat_obs",))
             if identity(cmeta) == identity(job):
                 ts, done = np.stack([csb, cb], axis=1).reshape(-1), int(cmeta["rows_done"])
-        except BrokenResult:
-            pass  # a checkpoint torn by the kill: start over
+                resumed = {"resumed_from_row": done}
+            else:
+                resumed = {"checkpoint_discarded": f"{checkpoint} belongs to another job"}
+        except BrokenResult as err:  # a checkpoint torn by the kill: start over
+            resumed = {"checkpoint_discarded": str(err)}
     block = max(1, checkpoint_every) * calc.chunk_size
     blocks = 0
     with _progress_bar(progress, hyp.size) as bar:
@@ -128,11 +132,11 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
                 write_result(checkpoint, meta | {"rows_done": done}, sb, b,
                              {"teststat_obs": calc.teststat_obs[job["mu_indices"]]})
                 if stop_after_blocks is not None and blocks >= stop_after_blocks:
-                    return {"job": job["job"], "status": "stopped", "rows_done": done}
+                    return {"job": job["job"], "status": "stopped", "rows_done": done, **resumed}
     sb, b = _split(ts, job)
     meta |= {"rows_done": int(hyp.size), "n_failed": int(np.isnan(ts).sum()), "seconds": time.perf_counter() - started,
              "stats": calc.stats.to_dict()}
     write_result(final, meta, sb, b, {"teststat_obs": calc.teststat_obs[job["mu_indices"]]})
     if os.path.exists(checkpoint):
         os.unlink(checkpoint)
-    return {"job": job["job"], "status": "done", "path": final, "n_failed": meta["n_failed"]}
+    return {"job": job["job"], "status": "done", "path": final, "n_failed": meta["n_failed"], **resumed}

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from ..infer.intervals import first_crossing
+from ..infer.intervals import check_level, crossing
 from ..infer.toy_pvalues import toy_pvalues
 from ._files import BrokenResult, CampaignError, read_result
 from .plan import load_campaign, planned_jobs
@@ -47,6 +47,7 @@ def _collect(directory: str, campaign: dict):
 
 def merge(directory: str, allow_partial: bool = False, level: float = 0.05) -> dict:
     """Merge a campaign: p-values per mu, limits for several mu, and toy accounting."""
+    level = check_level(level)
     campaign = load_campaign(directory)
     per_mu, obs = _collect(directory, campaign)
     mus = np.asarray(campaign["mus"])
@@ -102,8 +103,15 @@ def merge(directory: str, allow_partial: bool = False, level: float = 0.05) -> d
     have = [i for i in range(len(mus)) if results[i] is not None]
     grid = mus[have]
     values = np.array([[results[i]["cls_obs"], *results[i]["cls_exp"]] for i in have])
-    limits = [first_crossing(grid, values[:, j], level) for j in range(6)] if have else [float("nan")] * 6
+    if len(have) < 2:
+        raise CampaignError(
+            f"results for {len(have)} of {len(mus)} mu points; a limit needs at least two. "
+            f"Run 'gpufit campaign run {directory}'"
+        )
+    limits = [crossing(grid, values[:, j], level) for j in range(6)]
     return base | {
-        "observed": limits[0], "expected": limits[1:], "level": level, "mus": grid.tolist(),
-        "cls_obs": values[:, 0].tolist() if have else [], "cls_exp": values[:, 1:].tolist() if have else [],
+        "observed": limits[0][0], "expected": [v for v, _ in limits[1:]],
+        "observed_bound": limits[0][1], "expected_bound": [b for _, b in limits[1:]],
+        "level": level, "mus": grid.tolist(),
+        "cls_obs": values[:, 0].tolist(), "cls_exp": values[:, 1:].tolist(),
     }

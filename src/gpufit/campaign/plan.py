@@ -19,6 +19,10 @@ import os
 import numpy as np
 
 from .._version import __version__
+from ..infer.hypotest import check_poi
+from ..infer.intervals import check_grid
+from ..infer.test_statistics import normalize_test_stat
+from ..infer.toys import check_toy_options
 from ._files import CampaignError, atomic_write_bytes, atomic_write_json, read_json
 
 CAMPAIGN_FORMAT = "gpufit-campaign/1"
@@ -42,19 +46,18 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         gpu: ask the batch system for one GPU per job.
         container: image for the submit scripts (default: the CPU image name).
     """
-    from ..infer.test_statistics import normalize_test_stat
 
     mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
     if not mus:
         raise CampaignError("a campaign needs at least one mu point")
-    if int(ntoys) < 1 or int(toys_per_job) < 1:
-        raise CampaignError(f"ntoys and toys_per_job must be positive, got {ntoys} and {toys_per_job}")
-    if not 0 <= int(seed) < 2**32:
-        raise CampaignError(f"seed must be in [0, 2**32), got {seed}")
-    if toy_pars not in ("profiled", "init"):
-        raise CampaignError(f"toy_pars must be 'profiled' or 'init', got {toy_pars!r}")
+    check_toy_options(ntoys=ntoys, seed=seed, toy_pars=toy_pars, chunk_size=chunk_size)
+    if isinstance(toys_per_job, bool) or not isinstance(toys_per_job, (int, np.integer)) or toys_per_job < 1:
+        raise CampaignError(f"toys_per_job must be an integer >= 1, got {toys_per_job!r}")
     test_stat = normalize_test_stat(test_stat)
     model = ws.model(measurement=measurement, modifier_settings=modifier_settings)  # validates the setup
+    poi_range = check_poi(model, mus=mus)  # the rules of hypotest and upper_limit
+    if len(mus) > 1:
+        check_grid(mus, poi_range)
     if os.path.exists(os.path.join(out, "campaign.json")):
         raise CampaignError(f"{out} already holds a campaign; plan into a new directory")
     settings = {

@@ -40,6 +40,20 @@ def enable_compilation_cache() -> None:
         pass  # read-only home (e.g. a container): compile every time
 
 
+def load_workspace(source: str):
+    """``WS``: a workspace file, ``-`` (stdin), or ``example:NAME`` (a bundled example)."""
+    from ..workspace import Workspace
+
+    if source.startswith("example:"):
+        name = source.split(":", 1)[1]
+        if name not in EXAMPLES:
+            raise click.BadParameter(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
+        base, patch = EXAMPLES[name]
+        ws = Workspace.load(data_path(base))
+        return ws.patched(data_path(patch)) if patch else ws
+    return Workspace.load(source)
+
+
 def workspace_options(func):
     """``WS`` plus ``--measurement``, ``--patch``, ``--patchset/--patch-name``, codes."""
 
@@ -56,22 +70,13 @@ def workspace_options(func):
                   help="histosys interpolation (pyhf default: code4p).")
     @click.option("--backend", type=click.Choice(["jax", "numpy", "cupy"]), default="jax", show_default=True)
     @click.option("--float32", "single", is_flag=True, help="Single precision (default: float64).")
-    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
     @functools.wraps(func)
     def wrapper(workspace, measurement, patches, patchset, patch_name, normsys_code, histosys_code,
-                backend, single, as_json, **kwargs):
-        from ..workspace import Workspace
+                backend, single, **kwargs):
+        if patch_name and not patchset:
+            raise click.UsageError("--patch-name picks a patch of a --patchset; give --patchset FILE too")
 
-        if workspace.startswith("example:"):
-            name = workspace.split(":", 1)[1]
-            if name not in EXAMPLES:
-                raise click.BadParameter(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
-            base, patch = EXAMPLES[name]
-            ws = Workspace.load(data_path(base))
-            if patch:
-                ws = ws.patched(data_path(patch))
-        else:
-            ws = Workspace.load(workspace)
+        ws = load_workspace(workspace)
         if patches:
             ws = ws.patched(*patches)
         if patchset:
@@ -86,7 +91,7 @@ def workspace_options(func):
             }
         model = ws.model(measurement=measurement, modifier_settings=settings, backend=backend,
                          dtype="float32" if single else "float64")
-        return func(ws=ws, model=model, data=ws.data(model), as_json=as_json, **kwargs)
+        return func(ws=ws, model=model, data=ws.data(model), **kwargs)
 
     return wrapper
 
@@ -94,12 +99,14 @@ def workspace_options(func):
 def toy_options(func):
     """``--ntoys --seed --toy-pars --chunk-size --max-failed --quiet`` -> ``toy_options``."""
 
-    @click.option("--ntoys", type=int, default=None, help="Toys per hypothesis (and per mu point); default 2000.")
-    @click.option("--seed", type=int, default=None, help="Toy seed, 0 <= S < 2**32; default 0.")
+    @click.option("--ntoys", type=click.IntRange(min=1), default=None,
+                  help="Toys per hypothesis (and per mu point); default 2000.")
+    @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Toy seed, 0 <= S < 2**32; default 0.")
     @click.option("--toy-pars", type=click.Choice(["profiled", "init"]), default=None,
                   help="Generate toys at the conditional fit to the data (default) or at the initial values.")
-    @click.option("--chunk-size", type=int, default=None, help="Toys per compiled call (default: from device memory).")
-    @click.option("--max-failed", type=float, default=None,
+    @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+                  help="Toys per compiled call (default: from device memory).")
+    @click.option("--max-failed", type=click.FloatRange(0.0, 1.0), default=None,
                   help="Largest fraction of toys whose fits may fail after every retry (default 0.01).")
     @click.option("--quiet", is_flag=True, help="No progress bar (also off when stderr is not a terminal).")
     @functools.wraps(func)
@@ -148,27 +155,103 @@ def parse_assignments(values, what: str) -> dict:
 
 
 def parse_range(text: str) -> np.ndarray:
-    """``"0:3:7"`` (start:stop:count) or ``"0.5,1,2"`` -> array of POI values."""
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise click.BadParameter(f"--mus takes START:STOP:COUNT, got {text!r}")
-        return np.linspace(float(parts[0]), float(parts[1]), int(parts[2]))
-    return np.asarray([float(x) for x in text.split(",")])
+    """``"0:3:7"`` (start:stop:count) or ``"0.5,1,2"`` -> array of POI values.
+
+    Only the syntax is checked here; whether the values make a valid scan (increasing,
+    inside the POI's bounds) is the library's rule (``gpufit.infer.intervals.check_grid``).
+    """
+    try:
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+            if count < 1:
+                raise click.BadParameter(f"COUNT in START:STOP:COUNT must be at least 1, got {count}", param_hint="--mus")
+            values = np.linspace(start, stop, count)
+        else:
+            values = np.asarray([float(x) for x in text.split(",")])
+    except ValueError:
+        raise click.BadParameter(
+            f"takes START:STOP:COUNT (e.g. 0:5:11) or comma-separated numbers (e.g. 0.5,1,2), got {text!r}",
+            param_hint="--mus",
+        ) from None
+    if not np.all(np.isfinite(values)):
+        raise click.BadParameter(f"values must be finite numbers, got {text!r}", param_hint="--mus")
+    return values
 
 
-def emit(payload: dict, as_json: bool, table) -> None:
-    """Print ``payload`` as JSON or as a human-readable table (``table(payload)``)."""
-    if as_json:
-        click.echo(json.dumps(payload, default=_jsonable))
+def output_options(func):
+    """``--json`` and ``--output-file``: how :func:`emit` writes the command's result."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (non-finite numbers as null).")
+    @click.option("--output-file", type=click.Path(dir_okay=False, writable=True), default=None,
+                  help="Also write the JSON object to this file.")
+    @functools.wraps(func)
+    def wrapper(as_json, output_file, **kwargs):
+        if output_file:
+            check_writable(output_file, "--output-file")
+        ctx = click.get_current_context()
+        ctx.meta["gpufit.as_json"], ctx.meta["gpufit.output_file"] = as_json, output_file
+        return func(**kwargs)
+
+    return wrapper
+
+
+def check_writable(path: str, option: str) -> None:
+    """Refuse, before any work, an output path whose folder does not exist or cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"folder {folder!r} does not exist; create it first", param_hint=option)
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"folder {folder!r} is not writable", param_hint=option)
+
+
+def check_plot(path: str | None) -> None:
+    """Check ``--plot PATH`` before the computation: matplotlib installed, a known
+    image format, a writable folder (a failed plot must not throw away a result)."""
+    if not path:
+        return
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise click.UsageError("--plot needs matplotlib: pip install 'gpufit[plot]'") from None
+    check_writable(path, "--plot")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    if suffix not in formats:
+        raise click.BadParameter(f"{path!r} has no image suffix matplotlib writes; use one of "
+                                 f"{', '.join(sorted(formats))}", param_hint="--plot")
+
+
+def json_ready(value):
+    """``value`` with arrays as lists and non-finite floats as None (strict JSON has no
+    NaN or Infinity; gpufit writes null wherever a number is not finite)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        return json_ready(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def emit(payload: dict, table) -> None:
+    """Print ``payload`` as one JSON object (``--json``) or as a table (``table(payload)``),
+    and write it to ``--output-file`` when given."""
+    ctx = click.get_current_context()
+    text = json.dumps(json_ready(payload), allow_nan=False)
+    if ctx.meta.get("gpufit.as_json"):
+        click.echo(text)
     else:
         table(payload)
     sys.stdout.flush()
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot serialize {type(value).__name__}")
+    path = ctx.meta.get("gpufit.output_file")
+    if path:
+        with open(path, "w") as handle:
+            handle.write(text + "\n")

@@ -1,20 +1,31 @@
-"""Command definitions."""
+"""Command definitions.
+
+Exit status: 0 a result; 2 bad input (usage, workspace, option values), refused before
+any work; 3 a computed result that is not trustworthy (a fit that did not converge,
+more failed toys than ``--max-failed``); 1 an internal error (a bug: please report it,
+``GPUFIT_DEBUG=1`` shows the traceback). Under ``--json`` errors are one JSON object
+``{"error": ..., "type": ..., "exit_code": ...}`` on stdout as well.
+"""
 
 from __future__ import annotations
 
-import platform
+import json
+import os
 import sys
 import time
+import warnings
 
 import click
 import numpy as np
 
-from .._device import describe
 from .._version import __version__
-from ..exceptions import GpufitError
+from ..exceptions import GpufitError, LimitOutsideGrid, ToyFitsFailed
 from ._common import (
+    check_plot,
     emit,
     enable_compilation_cache,
+    load_workspace,
+    output_options,
     parse_assignments,
     parse_range,
     toy_options,
@@ -22,19 +33,64 @@ from ._common import (
     workspace_options,
 )
 
+BAD_INPUT, UNTRUSTWORTHY, INTERNAL = 2, 3, 1
+SIGMAS = ["-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma"]
+
+
+class AfterResult(click.ClickException):
+    """A problem found after the result was printed (so under ``--json`` the one JSON
+    object on stdout stays the result; the message goes to stderr)."""
+
+    exit_code = INTERNAL
+
+
+class ResultNotTrustworthy(AfterResult):
+    """A result was printed, but it must not be used as it is (exit status 3)."""
+
+    exit_code = UNTRUSTWORTHY
+
 
 class _Group(click.Group):
-    """Turn gpufit's own errors into one-line messages and exit status 2."""
+    """One-line errors for everything a user can get wrong, JSON errors under ``--json``."""
 
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in args
         try:
-            return super().invoke(ctx)
-        except (GpufitError, FileNotFoundError) as err:
-            click.echo(f"Error: {err}", err=True)
-            sys.exit(2)
+            code = super().main(args=args, prog_name=prog_name or "gpufit", standalone_mode=False, **extra)
+        except ToyFitsFailed as err:
+            _fail(as_json, err, UNTRUSTWORTHY, (
+                f"{err.n_failed} of {err.n_toys} toys ({err.n_failed / max(err.n_toys, 1):.2%}) have a fit that "
+                f"failed after every retry, more than --max-failed {err.max_failed:g}. Check the model with "
+                "'gpufit fit WS', or accept them with a larger --max-failed (they are then counted in n_failed)"))
+        except AfterResult as err:
+            _fail(False, err, err.exit_code, err.format_message())
+        except click.ClickException as err:
+            if not as_json:
+                err.show()  # click's usage line and hint
+                sys.exit(err.exit_code)
+            _fail(as_json, err, err.exit_code, err.format_message())
+        except (GpufitError, OSError) as err:
+            _fail(as_json, err, BAD_INPUT, str(err))
+        except click.Abort:
+            _fail(as_json, KeyboardInterrupt(), 130, "interrupted")
+        except Exception as err:  # noqa: BLE001 - a bug: one line, and the traceback on request
+            if os.environ.get("GPUFIT_DEBUG"):
+                raise
+            _fail(as_json, err, INTERNAL, f"internal error {type(err).__name__}: {err} "
+                  "(a gpufit bug; rerun with GPUFIT_DEBUG=1 for the traceback and report it)")
+        sys.exit(code or 0)
 
 
-@click.group(cls=_Group)
+def _fail(as_json: bool, err: BaseException, code: int, message: str) -> None:
+    message = " ".join(str(message).split("\n"))
+    if as_json:
+        click.echo(json.dumps({"error": message, "type": type(err).__name__, "exit_code": code}))
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gpufit")
 def main():
     """Batched HistFactory fits, CLs and limits on JAX (pyhf JSON workspaces).
@@ -45,16 +101,33 @@ def main():
     enable_compilation_cache()
 
 
+def fit_options(func):
+    """``--tol`` and ``--maxiter`` of the fits (``gpufit.fit``'s options of the same name)."""
+    func = click.option("--maxiter", type=click.IntRange(min=1), default=None,
+                        help="Cap on solver steps per fit (default 300).")(func)
+    return click.option("--tol", type=click.FloatRange(min=0.0, min_open=True), default=None,
+                        help="Convergence threshold on the edm of -2 log L (default 1e-8).")(func)
+
+
+def _fit_kwargs(tol, maxiter) -> dict:
+    return {k: v for k, v in {"tol": tol, "maxiter": maxiter}.items() if v is not None}
+
+
 @main.command()
 @workspace_options
 @click.option("--fixed", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a parameter (repeatable).")
-@click.option("--no-hesse", is_flag=True, help="Skip the uncertainties.")
-def fit(ws, model, data, as_json, fixed, no_hesse):
-    """Maximum-likelihood fit: parameters, twice_nll, converged."""
+@click.option("--no-hesse", is_flag=True, help="Skip the uncertainties and correlations.")
+@fit_options
+@output_options
+def fit(ws, model, data, fixed, no_hesse, tol, maxiter):
+    """Maximum-likelihood fit: parameters, twice_nll, converged (exit 3 if it did not)."""
     from ..optimize import fit as run_fit
 
-    result = run_fit(model, data, fixed=parse_assignments(fixed, "--fixed"), hesse=not no_hesse)
+    result = run_fit(model, data, fixed=parse_assignments(fixed, "--fixed"), hesse=not no_hesse,
+                     **_fit_kwargs(tol, maxiter))
     payload = result.to_dict()
+    if result.correlations is not None:
+        payload["correlation"] = {"parameters": list(result.parameter_names), "matrix": result.correlations}
 
     def table(p):
         click.echo(f"twice_nll = {p['twice_nll']:.6f}   converged = {p['converged']} ({p['status']})")
@@ -67,109 +140,227 @@ def fit(ws, model, data, as_json, fixed, no_hesse):
             click.echo(f"  {name:40s} {value: .6f}" + (f" +/- {err:.6f}" if err is not None else "")
                        + ("   (at limit)" if limits.get(name) else ""))
 
-    emit(payload, as_json, table)
+    emit(payload, table)
+    if not bool(result.converged):
+        raise ResultNotTrustworthy(
+            f"the fit did not converge ({payload['status']}: {result.messages.item()}); "
+            "the numbers above are where it stopped, not a minimum"
+        )
 
 
 @main.command()
 @workspace_options
 @click.option("--mu", type=float, default=1.0, show_default=True, help="POI value to test.")
-@click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True)
+@click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True,
+              help="q0 tests discovery (mu = 0) and reports p0 and Z.")
 @click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
 @toy_options
-def hypotest(ws, model, data, as_json, mu, test_stat, calculator, toy_options):
-    """CLs hypothesis test at one POI value: cls_obs, clsb_obs, clb_obs, cls_exp."""
+@fit_options
+@output_options
+def hypotest(ws, model, data, mu, test_stat, calculator, toy_options, tol, maxiter):
+    """CLs hypothesis test at one POI value: cls_obs, clsb_obs, clb_obs, cls_exp.
+
+    The JSON also carries pyhf's keys (CLs_obs, CLs_exp), and p0/Z for q0.
+    """
     from ..infer import hypotest as run
 
     start = time.perf_counter()
-    result = run(model, data, mu=mu, test_stat=test_stat, calculator=calculator, **toy_options)
-    payload = result.to_dict() | {"seconds": time.perf_counter() - start}
+    result = run(model, data, mu=mu, test_stat=test_stat, calculator=calculator, **toy_options,
+                 **_fit_kwargs(tol, maxiter))
+    payload = result.to_dict() | {"seconds": time.perf_counter() - start,
+                                  "CLs_obs": result.cls_obs, "CLs_exp": np.asarray(result.cls_exp).tolist()}
 
     def table(p):
-        click.echo(f"mu = {p['mu']}  ({p['test_stat']}, {p['calculator']})")
-        click.echo(f"  CLs  obs = {p['cls_obs']:.6g}   CLsb = {p['clsb_obs']:.6g}   CLb = {p['clb_obs']:.6g}")
-        if p["calculator"] == "toys":
-            click.echo(f"       +/- {p['cls_obs_err']:.2g}        +/- {p['clsb_obs_err']:.2g}        "
-                       f"+/- {p['clb_obs_err']:.2g}   (binomial)")
-        bands = "  ".join(f"{v:.6g}" for v in p["cls_exp"])
-        click.echo(f"  CLs  exp (-2..+2 sigma) = {bands}")
+        if p["test_stat"] == "q0":
+            click.echo(f"discovery test, q0 ({p['calculator']})")
+            click.echo(f"  p0 obs = {p['p0_obs']:.6g}   Z = {p['z_obs']:.3f} sigma")
+            if p["calculator"] == "toys":
+                click.echo(f"         +/- {p['cls_obs_err']:.2g}   (binomial)")
+            click.echo("  p0 exp (-2..+2 sigma) = " + "  ".join(f"{v:.6g}" for v in p["p0_exp"]))
+            click.echo("  Z  exp (-2..+2 sigma) = " + "  ".join(f"{v:.3f}" for v in p["z_exp"]))
+        else:
+            click.echo(f"mu = {p['mu']}  ({p['test_stat']}, {p['calculator']})")
+            click.echo(f"  CLs  obs = {p['cls_obs']:.6g}   CLsb = {p['clsb_obs']:.6g}   CLb = {p['clb_obs']:.6g}")
+            if p["calculator"] == "toys":
+                click.echo(f"       +/- {p['cls_obs_err']:.2g}        +/- {p['clsb_obs_err']:.2g}        "
+                           f"+/- {p['clb_obs_err']:.2g}   (binomial)")
+            click.echo("  CLs  exp (-2..+2 sigma) = " + "  ".join(f"{v:.6g}" for v in p["cls_exp"]))
         toy_report(p)
-        if p["n_failed"] and p["calculator"] != "toys":
-            click.echo(f"  warning: {p['n_failed']} fits did not converge")
 
-    emit(payload, as_json, table)
+    emit(payload, table)
+    _warn_failed_fits(payload)
+
+
+def _warn_failed_fits(p: dict) -> None:
+    if p["n_failed"] and p["calculator"] != "toys":
+        click.echo(f"warning: {p['n_failed']} fits to the observed or Asimov data did not converge; "
+                   "the p-values may be wrong (try --maxiter or --tol)", err=True)
 
 
 @main.command()
 @workspace_options
-@click.option("--mus", default=None, metavar="START:STOP:COUNT", help="Scan grid (default: root finding).")
-@click.option("--level", type=float, default=0.05, show_default=True, help="CLs level (0.05 = 95% CL).")
+@click.option("--mus", default=None, metavar="START:STOP:COUNT",
+              help="Scan grid, increasing, inside the POI's bounds, or a,b,c (default: root finding).")
+@click.option("--level", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="CLs level (0.05 = 95% CL).")
 @click.option("--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True)
 @click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a Brazil-band plot.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a Brazil-band plot (.png, .pdf, ...).")
 @toy_options
-def limit(ws, model, data, as_json, mus, level, test_stat, calculator, plot, toy_options):
+@fit_options
+@output_options
+def limit(ws, model, data, mus, level, test_stat, calculator, plot, toy_options, tol, maxiter):
     """Upper limit on the POI: observed, expected (-2..+2 sigma), and the scan.
 
     With --calculator toys, every (mu point x toy) fit of the scan runs batched; the
-    default grid is 11 points up to 1.5 times the largest asymptotic limit.
+    default grid is 11 points up to 1.5 times the largest asymptotic limit. A limit the
+    scan does not bracket is printed as a bound ("> 2.0") with a warning.
     """
     from ..infer import upper_limit
 
+    check_plot(plot)
+    grid = parse_range(mus) if mus else None
     start = time.perf_counter()
-    result = upper_limit(model, data, mus=parse_range(mus) if mus else None, calculator=calculator,
-                         level=level, test_stat=test_stat, **toy_options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LimitOutsideGrid)  # the table and JSON carry the bound flags
+        result = upper_limit(model, data, mus=grid, calculator=calculator, level=level, test_stat=test_stat,
+                             **toy_options, **_fit_kwargs(tol, maxiter))
     payload = result.to_dict() | {"seconds": time.perf_counter() - start}
-    if plot:
-        from ..plotting import brazil_plot
-
-        brazil_plot(result, plot)
-        payload["plot"] = plot
+    plot_error = _plot_limit(result, plot, payload)
 
     def table(p):
-        click.echo(f"{100 * (1 - p['level']):.0f}% CL upper limit on {model.poi_name} ({p['calculator']}, {p['test_stat']})")
-        click.echo(f"  observed: {p['observed']:.4f}")
-        for label, value in zip(["-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma"], p["expected"]):
-            click.echo(f"  expected {label:>8s}: {value:.4f}")
+        click.echo(f"{100 * (1 - p['level']):g}% CL upper limit on {model.poi_name} ({p['calculator']}, {p['test_stat']})")
+        click.echo(f"  observed: {_limit_text(p['observed'], p['observed_bound'])}")
+        for label, value, bound in zip(SIGMAS, p["expected"], p["expected_bound"]):
+            click.echo(f"  expected {label:>8s}: {_limit_text(value, bound)}")
         toy_report(p)
-        if p["n_failed"] and p["calculator"] != "toys":
-            click.echo(f"  warning: {p['n_failed']} fits did not converge")
 
-    emit(payload, as_json, table)
+    emit(payload, table)
+    _warn_bounds(payload, "--mus" if mus else "the POI's bounds")
+    _warn_failed_fits(payload)
+    if plot_error:
+        raise AfterResult(f"the result above is complete, but the plot failed: {plot_error}")
+
+
+def _limit_text(value, bound) -> str:
+    return {None: f"{value:.4f}", "above": f"> {value:.4f}", "below": f"< {value:.4f}"}[bound]
+
+
+def _warn_bounds(p: dict, scanned: str) -> None:
+    if p.get("observed_bound") or any(p.get("expected_bound", [])):
+        click.echo(f"warning: CLs does not cross {p['level']:g} inside {scanned} ({p['mus'][0]:g} to "
+                   f"{p['mus'][-1]:g}); limits marked > or < are bounds, not crossings. "
+                   "Extend the scan to bracket them", err=True)
+
+
+def _plot_limit(result, path, payload) -> str | None:
+    """Write the Brazil plot; on failure return why (the computed result is kept)."""
+    if not path:
+        return None
+    from ..plotting import brazil_plot
+
+    try:
+        brazil_plot(result, path)
+    except Exception as err:  # noqa: BLE001 - whatever matplotlib raises, the result survives
+        payload["plot_error"] = f"{type(err).__name__}: {err}"
+        return payload["plot_error"]
+    payload["plot"] = path
+    return None
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(as_json):
-    """Version, JAX devices and backend, precision, and a GPU sanity check."""
+@output_options
+def info():
+    """Version, JAX devices and backend, precision, versions, the compilation cache."""
+    from importlib import metadata
+
     import jax
     import jax.numpy as jnp
 
-    devices = jax.devices()
+    from .._device import describe
+
     x = jnp.arange(1024.0)
-    check = float(jnp.sum(x * x))
+    versions = {}
+    for package in ("jax", "jaxlib", "numpy", "scipy", "pyhf", "iminuit", "distributed", "matplotlib", "cupy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
     payload = {
         "gpufit": __version__,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
+        "python": sys.version.split()[0],
         "jax_backend": jax.default_backend(),
-        "devices": [describe(d) for d in devices],
+        "devices": [describe(d) for d in jax.devices()],
         "x64": bool(jax.config.read("jax_enable_x64")),
         "default_dtype": str(x.dtype),
-        "sanity_check": check == float(np.sum(np.arange(1024.0) ** 2)),
+        "compilation_cache": jax.config.jax_compilation_cache_dir,
+        "versions": versions,
     }
-    try:
-        import cupy
-
-        payload["cupy"] = cupy.__version__
-        payload["cupy_devices"] = cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # noqa: BLE001 - optional, absent on CPU machines
-        payload["cupy"] = None
 
     def table(p):
         for key, value in p.items():
-            click.echo(f"{key:15s} {value}")
+            if key == "versions":
+                click.echo("versions        " + ", ".join(f"{k} {v}" for k, v in value.items() if v))
+            else:
+                click.echo(f"{key:15s} {value}")
 
-    emit(payload, as_json, table)
+    emit(payload, table)
+
+
+@main.command()
+@click.argument("workspace", metavar="WS")
+@click.option("--measurement", default=None, help="Measurement whose parameters to list (default: the first).")
+@output_options
+def inspect(workspace, measurement):
+    """Channels, samples, modifiers, parameters and measurements of a workspace (as pyhf inspect)."""
+    from ..workspace import inspect_workspace
+
+    payload = inspect_workspace(load_workspace(workspace), measurement)
+
+    def table(p):
+        click.echo(f"channels ({len(p['channels'])}), {sum(c['bins'] for c in p['channels'])} bins:")
+        for c in p["channels"]:
+            click.echo(f"  {c['name']:40s} {c['bins']:4d} bins  samples: {', '.join(c['samples'])}")
+        click.echo(f"modifiers ({len(p['modifiers'])}):")
+        for m in p["modifiers"]:
+            click.echo(f"  {m['name']:40s} {m['type']}")
+        click.echo(f"measurements: " + ", ".join(f"{m['name']} (POI {m['poi']})" for m in p["measurements"]))
+        click.echo(f"parameters of measurement {p['measurement']!r} ({len(p['parameters'])} groups):")
+        for par in p["parameters"]:
+            bounds = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in par["bounds"][:1])
+            click.echo(f"  {par['name']:40s} n={par['n']:<3d} {par['constraint'] or 'unconstrained':9s} "
+                       f"init {par['init'][0]:g}  bounds {bounds}" + ("  fixed" if par["fixed"] else ""))
+
+    emit(payload, table)
+
+
+@main.group()
+def patchset():
+    """pyhf patchsets: the signal points a workspace can be patched with."""
+
+
+@patchset.command("inspect")
+@click.argument("patchset_file", metavar="PS")
+@output_options
+def patchset_inspect(patchset_file):
+    """Names and labelled values of every patch (as pyhf patchset inspect)."""
+    from ..workspace import load_patchset
+
+    ps = load_patchset(patchset_file)
+    payload = {
+        "description": ps.description,
+        "digests": ps.digests,
+        "labels": list(ps.labels),
+        "patches": [{"name": p.name, "values": dict(zip(ps.labels, p.values))} for p in ps.patches],
+    }
+
+    def table(p):
+        click.echo(f"{p['description']}")
+        click.echo(f"{len(p['patches'])} patches, labels: {', '.join(p['labels'])}")
+        for patch in p["patches"]:
+            click.echo(f"  {patch['name']:40s} " + "  ".join(f"{k}={v:g}" for k, v in patch["values"].items()))
+
+    emit(payload, table)
 
 
 @main.group()
@@ -179,19 +370,22 @@ def campaign():
 
 @campaign.command("plan")
 @workspace_options
-@click.option("--mus", required=True, metavar="START:STOP:COUNT", help="POI values (or a,b,c).")
-@click.option("--ntoys", type=int, required=True, help="Toys per hypothesis and mu point.")
-@click.option("--toys-per-job", type=int, required=True, help="Toys of one mu point per job.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mus", required=True, metavar="START:STOP:COUNT",
+              help="POI values, increasing, inside the POI's bounds (or a,b,c).")
+@click.option("--ntoys", type=click.IntRange(min=1), required=True, help="Toys per hypothesis and mu point.")
+@click.option("--toys-per-job", type=click.IntRange(min=1), required=True, help="Toys of one mu point per job.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True)
 @click.option("--toy-pars", type=click.Choice(["profiled", "init"]), default="profiled", show_default=True)
-@click.option("--chunk-size", type=int, default=None, help="Toys per compiled call in each job.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Toys per compiled call in each job.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New campaign directory.")
 @click.option("--submit", type=click.Choice(["slurm", "htcondor", "panda"]), default=None,
               help="Also write a batch submit script into OUT/submit/.")
 @click.option("--gpu", is_flag=True, help="Ask the batch system for one GPU per job.")
-@click.option("--container", default=None, help="Container image for the submit script.")
-def campaign_plan(ws, model, data, as_json, mus, ntoys, toys_per_job, seed, test_stat, toy_pars, chunk_size,
+@click.option("--container", default=None,
+              help="Container image for the submit script: NAME:TAG (pulled as docker://NAME:TAG) or a full URI.")
+@output_options
+def campaign_plan(ws, model, data, mus, ntoys, toys_per_job, seed, test_stat, toy_pars, chunk_size,
                   out, submit, gpu, container):
     """Write OUT/campaign.json and one OUT/jobs/job-NNNN.json per job."""
     from ..campaign import plan
@@ -206,62 +400,86 @@ def campaign_plan(ws, model, data, as_json, mus, ntoys, toys_per_job, seed, test
         if p.get("submit_script"):
             click.echo(f"submit script: {p['submit_script']}")
 
-    emit(payload, as_json, table)
+    emit(payload, table)
 
 
 @campaign.command("run-job")
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def campaign_run_job(job, quiet, as_json):
+@output_options
+def campaign_run_job(job, quiet):
     """Run one job file (the container entry point); resumes from its checkpoint."""
     from ..campaign import run_job
 
     payload = run_job(job, progress=False if quiet else None)
-    emit(payload, as_json, lambda p: click.echo(f"{p['job']}: {p['status']}" + (f" -> {p['path']}" if p.get("path") else "")))
+    emit(payload, lambda p: click.echo(_job_line(p)))
+
+
+def _job_line(p: dict) -> str:
+    line = f"{p['job']}: {p['status']}" + (f" -> {p['path']}" if p.get("path") else "")
+    if "resumed_from_row" in p:
+        line += f" (resumed from its checkpoint at row {p['resumed_from_row']})"
+    if "checkpoint_discarded" in p:
+        line += f" (checkpoint discarded, started over: {p['checkpoint_discarded']})"
+    return line
 
 
 @campaign.command("run")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--executor", default="local", show_default=True, help="local | dask | dask://HOST:PORT")
-@click.option("--workers", type=int, default=2, show_default=True, help="Workers of the embedded Dask cluster.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Workers of the embedded Dask cluster.")
 @click.option("--gpu", is_flag=True, help="Dask: each job needs the worker resource GPU=1.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def campaign_run(directory, executor, workers, gpu, as_json):
-    """Run the jobs whose results are missing or broken."""
+@output_options
+def campaign_run(directory, executor, workers, gpu):
+    """Run the jobs whose results are missing or broken (saying which)."""
     from ..campaign import run
 
     start = time.perf_counter()
     payload = run(directory, executor=executor, workers=workers, gpu=gpu) | {"seconds": time.perf_counter() - start}
-    emit(payload, as_json, lambda p: click.echo(
-        f"{len(p['ran'])} jobs run, {p['skipped']} already done, of {p['jobs']} ({p['executor']}, {p['seconds']:.1f} s)"))
+
+    def table(p):
+        for path in p["broken_redone"]:
+            click.echo(f"broken result removed and its job run again: {path}")
+        for job in p["ran"]:
+            if "resumed_from_row" in job or "checkpoint_discarded" in job:
+                click.echo(_job_line(job))
+        click.echo(f"{len(p['ran'])} jobs run, {p['skipped']} already done, of {p['jobs']} "
+                   f"({p['executor']}, {p['seconds']:.1f} s)")
+
+    emit(payload, table)
 
 
 @campaign.command("merge")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--allow-partial", is_flag=True, help="Answer from the toys there are when jobs are missing.")
-@click.option("--level", type=float, default=0.05, show_default=True)
+@click.option("--level", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.05,
+              show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Brazil-band plot (several mu).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def campaign_merge(directory, allow_partial, level, plot, as_json):
+@output_options
+def campaign_merge(directory, allow_partial, level, plot):
     """Check and combine the results: hypotest keys (one mu) or limit keys (several)."""
     from ..campaign import merge
 
+    check_plot(plot)
     payload = merge(directory, allow_partial=allow_partial, level=level)
+    plot_error = None
     if plot and "observed" in payload:
         from ..infer.intervals import UpperLimitResult
-        from ..plotting import brazil_plot
 
-        brazil_plot(UpperLimitResult(
+        plot_error = _plot_limit(UpperLimitResult(
             observed=payload["observed"], expected=np.asarray(payload["expected"]), mus=np.asarray(payload["mus"]),
             cls_obs=np.asarray(payload["cls_obs"]), cls_exp=np.asarray(payload["cls_exp"]), level=level,
-            test_stat=payload["test_stat"], calculator="toys"), plot)
-        payload["plot"] = plot
+            test_stat=payload["test_stat"], calculator="toys", observed_bound=payload["observed_bound"],
+            expected_bound=tuple(payload["expected_bound"])), plot, payload)
+    if "observed" not in payload:
+        payload |= {"CLs_obs": payload["cls_obs"], "CLs_exp": payload["cls_exp"]}
 
     def table(p):
         t = p["toys"]
         if "observed" in p:
-            click.echo(f"observed limit {p['observed']:.4f}; expected " + "  ".join(f"{v:.4f}" for v in p["expected"]))
+            click.echo(f"observed limit {_limit_text(p['observed'], p['observed_bound'])}; expected "
+                       + "  ".join(_limit_text(v, b) for v, b in zip(p["expected"], p["expected_bound"])))
         else:
             click.echo(f"mu = {p['mu']}: CLs = {p['cls_obs']:.6g} +/- {p['cls_obs_err']:.2g}  CLsb = {p['clsb_obs']:.6g}  "
                        f"CLb = {p['clb_obs']:.6g}")
@@ -269,4 +487,8 @@ def campaign_merge(directory, allow_partial, level, plot, as_json):
         click.echo(f"  toys counted per mu: {t['counted_per_mu']} of {t['expected_per_mu']}; failed {t['n_failed']}"
                    + (f"; PARTIAL, missing {len(t['missing_jobs'])} jobs" if t["partial"] else ""))
 
-    emit(payload, as_json, table)
+    emit(payload, table)
+    if "observed" in payload:
+        _warn_bounds(payload, "the campaign's mu points")
+    if plot_error:
+        raise AfterResult(f"the result above is complete, but the plot failed: {plot_error}")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from ..optimize import fit
+from ..exceptions import InvalidArgument
+
+from ..optimize import fit, resolve_bounds
 from .test_statistics import check_poi_bounds, from_fits
 
 N_SIGMA = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
@@ -41,11 +43,7 @@ class AsymptoticScan:
         self.test_stat = test_stat
         self.data = np.asarray(data, dtype=model.dtype)
         self.kwargs = dict(init=init, bounds=bounds, fixed=fixed, **fit_options)
-        low = bounds[model.poi_name][0] if isinstance(bounds, dict) and model.poi_name in bounds else (
-            np.asarray(bounds)[model.poi_index, 0] if bounds is not None and not isinstance(bounds, dict)
-            else model.suggested_bounds()[model.poi_index, 0]
-        )
-        check_poi_bounds(test_stat, float(low))
+        check_poi_bounds(test_stat, float(resolve_bounds(model, bounds)[model.poi_index, 0]))
         self.free = fit(model, self.data, hesse=False, **self.kwargs)
         asimov_mu = 1.0 if test_stat == "q0" else 0.0
         self.asimov, self.asimov_fit = asimov_data(model, self.data, asimov_mu, **self.kwargs)
@@ -82,10 +80,12 @@ def pvalues(test_stat: str, q_obs, q_asimov) -> dict:
     if test_stat in ("q", "q0"):
         t = sq - sqa
     elif test_stat == "qtilde":
+        # qA = 0 (mu = 0, where the two hypotheses coincide): the second branch is 0/0;
+        # its limit is the first one, which gives CLsb = CLb and CLs = 1, as pyhf at mu = 0.
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(sq <= sqa, sq - sqa, (sq * sq - sqa * sqa) / (2.0 * sqa))
+            t = np.where((sq <= sqa) | (sqa == 0), sq - sqa, (sq * sq - sqa * sqa) / (2.0 * sqa))
     else:
-        raise ValueError(
+        raise InvalidArgument(
             f"the asymptotic calculator takes q, qtilde or q0 (as pyhf's does), not {test_stat!r}"
         )
     clsb = norm.cdf(-(t + sqa))
@@ -98,7 +98,8 @@ def pvalues(test_stat: str, q_obs, q_asimov) -> dict:
             "teststat": t,
             "clsb_obs": clsb,
             "clb_obs": clb,
-            "cls_obs": clsb / clb,
+            # the ratio from logs: both tails underflow together far in the tail
+            "cls_obs": np.exp(norm.logcdf(-(t + sqa)) - norm.logcdf(-t)),
             "clsb_exp": clsb_exp,
             "clb_exp": clb_exp,
             "cls_exp": clsb_exp / clb_exp,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy.stats import norm
 
-from ..exceptions import InvalidModel
+from ..exceptions import InvalidArgument, InvalidModel
+from ..optimize import resolve_bounds
 from .asymptotics import AsymptoticScan
 from .test_statistics import normalize_test_stat
 
@@ -18,7 +20,7 @@ _CALCULATOR_ALIASES = {"asymptotics": "asymptotic", "toybased": "toys"}
 def normalize_calculator(name: str) -> str:
     name = _CALCULATOR_ALIASES.get(name, name)
     if name not in CALCULATORS:
-        raise ValueError(f"unknown calculator {name!r}; choose one of {', '.join(CALCULATORS)}")
+        raise InvalidArgument(f"unknown calculator {name!r}; choose one of {', '.join(CALCULATORS)}")
     return name
 
 
@@ -27,7 +29,7 @@ def split_toy_options(calculator: str, options: dict) -> tuple[dict, dict]:
     for the asymptotic calculator (they would be silently ignored)."""
     toy = {k: options.pop(k) for k in TOY_OPTIONS if k in options}
     if toy and calculator != "toys":
-        raise ValueError(f"{', '.join(sorted(toy))} only apply to calculator='toys'")
+        raise InvalidArgument(f"{', '.join(sorted(toy))} only apply to calculator='toys'")
     return toy, options
 
 
@@ -70,6 +72,32 @@ class HypoTestResult:
     clb_obs_err: float | None = None
     info: dict | None = None
 
+    def _discovery(self):
+        if self.test_stat != "q0":
+            raise AttributeError(f"p0 and Z belong to a discovery test (test_stat='q0'), not {self.test_stat!r}")
+
+    @property
+    def p0_obs(self) -> float:
+        """Observed p-value of the background-only hypothesis (q0 only)."""
+        self._discovery()
+        return float(self.clsb_obs)
+
+    @property
+    def z_obs(self) -> float:
+        """Observed significance Z = Phi^-1(1 - p0), in sigma (q0 only)."""
+        return float(norm.isf(self.p0_obs))
+
+    @property
+    def p0_exp(self) -> np.ndarray:
+        """Expected p0 [5] for -2 ... +2 sigma (q0 only)."""
+        self._discovery()
+        return np.asarray(self.clsb_exp, dtype=float)
+
+    @property
+    def z_exp(self) -> np.ndarray:
+        """Expected significances [5] (q0 only)."""
+        return norm.isf(self.p0_exp)
+
     def to_dict(self) -> dict:
         out = {
             "mu": self.mu,
@@ -85,6 +113,8 @@ class HypoTestResult:
             "teststat_asimov": self.teststat_asimov,
             "n_failed": self.n_failed,
         }
+        if self.test_stat == "q0":  # discovery: p0 and its significance, as pyhf users read them
+            out.update(p0_obs=self.p0_obs, z_obs=self.z_obs, p0_exp=self.p0_exp.tolist(), z_exp=self.z_exp.tolist())
         if self.calculator == "toys":
             out.update(
                 cls_obs_err=self.cls_obs_err, clsb_obs_err=self.clsb_obs_err, clb_obs_err=self.clb_obs_err,
@@ -93,13 +123,23 @@ class HypoTestResult:
         return out
 
 
-def _check_poi(model, fixed) -> None:
-    model.require_poi()
-    if model.fixed_parameters()[model.poi_index] or (fixed and model.poi_name in fixed):
+def check_poi(model, fixed=None, bounds=None, mus=()) -> tuple[float, float]:
+    """The POI's (lower, upper) bound in use, after checking that the model has a free
+    POI and that every tested value in ``mus`` lies within those bounds (as pyhf does)."""
+    poi = model.require_poi()
+    if model.fixed_parameters()[poi] or (fixed and model.poi_name in fixed):
         raise InvalidModel(
             f"the POI {model.poi_name!r} is fixed, which makes a profile-likelihood test "
             "impossible; unfix it in the measurement (parameters: fixed) or drop it from fixed="
         )
+    low, high = (float(v) for v in resolve_bounds(model, bounds)[poi])
+    for mu in np.atleast_1d(np.asarray(mus, dtype=float)):
+        if not low <= mu <= high:
+            raise InvalidArgument(
+                f"{model.poi_name} = {mu:g} lies outside the POI's bounds [{low:g}, {high:g}]; "
+                f"test a value inside them, or widen them with bounds={{{model.poi_name!r}: (low, high)}}"
+            )
+    return low, high
 
 
 def hypotest(
@@ -128,10 +168,10 @@ def hypotest(
     test_stat = normalize_test_stat(test_stat)
     calculator = normalize_calculator(calculator)
     toy_options, fit_options = split_toy_options(calculator, fit_options)
-    _check_poi(model, fixed)
+    check_poi(model, fixed, bounds, mus=() if test_stat == "q0" else [mu])
     data = np.asarray(data, dtype=model.dtype)
     if data.ndim != 1:
-        raise ValueError(f"hypotest takes one observed dataset [N + A], got shape {data.shape}")
+        raise InvalidArgument(f"hypotest takes one observed dataset [N + A], got shape {data.shape}")
     if calculator == "toys":
         return _toy_hypotest(model, data, mu, test_stat, toy_options, init=init, bounds=bounds, fixed=fixed,
                              **fit_options)

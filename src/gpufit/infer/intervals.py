@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from scipy.optimize import toms748
 
+from ..exceptions import InvalidArgument, LimitOutsideGrid
 from .asymptotics import AsymptoticScan
-from .hypotest import _check_poi, normalize_calculator, split_toy_options, toy_info
+from .hypotest import check_poi, normalize_calculator, split_toy_options, toy_info
 from .test_statistics import normalize_test_stat
 
 
@@ -17,6 +19,11 @@ class UpperLimitResult:
     """Observed and expected (-2 ... +2 sigma) upper limits at CLs = ``level``.
 
     ``mus``, ``cls_obs`` [M] and ``cls_exp`` [M, 5] are the scan points behind them.
+    ``observed_bound`` (and ``expected_bound``, 5 entries) is None where the limit is a
+    crossing of the CLs curve inside the scanned range; ``"above"`` where the curve
+    never drops below ``level`` (the limit is larger than the value given, the last
+    point scanned) and ``"below"`` where it is already below at the first point (the
+    limit is smaller than the value given).
     """
 
     observed: float
@@ -29,11 +36,15 @@ class UpperLimitResult:
     calculator: str
     n_failed: int = 0
     info: dict | None = None
+    observed_bound: str | None = None
+    expected_bound: tuple = (None,) * 5
 
     def to_dict(self) -> dict:
         return {
             "observed": self.observed,
             "expected": np.asarray(self.expected).tolist(),
+            "observed_bound": self.observed_bound,
+            "expected_bound": list(self.expected_bound),
             "mus": np.asarray(self.mus).tolist(),
             "cls_obs": np.asarray(self.cls_obs).tolist(),
             "cls_exp": np.asarray(self.cls_exp).tolist(),
@@ -45,23 +56,54 @@ class UpperLimitResult:
         }
 
 
-def first_crossing(mus, values, level) -> float:
-    """Where a CLs curve first drops below ``level``, interpolated linearly between the
-    two grid points around it (robust to the toy noise that makes a curve non-monotonic);
-    NaN if it never does, ``mus[0]`` if it starts below."""
-    below = np.flatnonzero(np.asarray(values) < level)
+def check_level(level) -> float:
+    """The CLs level as a float in (0, 1) (0.05 for a 95% CL limit)."""
+    value = float(level)
+    if not 0.0 < value < 1.0:
+        raise InvalidArgument(f"level is the CLs threshold, between 0 and 1 (0.05 = 95% CL), got {level!r}")
+    return value
+
+
+def check_grid(mus, poi_range=None, name: str = "mus") -> np.ndarray:
+    """POI values [M] of a limit scan: finite, strictly increasing, at least two, and
+    inside ``poi_range`` = (low, high) when given."""
+    grid = np.asarray(mus, dtype=float)
+    if grid.ndim != 1 or grid.size < 2:
+        raise InvalidArgument(f"{name} needs at least two POI values to bracket a limit, got {grid.size}")
+    if not np.all(np.isfinite(grid)):
+        raise InvalidArgument(f"{name} must be finite numbers, got {grid.tolist()}")
+    if np.any(np.diff(grid) <= 0):
+        raise InvalidArgument(f"{name} must increase strictly (START < STOP), got {grid.tolist()}")
+    if poi_range is not None:
+        low, high = poi_range
+        if grid[0] < low or grid[-1] > high:
+            raise InvalidArgument(
+                f"{name} from {grid[0]:g} to {grid[-1]:g} lie outside the POI's bounds [{low:g}, {high:g}]; "
+                "scan inside them"
+            )
+    return grid
+
+
+def crossing(mus, values, level, interpolate: str = "first") -> tuple[float, str | None]:
+    """Where a CLs curve [M] over ``mus`` [M] crosses ``level``: ``(limit, bound)``.
+
+    ``bound`` is None for a crossing inside the grid, ``"above"`` (limit = the last mu)
+    when the curve never drops below ``level``, ``"below"`` (limit = the first mu) when
+    it starts below. ``interpolate="first"`` interpolates linearly where the curve first
+    drops below ``level`` (robust to toy noise that makes a curve non-monotonic);
+    ``"pyhf"`` interpolates the whole curve as pyhf's ``linear_grid_scan`` does.
+    """
+    mus, values = np.asarray(mus, dtype=float), np.asarray(values, dtype=float)
+    below = np.flatnonzero(values < level)
     if below.size == 0:
-        return float("nan")
+        return float(mus[-1]), "above"
     i = below[0]
     if i == 0:
-        return float(mus[0])
+        return float(mus[0]), "below"
+    if interpolate == "pyhf":
+        return float(np.interp(level, values[::-1], mus[::-1])), None
     x0, x1, y0, y1 = mus[i - 1], mus[i], values[i - 1], values[i]
-    return float(x0 + (level - y0) * (x1 - x0) / (y1 - y0))
-
-
-def _interpolated_crossing(mus, values, level) -> float:
-    """Where a (decreasing) CLs curve crosses ``level``, by linear interpolation as pyhf."""
-    return float(np.interp(level, values[::-1], mus[::-1]))
+    return float(x0 + (level - y0) * (x1 - x0) / (y1 - y0)), None
 
 
 def upper_limit(
@@ -92,8 +134,11 @@ def upper_limit(
     """
     test_stat = normalize_test_stat(test_stat)
     calculator = normalize_calculator(calculator)
+    level = check_level(level)
     toy_options, fit_options = split_toy_options(calculator, fit_options)
-    _check_poi(model, fixed)
+    poi_range = check_poi(model, fixed, bounds)
+    if mus is not None:
+        mus = check_grid(mus, poi_range)
     if calculator == "toys":
         return _toy_upper_limit(model, data, mus, level, test_stat, toy_options,
                                 init=init, bounds=bounds, fixed=fixed, **fit_options)
@@ -109,11 +154,10 @@ def upper_limit(
         return np.array([cache[float(p)] for p in np.atleast_1d(points)])
 
     if mus is not None:
-        mus = np.asarray(mus, dtype=float)
         values = curves(mus)
-        limits = [_interpolated_crossing(mus, values[:, j], level) for j in range(6)]
+        limits = [crossing(mus, values[:, j], level, interpolate="pyhf") for j in range(6)]
     else:
-        low, high = _poi_range(model, bounds)
+        low, high = max(poi_range[0], 0.0), poi_range[1]
         grid = np.linspace(low, high, 11)
         values = curves(grid)
         while np.any(values[-1] > level) and high < 1e6:  # widen until every curve crosses
@@ -122,33 +166,31 @@ def upper_limit(
             values = curves(grid)
         limits = []
         for j in range(6):
-            below = np.flatnonzero(values[:, j] < level)
-            if below.size == 0:
-                limits.append(float("nan"))  # never excluded within the POI bounds
-            elif below[0] == 0:
-                limits.append(float(grid[0]))  # excluded everywhere
-            else:
-                a, b = grid[below[0] - 1], grid[below[0]]
+            limit, bound = crossing(grid, values[:, j], level)
+            if bound is None:  # refine the bracketing grid interval with TOMS 748
+                i = np.flatnonzero(values[:, j] < level)[0]
                 f = lambda x, j=j: curves([x])[0, j] - level  # noqa: E731
-                limits.append(float(toms748(f, a, b, k=2, xtol=2e-12, rtol=rtol)))
+                limit = float(toms748(f, grid[i - 1], grid[i], k=2, xtol=2e-12, rtol=rtol))
+            limits.append((limit, bound))
         mus = np.array(sorted(cache))
         values = curves(mus)
     return _limit_result(limits, mus, values, level, test_stat, calculator, scan.fits_failed)
 
 
-def _poi_range(model, bounds) -> tuple[float, float]:
-    """The POI's (lower bound, at least 0; upper bound), from ``bounds={name: ...}`` or the model."""
-    low, high = model.suggested_bounds()[model.poi_index]
-    if isinstance(bounds, dict) and model.poi_name in bounds:
-        low, high = bounds[model.poi_name]
-    return max(float(low), 0.0), float(high)
-
-
 def _limit_result(limits, mus, values, level, test_stat, calculator, n_failed, info=None) -> UpperLimitResult:
-    """Limits [6] (observed, then -2..+2 sigma) and the scan's CLs values [M, 6]."""
+    """The result from ``limits`` [6] of ``(limit, bound)`` (observed, then -2..+2 sigma)
+    and the scan's CLs values [M, 6]; warns when a limit is a bound of the grid."""
+    names = ["observed", "-2 sigma", "-1 sigma", "median expected", "+1 sigma", "+2 sigma"]
+    loose = [f"{name} {'>' if bound == 'above' else '<'} {value:g}"
+             for name, (value, bound) in zip(names, limits) if bound]
+    if loose:
+        warnings.warn(LimitOutsideGrid(
+            f"CLs does not cross {level:g} inside the scanned POI values ({mus[0]:g} to {mus[-1]:g}); "
+            f"these limits are bounds, not crossings: {', '.join(loose)}. Extend the scan (mus=) to bracket them"
+        ), stacklevel=3)
     return UpperLimitResult(
-        observed=limits[0],
-        expected=np.asarray(limits[1:]),
+        observed=limits[0][0],
+        expected=np.asarray([v for v, _ in limits[1:]]),
         mus=mus,
         cls_obs=values[:, 0],
         cls_exp=values[:, 1:],
@@ -157,17 +199,21 @@ def _limit_result(limits, mus, values, level, test_stat, calculator, n_failed, i
         calculator=calculator,
         n_failed=n_failed,
         info=info,
+        observed_bound=limits[0][1],
+        expected_bound=tuple(b for _, b in limits[1:]),
     )
 
 
 def toy_grid(model, data, level=0.05, test_stat="qtilde", points=11, bounds=None, **fit_options) -> np.ndarray:
     """Default grid of a toy scan: from the POI's lower bound (at least 0) to 1.5 times
     the largest asymptotic limit (observed or +2 sigma expected)."""
-    asy = upper_limit(model, data, level=level, test_stat=test_stat, bounds=bounds, **fit_options)
-    finite = [v for v in [asy.observed, *asy.expected] if np.isfinite(v)]
-    low, _ = _poi_range(model, bounds)
-    top = 1.5 * max(finite) if finite else model.suggested_bounds()[model.poi_index, 1]
-    return np.linspace(low, max(top, low + 1e-3), points)
+    low, high = check_poi(model, fit_options.get("fixed"), bounds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LimitOutsideGrid)  # a bound still sizes the grid
+        asy = upper_limit(model, data, level=level, test_stat=test_stat, bounds=bounds, **fit_options)
+    top = 1.5 * max(asy.observed, *asy.expected)
+    low = max(low, 0.0)
+    return np.linspace(low, max(min(top, high), low + 1e-3), points)
 
 
 def _toy_upper_limit(model, data, mus, level, test_stat, toy_options, **fit_options) -> UpperLimitResult:
@@ -179,5 +225,5 @@ def _toy_upper_limit(model, data, mus, level, test_stat, toy_options, **fit_opti
     calc = ToyCalculator(model, data, mus, test_stat, **toy_options, **fit_options)
     r = calc.run()
     values = np.column_stack([r["cls_obs"], r["cls_exp"]])
-    limits = [first_crossing(mus, values[:, j], level) for j in range(6)]
+    limits = [crossing(mus, values[:, j], level) for j in range(6)]
     return _limit_result(limits, mus, values, level, test_stat, "toys", int(r["n_failed"]), toy_info(calc, r))

@@ -16,6 +16,8 @@ import logging
 
 import numpy as np
 
+from ..exceptions import InvalidArgument
+
 from ..optimize import fit
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ ALIASES = {"qmu": "q", "qmu_tilde": "qtilde", "tmu": "t", "tmu_tilde": "ttilde"}
 def normalize_test_stat(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in TEST_STATS:
-        raise ValueError(
+        raise InvalidArgument(
             f"unknown test statistic {name!r}; choose one of {', '.join(TEST_STATS)} "
             "(or qmu, qmu_tilde, tmu, tmu_tilde)"
         )

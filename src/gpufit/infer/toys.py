@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _device
-from ..exceptions import ToyFitsFailed
+from ..exceptions import InvalidArgument, ToyFitsFailed
 from ..optimize import fit
 from ..optimize._solver import CONVERGED, minimize_batch
-from ..optimize.fit import DEFAULT_TOL, _padded_size, _resolve_bounds, default_chunk_size, resolve_fixed
+from ..optimize.fit import DEFAULT_TOL, _padded_size, resolve_bounds, default_chunk_size, resolve_fixed
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
 from .test_statistics import check_poi_bounds, from_fits
 from .toy_pvalues import toy_pvalues
@@ -94,6 +94,24 @@ def show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
 
 
+def check_toy_options(ntoys=None, seed=None, toy_pars=None, max_failed=None, chunk_size=None) -> None:
+    """The valid range of each toy option (those given); :class:`InvalidArgument` otherwise."""
+    if toy_pars is not None and toy_pars not in TOY_PARS:
+        raise InvalidArgument(f"toy_pars must be one of {TOY_PARS}, got {toy_pars!r}")
+    if seed is not None and not (_is_int(seed) and 0 <= int(seed) < _SEED_LIMIT):
+        raise InvalidArgument(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if ntoys is not None and not (_is_int(ntoys) and int(ntoys) >= 1):
+        raise InvalidArgument(f"ntoys must be an integer >= 1, got {ntoys!r}")
+    if max_failed is not None and not 0.0 <= float(max_failed) <= 1.0:
+        raise InvalidArgument(f"max_failed is a fraction in [0, 1], got {max_failed!r}")
+    if chunk_size is not None and not (_is_int(chunk_size) and int(chunk_size) >= 1):
+        raise InvalidArgument(f"chunk_size must be an integer >= 1 (or None for the default), got {chunk_size!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 class ToyCalculator:
     """Toy-based p-values at POI values ``mus`` for one observed dataset.
 
@@ -119,14 +137,7 @@ class ToyCalculator:
     def __init__(self, model, data, mus, test_stat="qtilde", *, ntoys=DEFAULT_NTOYS, seed=0,
                  toy_pars="profiled", chunk_size=None, max_failed=0.01, progress=None,
                  init=None, bounds=None, fixed=None, tol=DEFAULT_TOL, maxiter=300, toy_tol=1e-6):
-        if toy_pars not in TOY_PARS:
-            raise ValueError(f"toy_pars must be one of {TOY_PARS}, got {toy_pars!r}")
-        if not 0 <= int(seed) < _SEED_LIMIT:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-        if int(ntoys) < 1:
-            raise ValueError(f"ntoys must be at least 1, got {ntoys!r}")
-        if not 0.0 <= float(max_failed) <= 1.0:
-            raise ValueError(f"max_failed is a fraction in [0, 1], got {max_failed!r}")
+        check_toy_options(ntoys=ntoys, seed=seed, toy_pars=toy_pars, max_failed=max_failed, chunk_size=chunk_size)
         poi = model.require_poi()
         self.model = model
         self.test_stat = test_stat
@@ -146,7 +157,7 @@ class ToyCalculator:
         self.stats = ToyStats()
 
         flags, values = resolve_fixed(model, fixed, ())
-        b = _resolve_bounds(model, bounds)
+        b = resolve_bounds(model, bounds)
         check_poi_bounds(test_stat, float(b[poi, 0]))
         self.bounds = b
         self.free = ~flags
@@ -217,8 +228,11 @@ class ToyCalculator:
         ``free_res`` and ``fixed_res`` are [pars [C, P], twice_nll [C], status [C]].
         """
         stats = self.stats
+        # a toy drawn from a NaN expectation (a broken model) has no valid data: its fits
+        # have failed, and no retry can help (fit() refuses such data)
+        drawn = np.all(np.isfinite(data), axis=-1) & np.all(data[:, : self.model.n_main] >= 0, axis=-1)
         for kind, (pars, f, status) in (("free", free_res), ("fixed", fixed_res)):
-            bad = np.flatnonzero(status != CONVERGED)
+            bad = np.flatnonzero((status != CONVERGED) & drawn)
             if bad.size == 0:
                 continue
             # 1. continue from where the first pass stopped
@@ -326,7 +340,7 @@ class ToyCalculator:
                 f"above max_failed={self.max_failed:g}; their test statistics are NaN in "
                 "err.result. Check the model (gpufit fit on the observed data), loosen tol, "
                 "or raise max_failed to accept them",
-                result=out,
+                result=out, n_failed=failed, n_toys=total, max_failed=self.max_failed,
             )
         return out
 

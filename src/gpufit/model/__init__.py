@@ -1,7 +1,8 @@
 """Model compiler: a HistFactory spec becomes static arrays (:class:`CompiledModel`)."""
 
+from ._checks import check_channel_values
 from ._compiled import CompiledModel
 from ._model import Model
 from .interpolation import DEFAULT_MODIFIER_SETTINGS
 
-__all__ = ["Model", "CompiledModel", "DEFAULT_MODIFIER_SETTINGS"]
+__all__ = ["Model", "CompiledModel", "DEFAULT_MODIFIER_SETTINGS", "check_channel_values"]

@@ -8,8 +8,9 @@ import numpy as np
 import pyhf
 
 from .._arrays import get_namespace
-from ..exceptions import InvalidShape, InvalidWorkspace, UnknownName, UnspecifiedPOI
+from ..exceptions import InvalidArgument, InvalidShape, InvalidWorkspace, UnknownName, UnspecifiedPOI
 from ..likelihood import kernels
+from ._checks import check_channel_values, check_poi_scales_something
 from ._compile import compile_model
 from .interpolation import resolve_modifier_settings
 
@@ -64,10 +65,12 @@ class Model:
         measurement: str | None = None,
     ):
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+            raise InvalidArgument(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         self.modifier_settings = resolve_modifier_settings(modifier_settings)
         self.pyhf_model = _pyhf_model(modelspec, poi_name, self.modifier_settings)
         cfg = self.pyhf_model.config
+        check_channel_values(modelspec["channels"])
+        check_poi_scales_something(modelspec["channels"], cfg.poi_name)
         self.measurement = measurement
         self.backend = backend
         self.dtype = np.dtype(dtype)

@@ -2,6 +2,6 @@
 
 from ._result import FitResult
 from ._solver import STATUS
-from .fit import fit
+from .fit import fit, resolve_bounds
 
-__all__ = ["fit", "FitResult", "STATUS"]
+__all__ = ["fit", "FitResult", "STATUS", "resolve_bounds"]

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from ..likelihood.derivatives import twice_nll_gradient_curvature, twice_nll_gradient_hessian, twice_nll_hessian
-from ..likelihood.kernels import twice_nll
+from ..likelihood.kernels import expected_main, twice_nll
 
 CONVERGED, MAX_ITERATIONS, NOT_FINITE, STALLED, RUNNING, HANDOFF = 0, 1, 2, 3, -1, -2
 STATUS = {
@@ -333,5 +333,11 @@ def hessian_batch(m, data, pars):
 
 @jax.jit
 def value_and_grad_one(m, data, pars):
-    """-2 log L and its gradient for one dataset (the iminuit fallback's objective)."""
-    return jax.value_and_grad(lambda p: twice_nll(m, p, data))(pars)
+    """-2 log L and its gradient for one dataset (the iminuit fallback's objective).
+
+    Like the batched solver's objective it is +inf where an expected count is negative:
+    there the Poisson term 2 nu is unbounded below, and MIGRAD would report a "minimum"
+    of a likelihood that does not exist.
+    """
+    f, g = jax.value_and_grad(lambda p: twice_nll(m, p, data))(pars)
+    return jnp.where(jnp.any(expected_main(m, pars) < 0), jnp.inf, f), g

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _device
-from ..exceptions import InvalidShape
+from ..exceptions import InvalidArgument, InvalidShape
 from ._result import FitResult
 from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, value_and_grad_one
 
@@ -64,7 +64,23 @@ def _resolve_init(model, init, batch_shape):
     return np.broadcast_to(init, batch_shape + (model.n_pars,)).copy()
 
 
-def _resolve_bounds(model, bounds):
+def _check_data_values(model, data) -> None:
+    """Refuse data [..., N + A] that no likelihood can be computed from: main-bin counts
+    that are not finite or negative, auxiliary data that are not finite."""
+    main, aux = data[..., : model.n_main], data[..., model.n_main:]
+    for what, bad in (("main-bin count", ~np.isfinite(main) | (main < 0)), ("auxiliary datum", ~np.isfinite(aux))):
+        if bad.any():
+            index = np.argwhere(bad)[0]
+            value = (main if what.startswith("main") else aux)[tuple(index)]
+            offset = 0 if what.startswith("main") else model.n_main
+            raise InvalidArgument(
+                f"data[{', '.join(str(i) for i in index[:-1])}{', ' if index.size > 1 else ''}{index[-1] + offset}] "
+                f"({what}) is {value:g}; counts must be finite and >= 0 (auxiliary data finite)"
+            )
+
+
+def resolve_bounds(model, bounds) -> np.ndarray:
+    """Bounds [P, 2] in use: the model's, overridden by ``bounds`` ([P, 2] or ``{name: (low, high)}``)."""
     b = model.suggested_bounds()
     if bounds is None:
         return b
@@ -92,7 +108,10 @@ def _minuit_refit(model, data, x0, free, bounds, tol):
 
     minuit = Minuit(fcn, np.asarray(x0), grad=grad, name=model.parameter_names)
     minuit.errordef = Minuit.LEAST_SQUARES
-    minuit.limits = [tuple(b) for b in bounds]
+    # a fixed parameter keeps its value even outside its bounds (iminuit would clip it
+    # into its limits, and the fit would answer for another value than the one asked)
+    minuit.limits = [tuple(b) if f else (-np.inf, np.inf) for b, f in zip(bounds, free)]
+    minuit.values = np.asarray(x0)
     minuit.fixed = [not f for f in free]
     minuit.strategy = 0  # exact gradients; strategy 1-2 add numerical Hessians: 14 s and more on 1Lbb
     minuit.tol = max(tol * 50.0, 1e-6)
@@ -142,14 +161,17 @@ def fit(
     Returns:
         :class:`FitResult` with leading shape ``[...]``.
     """
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise InvalidArgument(f"chunk_size must be at least 1 fit (or None for the default), got {chunk_size!r}")
     data = model.check_data(np.asarray(data, dtype=model.dtype))
+    _check_data_values(model, data)
     width = model.n_main + model.n_aux
     batch_shape = data.shape[:-1]
     flags, fixed_values = resolve_fixed(model, fixed, batch_shape)
     x0 = _resolve_init(model, init, batch_shape)
     for index, value in fixed_values.items():
         x0[..., index] = value
-    b = _resolve_bounds(model, bounds)
+    b = resolve_bounds(model, bounds)
     free = ~flags
     x0 = np.where(free, np.clip(x0, b[:, 0], b[:, 1]), x0)
 
