@@ -7,7 +7,10 @@ import os
 import platform
 
 
-def write_report(path: str, script: str, args, rows: list) -> None:
+THREADS = "gpufit and pyhf run in one process, each with every core XLA and BLAS see"
+
+
+def write_report(path: str, script: str, args, rows: list, threads: str = THREADS) -> None:
     """Write ``rows`` with the device and versions (called after every row, so that an
     interrupted run keeps what it measured)."""
     import jax
@@ -18,7 +21,7 @@ def write_report(path: str, script: str, args, rows: list) -> None:
     report = {
         "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
         "machine": platform.machine(), "cpus": os.cpu_count(),
-        "threads": "gpufit and pyhf run in one process, each with every core XLA and BLAS see",
+        "threads": threads,
         "gpufit": gpufit.__version__, "pyhf": pyhf.__version__, "jax": jax.__version__,
         "command": f"python benchmarks/{script} " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
