@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pyhf
 import pytest
+from scipy.special import gammaln
 
 import gpufit
 from gpufit.optimize import _solver
@@ -183,3 +184,27 @@ def test_result_flags_limits_and_hesse_validity(docs_ws):
     flat_model = gpufit.Model(spec, poi_name="mu")
     flat = gpufit.fit(flat_model, data, fixed={"mu": 0.0})
     assert flat.converged and not flat.hesse_valid
+
+
+def test_minimum_on_the_edge_of_an_empty_bin():
+    """An empty bin whose expected count the fit drives to zero: the minimum lies on the
+    model's edge nu_0 = 0, where -2 log L = 2 (nu_1 - n_1 log nu_1 + log n_1!) with nu_1 = n_1.
+    Steps aimed at the edge used to cross it, be refused, and end "converged" 0.07 above
+    the minimum (b = 1.83 instead of 2)."""
+    spec = {
+        "channels": [{"name": "c", "samples": [
+            {"name": "sig", "data": [5.0, 0.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+            {"name": "bkg", "data": [5.0, 5.0], "modifiers": [{"name": "b", "type": "normfactor", "data": None}]},
+        ]}],
+        "observations": [{"name": "c", "data": [0.0, 10.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[-10.0, 10.0]]}]}}],
+        "version": "1.0.0",
+    }
+    ws = gpufit.Workspace(spec)
+    model = ws.model()
+    infimum = 2.0 * (10.0 - 10.0 * np.log(10.0) + gammaln(11.0))
+    for newton in (False, True):
+        result = gpufit.fit(model, ws.data(model), retry=False, hesse=False, newton=newton)
+        assert result.converged
+        assert result.twice_nll == pytest.approx(infimum, abs=1e-5)
+        assert result.value("b") == pytest.approx(2.0, abs=1e-4)

@@ -245,3 +245,24 @@ def test_cli_toys(tmp_path):
     assert len(strict_json(res.stdout)["mus"]) == 8
     res = runner.invoke(main, ["hypotest", "example:docs", "--ntoys", "20"])
     assert res.exit_code != 0 and "need --calculator toys" in res.output
+
+
+def test_retries_keep_the_lowest_converged_candidate():
+    """Hard toys have several minima: of the restart candidates the lower converged one
+    is kept, never a lower one that did not converge."""
+    from gpufit.infer.toys import _lowest_converged
+
+    def result(f, converged):
+        f = np.asarray(f, float)
+        return gpufit.FitResult(
+            pars=np.repeat(f[:, None], 2, axis=1), twice_nll=f, converged=np.asarray(converged),
+            status=np.where(converged, 0, 3), n_iter=np.ones(f.size, int), edm=np.zeros(f.size),
+            parameter_names=["a", "b"], fixed=np.zeros(2, bool), by_minuit=np.zeros(f.size, bool),
+        )
+
+    newton = result([5.0, 7.0, 1.0, 9.0], [True, True, False, False])
+    damped = result([6.0, 3.0, 4.0, 8.0], [True, True, True, False])
+    best = _lowest_converged([newton, damped])
+    assert best.twice_nll.tolist() == [5.0, 3.0, 4.0, 9.0]
+    assert best.converged.tolist() == [True, True, True, False]
+    assert best.pars[:, 0].tolist() == [5.0, 3.0, 4.0, 9.0]

@@ -235,21 +235,31 @@ class ToyCalculator:
             bad = np.flatnonzero((status != CONVERGED) & drawn)
             if bad.size == 0:
                 continue
-            # 1. continue from where the first pass stopped
+            # 1. continue from where the first pass stopped, with exact Newton steps (the
+            # fits that Gauss-Newton leaves behind are those whose curvature it misjudges)
             stats.continued += bad.size
-            r = self._refit(kind, data[bad], mu_test[bad], init=pars[bad], retry=False)
+            r = self._refit(kind, data[bad], mu_test[bad], init=pars[bad], retry=False, newton=True)
             _store(pars, f, status, bad, r)
             still = bad[~r.converged]
             if still.size == 0:
                 continue
-            # 2. a new start with heavier damping (the same compiled kernel), then 3. iminuit
+            # 2. new starts from the suggested init, Newton and heavily damped Gauss-Newton:
+            # hard toys have several minima (empty bins, the POI at its bound), and the
+            # lower converged one is kept; 3. iminuit where neither converged
             start = np.repeat(self.model.suggested_init()[None], still.size, axis=0)
             if kind == "fixed":
                 start[:, self.model.poi_index] = mu_test[still]
             stats.restarted += still.size
-            r = self._refit(kind, data[still], mu_test[still], init=start, damping=1.0, retry=True)
-            stats.minuit += int(np.sum(r.by_minuit))
+            candidates = [self._refit(kind, data[still], mu_test[still], init=start, retry=False, newton=True),
+                          self._refit(kind, data[still], mu_test[still], init=start, retry=False, damping=1.0)]
+            r = _lowest_converged(candidates)
             _store(pars, f, status, still, r)
+            rest = ~r.converged
+            if rest.any():
+                r = self._refit(kind, data[still[rest]], mu_test[still[rest]], init=start[rest], damping=1.0,
+                                retry=True)
+                stats.minuit += int(np.sum(r.by_minuit))
+                _store(pars, f, status, still[rest], r)
 
         # a free fit above its fixed twin sits in a local minimum: refit from the twin
         f_free, f_fixed = free_res[1], fixed_res[1]
@@ -343,6 +353,17 @@ class ToyCalculator:
                 result=out, n_failed=failed, n_toys=total, max_failed=self.max_failed,
             )
         return out
+
+
+def _lowest_converged(results):
+    """Per fit, the candidate result with the lowest -2 log L among those that converged
+    (the first candidate where none did)."""
+    f = np.stack([np.where(r.converged, r.twice_nll, np.inf) for r in results])  # [R, B]
+    pick = np.argmin(f, axis=0)
+    fields = ("pars", "twice_nll", "converged", "status", "n_iter", "edm", "by_minuit")
+    chosen = {k: np.choose(pick[:, None] if k == "pars" else pick, [getattr(r, k) for r in results])
+              for k in fields}
+    return dataclasses.replace(results[0], **chosen)
 
 
 def _compiled_cache_key(args, maxiter, group):

@@ -207,7 +207,8 @@ def twice_nll_hessian(m, pars, data):
 def twice_nll_gradient_hessian(m, pars, data):
     """-2 log L, its gradient, the solver's Newton matrix and the Gauss-Newton curvature
     for ONE fit: f [], g [P], hessian [P, P], gauss_newton [P, P] (the fallback where
-    the first is not positive definite).
+    the first is not positive definite), and scale [2, P], the diagonals the damping
+    scales with.
 
     The Newton matrix is the exact Hessian plus, for empty bins only, the Gauss-Newton
     term ``2 J_b J_b^T / nu_b``: an empty bin contributes no curvature to the exact
@@ -216,6 +217,17 @@ def twice_nll_gradient_hessian(m, pars, data):
     nears and keeps the steps inside.
     """
     f, g, jac, w, c = twice_nll_gradient_curvature(m, pars, data)
-    empty = jnp.where(data[: m.n_main] == 0, w, 0.0)  # w = 1/nu in empty bins
-    barrier = 2.0 * (jac.T * empty) @ jac
-    return f, g, twice_nll_hessian(m, pars, data) + barrier, curvature_matrix(jac, w, c)
+    is_empty = data[: m.n_main] == 0
+    empty = jnp.where(is_empty, w, 0.0)  # w = 1/nu in empty bins
+    hessian = twice_nll_hessian(m, pars, data) + 2.0 * (jac.T * empty) @ jac
+    gauss_newton = curvature_matrix(jac, w, c)
+    excess = 2.0 * ((w - damping_weights(w, is_empty)) @ (jac * jac))
+    scale = jnp.stack([jnp.diagonal(hessian) - excess, jnp.diagonal(gauss_newton) - excess])
+    return f, g, hessian, gauss_newton, scale
+
+
+def damping_weights(w, empty):
+    """The weights [N] a step's damping scales with: ``w`` with the 1/nu of empty bins
+    capped at 1. Near the model's edge (nu_b -> 0) that 1/nu would swamp every other
+    curvature along the parameters of the bin, and with it every step and the edm."""
+    return jnp.where(empty, jnp.minimum(w, 1.0), w)

@@ -28,7 +28,12 @@ termination):
 
 Common to both: a parameter on a bound with the gradient (then the step) pushing
 outward is held for the step (projected Newton) and the step is clipped into the box;
-damping ``(H + lambda D) delta = -g`` with D the diagonal of the curvature, lambda
+a step is shortened so that no empty bin loses more than 90% of its expected count
+(:func:`_edge_fraction`: in an empty bin -2 log L = 2 nu_b is smallest at the model's
+edge nu_b = 0, the quadratic model aims right at it, and a step refused for crossing it
+made hard toys crawl or stall: 5 of 2,000 1Lbb pseudo-experiments were lost that way);
+damping ``(H + lambda D) delta = -g`` with D the diagonal of the curvature (with the
+1/nu of empty bins capped, :func:`~gpufit.likelihood.derivatives.damping_weights`), lambda
 shrunk after a good step and grown after a rejected one (Nielsen's rule); a fit stops
 when the estimated distance to the minimum ``edm = g^T H^-1 g / 2`` is below ``tol``.
 Thresholds that compare numbers of the size of -2 log L scale with the dtype's
@@ -45,7 +50,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..likelihood.derivatives import twice_nll_gradient_curvature, twice_nll_gradient_hessian, twice_nll_hessian
+from ..likelihood.derivatives import (
+    damping_weights,
+    twice_nll_gradient_curvature,
+    twice_nll_gradient_hessian,
+    twice_nll_hessian,
+)
 from ..likelihood.kernels import expected_main, twice_nll
 
 CONVERGED, MAX_ITERATIONS, NOT_FINITE, STALLED, RUNNING, HANDOFF = 0, 1, 2, 3, -1, -2
@@ -58,6 +68,7 @@ STATUS = {
 _LAMBDA_MIN, _LAMBDA_MAX = 1e-12, 1e10
 NEWTON_EDM = 0.0  # Gauss-Newton hands over to Newton below this edm (-2 log L units); 0: never
 NEWTON_AFTER = 0  # ... or after this many steps; 0: never
+EDGE_FRACTION = 0.1  # a step keeps at least this fraction of an empty bin's expected count
 
 
 def _precision(dtype):
@@ -70,7 +81,7 @@ class _State(NamedTuple):
     x: jax.Array  # [P]
     f: jax.Array  # []
     g: jax.Array  # [P]
-    curvature: tuple  # Gauss-Newton: (jac [N, P], w [N], c [P]); Newton: (hessian, gauss_newton) [P, P]
+    curvature: tuple  # Gauss-Newton: (jac [N, P], w [N], c [P]); Newton: (hessian, gauss_newton [P, P], scale [2, P])
     lam: jax.Array  # []
     edm: jax.Array  # []
     n_iter: jax.Array  # [] int
@@ -85,7 +96,7 @@ def _ridge(dtype):
     return max(1e-10, 100.0 * float(jnp.finfo(dtype).eps))
 
 
-def solve_damped(m, jac, w, c, g, lam, active):
+def solve_damped(m, jac, w, c, g, lam, active, w_scale=None):
     """The damped Gauss-Newton step on the active set, without forming the P x P matrix.
 
     Solves ``(J^T W J + diag(d)) delta = -g / 2`` with ``d = c + lam diag(J^T W J + c)``
@@ -97,11 +108,12 @@ def solve_damped(m, jac, w, c, g, lam, active):
 
     Args:
         jac [N, P], w [N], c [P], g [P], lam [], active [P] bool.
+        w_scale [N]: the weights of the damping's scale (default ``w``).
 
     Returns:
         delta [P].
     """
-    dg = w @ (jac * jac) + c  # diagonal of J^T W J + diag(c)
+    dg = (w if w_scale is None else w_scale) @ (jac * jac) + c  # diagonal of J^T W J + diag(c)
     scale = jnp.maximum(jnp.max(jnp.where(active, dg, 0.0)), 1.0)
     d = jnp.where(active, c + lam * dg + _ridge(g.dtype) * scale, 1.0)
     jac = jnp.where(active, jac, 0.0)
@@ -118,7 +130,7 @@ def solve_damped(m, jac, w, c, g, lam, active):
     return jnp.concatenate([delta_u, delta_c])[m.solve_inverse]
 
 
-def solve_newton(hessian, gauss_newton, g, lam, active):
+def solve_newton(hessian, gauss_newton, g, lam, active, scale=None):
     """The damped Newton step on the active set: ``(H/2 + lam D) delta = -g/2`` with
     ``D = |diag(H/2)|`` (plus a ridge), by a dense Cholesky; where that matrix is not
     positive definite (far from the minimum, a saddle), the same step with the
@@ -130,12 +142,13 @@ def solve_newton(hessian, gauss_newton, g, lam, active):
 
     Args:
         hessian, gauss_newton [P, P] of -2 log L, g [P], lam [], active [P] bool.
+        scale [2, P]: the diagonals D is built from (default: the matrices' own).
 
     Returns:
         delta [P], exact [] bool (the Hessian step was used).
     """
     half = 0.5 * jnp.stack([hessian, gauss_newton])  # [2, P, P]
-    dg = jnp.abs(jnp.diagonal(half, axis1=1, axis2=2))  # [2, P]
+    dg = jnp.abs(jnp.diagonal(half, axis1=1, axis2=2) if scale is None else 0.5 * scale)  # [2, P]
     scale = jnp.maximum(jnp.max(jnp.where(active, dg, 0.0), axis=1, keepdims=True), 1.0)
     both = active[:, None] & active[None, :]
     eye = jnp.eye(g.shape[0], dtype=g.dtype)
@@ -166,6 +179,21 @@ def _bounded_step(solve, x, g, lo, hi, free):
     active = active & ~(((x <= lo) & (delta < 0)) | ((x >= hi) & (delta > 0)))
     delta, info = solve(active)
     return delta, -0.5 * jnp.dot(jnp.where(active, g, 0.0), delta), info
+
+
+def _edge_fraction(dnu, w, empty):
+    """The fraction of a step that keeps every empty bin's expected count above
+    ``EDGE_FRACTION`` times its current value (linear prediction ``dnu`` [N]).
+
+    In an empty bin -2 log L is 2 nu_b, smallest at the edge nu_b = 0 of the model, and
+    the quadratic model (curvature 1/nu_b there) aims a step right at it: the slightest
+    non-linearity crosses it, the trial point is refused, the damping grows and the fit
+    crawls or stalls. Shortened steps approach the edge geometrically instead.
+    ``w = 1/nu`` in empty bins (:func:`twice_nll_gradient_curvature`).
+    """
+    nu = 1.0 / jnp.maximum(w, jnp.finfo(w.dtype).tiny)
+    limit = jnp.where(empty & (dnu < 0), (1.0 - EDGE_FRACTION) * nu / jnp.maximum(-dnu, jnp.finfo(w.dtype).tiny), 1.0)
+    return jnp.minimum(1.0, jnp.min(limit))
 
 
 def _accept(s: _State, f_try, g_try, quad, step):
@@ -223,9 +251,13 @@ def _gauss_newton(m, data, x0, free, lo, hi, maxiter, tol, lam0, handoff, handof
         n_iter=jnp.asarray(0), status=jnp.where(jnp.isfinite(f0), RUNNING, NOT_FINITE),
     )
 
+    empty = data[: m.n_main] == 0
+
     def body(s):
         jac, w, c = s.curvature
-        delta, edm, _ = _bounded_step(lambda a: (solve_damped(m, jac, w, c, s.g, s.lam, a), None), s.x, s.g, lo, hi, free)
+        solve = lambda a: (solve_damped(m, jac, w, c, s.g, s.lam, a, damping_weights(w, empty)), None)  # noqa: E731
+        delta, edm, _ = _bounded_step(solve, s.x, s.g, lo, hi, free)
+        delta = delta * _edge_fraction(jac @ delta, w, empty)
         x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
         step = x_try - s.x
         f_try, g_try, j_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
@@ -243,7 +275,7 @@ def _gauss_newton(m, data, x0, free, lo, hi, maxiter, tol, lam0, handoff, handof
 def _newton(m, data, s: _State, curvature, free, lo, hi, maxiter, tol):
     """Phase 2 for ONE fit that phase 1 handed over (others pass through unchanged).
 
-    ``curvature`` is (hessian, gauss_newton) [P, P] at ``s.x``. Where the damped
+    ``curvature`` is (hessian, gauss_newton) [P, P] and the damping's scale [2, P] at ``s.x``. Where the damped
     Hessian is not positive definite (far from the minimum, or a saddle), the step is
     the damped Gauss-Newton one, which always is.
     """
@@ -252,18 +284,23 @@ def _newton(m, data, s: _State, curvature, free, lo, hi, maxiter, tol):
         lam=jnp.minimum(s.lam, 1e-3),
     )
 
-    def body(s):
-        h, h_gn = s.curvature
+    empty = data[: m.n_main] == 0
 
-        solve = functools.partial(solve_newton, h, h_gn, s.g, s.lam)
+    def body(s):
+        h, h_gn, scale = s.curvature
+
+        solve = functools.partial(solve_newton, h, h_gn, s.g, s.lam, scale=scale)
         delta, edm, exact = _bounded_step(solve, s.x, s.g, lo, hi, free)
+        # the edge rule of phase 1, with the change of nu from the full step (a secant)
+        dnu = expected_main(m, jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)) - expected_main(m, s.x)
+        delta = delta * _edge_fraction(dnu, 1.0 / jnp.maximum(expected_main(m, s.x), jnp.finfo(s.x.dtype).tiny), empty)
         x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
         step = x_try - s.x
-        f_try, g_try, h_try, gn_try = twice_nll_gradient_hessian(m, x_try, data)
+        f_try, g_try, h_try, gn_try, scale_try = twice_nll_gradient_hessian(m, x_try, data)
         ok, lam = _accept(s, f_try, g_try, step @ jnp.where(exact, h, h_gn) @ step, step)
         n_iter = s.n_iter + 1
         status = _terminate(s.lam, s.f, edm, lam, n_iter, tol, maxiter, -1.0)
-        new = _State(x_try, f_try, g_try, (h_try, gn_try), lam, edm, n_iter, status)
+        new = _State(x_try, f_try, g_try, (h_try, gn_try, scale_try), lam, edm, n_iter, status)
         return _pick(ok, new, s)._replace(lam=lam, edm=edm, n_iter=n_iter, status=status)
 
     return jax.lax.while_loop(lambda s: s.status == RUNNING, body, s)
@@ -282,7 +319,7 @@ def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, n
     curvature = jax.lax.cond(
         jnp.any(need),
         lambda: jax.vmap(lambda x, d: twice_nll_gradient_hessian(m, x, d)[2:])(s.x, data),
-        lambda: (jnp.zeros(x0.shape[:1] + (p, p), x0.dtype),) * 2,
+        lambda: (jnp.zeros(x0.shape[:1] + (p, p), x0.dtype),) * 2 + (jnp.zeros(x0.shape[:1] + (2, p), x0.dtype),),
     )
     phase2 = jax.vmap(lambda d, st, c, fr: _newton(m, d, st, c, fr, lo, hi, maxiter, tol))
     s = phase2(data, s._replace(curvature=()), curvature, free)
