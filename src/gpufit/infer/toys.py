@@ -235,10 +235,9 @@ class ToyCalculator:
             bad = np.flatnonzero((status != CONVERGED) & drawn)
             if bad.size == 0:
                 continue
-            # 1. continue from where the first pass stopped, with exact Newton steps (the
-            # fits that Gauss-Newton leaves behind are those whose curvature it misjudges)
+            # 1. continue from where the first pass stopped
             stats.continued += bad.size
-            r = self._refit(kind, data[bad], mu_test[bad], init=pars[bad], retry=False, newton=True)
+            r = self._refit(kind, data[bad], mu_test[bad], init=pars[bad], retry=False)
             _store(pars, f, status, bad, r)
             still = bad[~r.converged]
             if still.size == 0:
