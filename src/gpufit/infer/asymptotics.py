@@ -15,7 +15,6 @@ import numpy as np
 from scipy.stats import norm
 
 from ..exceptions import InvalidArgument
-
 from ..optimize import fit, resolve_bounds
 from .test_statistics import check_poi_bounds, from_fits
 

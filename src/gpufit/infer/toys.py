@@ -31,7 +31,7 @@ from .. import _device
 from ..exceptions import InvalidArgument, ToyFitsFailed
 from ..optimize import fit
 from ..optimize._solver import CONVERGED, minimize_batch
-from ..optimize.fit import DEFAULT_TOL, _padded_size, resolve_bounds, default_chunk_size, resolve_fixed
+from ..optimize.fit import DEFAULT_TOL, _padded_size, default_chunk_size, invalid_data, resolve_bounds, resolve_fixed
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
 from .test_statistics import check_poi_bounds, from_fits
 from .toy_pvalues import toy_pvalues
@@ -230,7 +230,7 @@ class ToyCalculator:
         stats = self.stats
         # a toy drawn from a NaN expectation (a broken model) has no valid data: its fits
         # have failed, and no retry can help (fit() refuses such data)
-        drawn = np.all(np.isfinite(data), axis=-1) & np.all(data[:, : self.model.n_main] >= 0, axis=-1)
+        drawn = ~invalid_data(self.model, data).any(axis=-1)
         for kind, (pars, f, status) in (("free", free_res), ("fixed", fixed_res)):
             bad = np.flatnonzero((status != CONVERGED) & drawn)
             if bad.size == 0:

@@ -217,17 +217,12 @@ def twice_nll_gradient_hessian(m, pars, data):
     nears and keeps the steps inside.
     """
     f, g, jac, w, c = twice_nll_gradient_curvature(m, pars, data)
-    is_empty = data[: m.n_main] == 0
-    empty = jnp.where(is_empty, w, 0.0)  # w = 1/nu in empty bins
+    empty = jnp.where(data[: m.n_main] == 0, w, 0.0)  # w = 1/nu in empty bins
     hessian = twice_nll_hessian(m, pars, data) + 2.0 * (jac.T * empty) @ jac
     gauss_newton = curvature_matrix(jac, w, c)
-    excess = 2.0 * ((w - damping_weights(w, is_empty)) @ (jac * jac))
+    # the damping's scale caps the 1/nu of empty bins at 1: near the model's edge
+    # (nu_b -> 0) it would swamp every other curvature along the parameters of the bin,
+    # and with it every step and the edm
+    excess = 2.0 * (jnp.maximum(empty - 1.0, 0.0) @ (jac * jac))
     scale = jnp.stack([jnp.diagonal(hessian) - excess, jnp.diagonal(gauss_newton) - excess])
     return f, g, hessian, gauss_newton, scale
-
-
-def damping_weights(w, empty):
-    """The weights [N] a step's damping scales with: ``w`` with the 1/nu of empty bins
-    capped at 1. Near the model's edge (nu_b -> 0) that 1/nu would swamp every other
-    curvature along the parameters of the bin, and with it every step and the edm."""
-    return jnp.where(empty, jnp.minimum(w, 1.0), w)

@@ -33,9 +33,9 @@ a step is shortened so that no empty bin loses more than 90% of its expected cou
 edge nu_b = 0, the quadratic model aims right at it, and a step refused for crossing it
 made hard toys crawl or stall: 5 of 2,000 1Lbb pseudo-experiments were lost that way);
 damping ``(H + lambda D) delta = -g`` with D the diagonal of the curvature (in the
-Newton phase with the 1/nu of empty bins capped,
-:func:`~gpufit.likelihood.derivatives.damping_weights`; capping it in Gauss-Newton
-lost more 1Lbb toys, 11 of 2,000 against 1), lambda
+Newton phase with the 1/nu of empty bins capped at 1,
+:func:`~gpufit.likelihood.derivatives.twice_nll_gradient_hessian`; capping it in
+Gauss-Newton lost more 1Lbb toys, 11 of 2,000 against 1), lambda
 shrunk after a good step and grown after a rejected one (Nielsen's rule); a fit stops
 when the estimated distance to the minimum ``edm = g^T H^-1 g / 2`` is below ``tol``.
 Thresholds that compare numbers of the size of -2 log L scale with the dtype's
@@ -126,9 +126,9 @@ def solve_damped(m, jac, w, c, g, lam, active):
     return jnp.concatenate([delta_u, delta_c])[m.solve_inverse]
 
 
-def solve_newton(hessian, gauss_newton, g, lam, active, scale=None):
+def solve_newton(hessian, gauss_newton, g, lam, active, *, scale):
     """The damped Newton step on the active set: ``(H/2 + lam D) delta = -g/2`` with
-    ``D = |diag(H/2)|`` (plus a ridge), by a dense Cholesky; where that matrix is not
+    ``D = |scale/2|`` (about ``|diag(H/2)|``; plus a ridge), by a dense Cholesky; where that matrix is not
     positive definite (far from the minimum, a saddle), the same step with the
     Gauss-Newton matrix, which always is.
 
@@ -138,13 +138,13 @@ def solve_newton(hessian, gauss_newton, g, lam, active, scale=None):
 
     Args:
         hessian, gauss_newton [P, P] of -2 log L, g [P], lam [], active [P] bool.
-        scale [2, P]: the diagonals D is built from (default: the matrices' own).
+        scale [2, P]: the diagonals D is built from, one per matrix.
 
     Returns:
         delta [P], exact [] bool (the Hessian step was used).
     """
     half = 0.5 * jnp.stack([hessian, gauss_newton])  # [2, P, P]
-    dg = jnp.abs(jnp.diagonal(half, axis1=1, axis2=2) if scale is None else 0.5 * scale)  # [2, P]
+    dg = jnp.abs(0.5 * scale)  # [2, P]
     scale = jnp.maximum(jnp.max(jnp.where(active, dg, 0.0), axis=1, keepdims=True), 1.0)
     both = active[:, None] & active[None, :]
     eye = jnp.eye(g.shape[0], dtype=g.dtype)
@@ -177,18 +177,17 @@ def _bounded_step(solve, x, g, lo, hi, free):
     return delta, -0.5 * jnp.dot(jnp.where(active, g, 0.0), delta), info
 
 
-def _edge_fraction(dnu, w, empty):
-    """The fraction of a step that keeps every empty bin's expected count above
-    ``EDGE_FRACTION`` times its current value (linear prediction ``dnu`` [N]).
+def _edge_fraction(dnu, nu, empty):
+    """The fraction of a step that keeps every empty bin's expected count ``nu`` [N]
+    above ``EDGE_FRACTION`` times its current value (``dnu`` [N]: the step's change).
 
     In an empty bin -2 log L is 2 nu_b, smallest at the edge nu_b = 0 of the model, and
     the quadratic model (curvature 1/nu_b there) aims a step right at it: the slightest
     non-linearity crosses it, the trial point is refused, the damping grows and the fit
     crawls or stalls. Shortened steps approach the edge geometrically instead.
-    ``w = 1/nu`` in empty bins (:func:`twice_nll_gradient_curvature`).
     """
-    nu = 1.0 / jnp.maximum(w, jnp.finfo(w.dtype).tiny)
-    limit = jnp.where(empty & (dnu < 0), (1.0 - EDGE_FRACTION) * nu / jnp.maximum(-dnu, jnp.finfo(w.dtype).tiny), 1.0)
+    tiny = jnp.finfo(nu.dtype).tiny
+    limit = jnp.where(empty & (dnu < 0), (1.0 - EDGE_FRACTION) * nu / jnp.maximum(-dnu, tiny), 1.0)
     return jnp.minimum(1.0, jnp.min(limit))
 
 
@@ -252,7 +251,7 @@ def _gauss_newton(m, data, x0, free, lo, hi, maxiter, tol, lam0, handoff, handof
     def body(s):
         jac, w, c = s.curvature
         delta, edm, _ = _bounded_step(lambda a: (solve_damped(m, jac, w, c, s.g, s.lam, a), None), s.x, s.g, lo, hi, free)
-        delta = delta * _edge_fraction(jac @ delta, w, empty)
+        delta = delta * _edge_fraction(jac @ delta, 1.0 / w, empty)  # w = 1/nu in empty bins
         x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
         step = x_try - s.x
         f_try, g_try, j_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
@@ -287,8 +286,9 @@ def _newton(m, data, s: _State, curvature, free, lo, hi, maxiter, tol):
         solve = functools.partial(solve_newton, h, h_gn, s.g, s.lam, scale=scale)
         delta, edm, exact = _bounded_step(solve, s.x, s.g, lo, hi, free)
         # the edge rule of phase 1, with the change of nu from the full step (a secant)
-        dnu = expected_main(m, jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)) - expected_main(m, s.x)
-        delta = delta * _edge_fraction(dnu, 1.0 / jnp.maximum(expected_main(m, s.x), jnp.finfo(s.x.dtype).tiny), empty)
+        nu = expected_main(m, s.x)
+        dnu = expected_main(m, jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)) - nu
+        delta = delta * _edge_fraction(dnu, nu, empty)
         x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
         step = x_try - s.x
         f_try, g_try, h_try, gn_try, scale_try = twice_nll_gradient_hessian(m, x_try, data)

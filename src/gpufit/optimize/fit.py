@@ -64,19 +64,24 @@ def _resolve_init(model, init, batch_shape):
     return np.broadcast_to(init, batch_shape + (model.n_pars,)).copy()
 
 
+def invalid_data(model, data) -> np.ndarray:
+    """[..., N + A] bool: entries no likelihood can be computed from (main-bin counts
+    that are not finite or negative, auxiliary data that are not finite)."""
+    bad = ~np.isfinite(data)
+    bad[..., : model.n_main] |= data[..., : model.n_main] < 0
+    return bad
+
+
 def _check_data_values(model, data) -> None:
-    """Refuse data [..., N + A] that no likelihood can be computed from: main-bin counts
-    that are not finite or negative, auxiliary data that are not finite."""
-    main, aux = data[..., : model.n_main], data[..., model.n_main:]
-    for what, bad in (("main-bin count", ~np.isfinite(main) | (main < 0)), ("auxiliary datum", ~np.isfinite(aux))):
-        if bad.any():
-            index = np.argwhere(bad)[0]
-            value = (main if what.startswith("main") else aux)[tuple(index)]
-            offset = 0 if what.startswith("main") else model.n_main
-            raise InvalidArgument(
-                f"data[{', '.join(str(i) for i in index[:-1])}{', ' if index.size > 1 else ''}{index[-1] + offset}] "
-                f"({what}) is {value:g}; counts must be finite and >= 0 (auxiliary data finite)"
-            )
+    """Refuse data [..., N + A] with an entry :func:`invalid_data` flags, naming it."""
+    bad = invalid_data(model, data)
+    if bad.any():
+        index = np.argwhere(bad)[0]
+        what = "main-bin count" if index[-1] < model.n_main else "auxiliary datum"
+        raise InvalidArgument(
+            f"data[{', '.join(str(i) for i in index)}] ({what}) is {data[tuple(index)]:g}; "
+            "counts must be finite and >= 0 (auxiliary data finite)"
+        )
 
 
 def resolve_bounds(model, bounds) -> np.ndarray:
