@@ -15,6 +15,7 @@ from conftest import WS, strict_json
 
 import gpufit
 from gpufit import campaign
+from gpufit.campaign import CampaignError
 from gpufit.campaign._files import read_result
 from gpufit.cli import main
 
@@ -69,6 +70,7 @@ def test_one_point_campaign_equals_hypotest(docs, tmp_path):
     np.testing.assert_array_equal(sb, r.teststat_sb)
     assert merged["cls_obs"] == r.cls_obs and merged["cls_exp"] == list(r.cls_exp)
     assert merged["toys"]["counted_per_mu"] == [48] and not merged["toys"]["partial"]
+    assert merged["devices"] == {"cpu:0 cpu": 3}  # three jobs, each result names its device
 
 
 def test_jobs_one_by_one_and_reruns_are_no_ops(docs, local_run, tmp_path):
@@ -87,6 +89,48 @@ def test_dask_local_cluster_equals_local(docs, local_run, tmp_path):
     summary = campaign.run(str(tmp_path), executor="dask", workers=2)
     assert len(summary["ran"]) == 4
     _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
+
+
+def test_dask_gpu_workers_run_the_campaign(docs, local_run, tmp_path, monkeypatch):
+    """``--gpu`` on the embedded cluster: one worker per GPU, each declaring GPU=1 and
+    seeing its own GPU alone, memory on demand. Two fake GPU ids on this CPU: the tasks ask
+    for GPU=1 and the campaign finishes with the local answer (it used to wait forever for
+    a resource no worker declared)."""
+    from distributed import Client
+
+    from gpufit.campaign import executors
+
+    seen = {}
+    make = executors._gpu_cluster
+
+    def spy(gpus):
+        cluster = make(gpus)
+        with Client(cluster) as client:
+            seen.update(client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                            os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))))
+            seen["resources"] = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+        return cluster
+
+    monkeypatch.setattr(executors, "_gpu_cluster", spy)
+    _plan(docs, tmp_path)
+    summary = campaign.run(str(tmp_path), executor="dask", gpu=True, gpus=["0", "1"])
+    assert len(summary["ran"]) == 4
+    _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
+    assert seen.pop("resources") == [{"GPU": 1}, {"GPU": 1}]
+    assert sorted(seen.values()) == [("0", "false"), ("1", "false")]
+
+
+def test_gpu_runs_refuse_a_machine_without_one(docs, tmp_path, monkeypatch):
+    _plan(docs, tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(CampaignError, match="no GPU visible"):
+        campaign.run(str(tmp_path), executor="dask", gpu=True)
+    result = CliRunner().invoke(main, ["campaign", "run", str(tmp_path), "--gpu"])
+    assert result.exit_code == 2 and "no GPU in use" in result.output and "Traceback" not in result.output
+    job = sorted(glob.glob(str(tmp_path / "jobs" / "*.json")))[0]
+    result = CliRunner().invoke(main, ["campaign", "run-job", job, "--require-gpu"])
+    assert result.exit_code == 2 and "--require-gpu: JAX runs on cpu" in result.output
+    assert not glob.glob(str(tmp_path / "results" / "*"))  # nothing ran
 
 
 def test_killed_dask_worker_changes_nothing(docs, local_run, tmp_path):

@@ -64,8 +64,20 @@ def test_patchset_and_errors(tmp_path):
 
 
 def test_info_and_entry_point():
-    result = run("info", "--json")
+    result = run("info", "--json", "--ntoys", "32")
     payload = strict_json(result.stdout)
     assert payload["x64"] is True and payload["versions"]["jax"] and payload["versions"]["pyhf"]
+    # the check ran toys on every device: here the CPU alone, the reference of itself
+    (row,) = payload["check"]["rows"]
+    assert row["device"].startswith("cpu") and row["ntoys"] == 32 and row["toys_per_s"] > 0 and row["agrees"]
+
+
+def test_require_gpu_refuses_a_cpu_before_any_work(monkeypatch):
+    import gpufit.infer.device_check as device_check
+
+    monkeypatch.setattr(device_check, "check_devices", lambda *a, **k: pytest.fail("the check ran"))
+    result = run("info", "--require-gpu")
+    assert result.exit_code == 2
+    assert "--require-gpu: JAX runs on cpu" in result.output and "Traceback" not in result.output
     proc = subprocess.run([sys.executable, "-m", "gpufit", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "gpufit" in proc.stdout

@@ -4,6 +4,7 @@ ToyCalculator (statistically, with binomial errors), retries and failure account
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pyhf
@@ -133,6 +134,53 @@ def test_sampling_moments_match_the_model(sbottom):
     aux = slice(model.n_main, None)
     np.testing.assert_allclose(mean[aux], nu[aux], atol=0.05)
     assert np.all(toys[:, main] == np.round(toys[:, main]))
+
+
+@pytest.mark.parametrize("lam", [1e-3, 0.7, 4.0, 9.99, 10.0, 25.0, 670.0])
+def test_poisson_sampler_follows_the_poisson_distribution(lam):
+    """Both branches (Knuth below 10, rejection above) and the switch: a chi2 test of
+    20,000 draws against scipy's pmf (cells merged to >= 5 expected)."""
+    keys = jax.random.split(jax.random.key(1), 20000)
+    x = np.asarray(jax.jit(jax.vmap(lambda k: sampling.poisson(k, jnp.float64(lam))))(keys))
+    assert np.all(x == np.round(x)) and x.min() >= 0
+    k = np.arange(int(lam + 12 * np.sqrt(lam) + 12))
+    expected = stats.poisson.pmf(k, lam) * x.size
+    observed = np.bincount(x.astype(int), minlength=k.size)[: k.size].astype(float)
+    # merge cells from both tails until each expects >= 5
+    edges, acc = [], 0.0
+    for i, e in enumerate(expected):
+        acc += e
+        if acc >= 5:
+            edges.append(i + 1)
+            acc = 0.0
+    cells_e = np.add.reduceat(expected, [0] + edges[:-1])
+    cells_o = np.add.reduceat(observed, [0] + edges[:-1])
+    cells_e[-1] += x.size - expected.sum()  # the far tail joins the last cell
+    cells_o[-1] += np.sum(x >= k.size)
+    if cells_e.size < 2:  # lam = 1e-3: zero or not
+        assert abs(np.mean(x > 0) - (1 - np.exp(-lam))) < 5 * np.sqrt(lam / x.size)
+        return
+    chi2 = np.sum((cells_o - cells_e) ** 2 / cells_e)
+    assert stats.chi2.sf(chi2, cells_e.size - 1) > 1e-4, (chi2, cells_e.size)
+
+
+def test_a_count_depends_on_its_own_key_and_rate_only():
+    """What makes a GPU and a CPU draw the same toys: changing one bin's rate changes no
+    other bin's count (jax.random.poisson's shared rejection loop can change them all)."""
+    key = jax.random.key(2)
+    poisson = jax.jit(sampling.poisson)
+    rates = np.array([3.0, 50.0, 700.0, 0.0, 12.0, 9.5])
+    base = np.asarray(poisson(key, rates))
+    assert base[3] == 0
+    # a broken model's rate gives no number
+    assert np.isnan(np.asarray(poisson(key, np.array([np.nan, np.inf, -1.0])))).all()
+    for i in range(rates.size):
+        for new in (0.2, 8.0, 40.0, 2000.0):
+            other = rates.copy()
+            other[i] = new
+            changed = np.asarray(poisson(key, other))
+            keep = np.arange(rates.size) != i
+            np.testing.assert_array_equal(changed[keep], base[keep])
 
 
 def test_same_seed_any_chunk_size_identical_and_seeds_independent(docs_ws):

@@ -22,10 +22,33 @@ _MAX_CHUNK = 2**16
 
 
 def platform() -> str:
-    """JAX's default backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``."""
+    """Where new arrays land: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
+
+    JAX's default backend, unless ``jax.default_device(...)`` points elsewhere (how
+    ``gpufit info`` and the GPU tests run the same work on the CPU beside a GPU).
+    """
     import jax
 
-    return jax.default_backend()
+    device = jax.config.jax_default_device
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
+
+
+def require_gpu(where: str = "--require-gpu") -> None:
+    """Raise :class:`~gpufit.BackendUnavailable` unless JAX computes on a GPU here (a job
+    that asked for one and landed on a CPU, or a JAX without CUDA); ``where`` names the
+    option or place that asked."""
+    import jax
+
+    from .exceptions import BackendUnavailable
+
+    if platform() != "gpu":
+        devices = ", ".join(f"{d.platform}:{d.id}" for d in jax.devices())
+        raise BackendUnavailable(
+            f"{where}: JAX runs on {platform()} ({devices}), no GPU in use; install JAX with CUDA "
+            "(pip install 'gpufit[cuda12]' or 'gpufit[cuda13]') and check CUDA_VISIBLE_DEVICES and the job's GPU request"
+        )
 
 
 def describe(device) -> str:

@@ -8,20 +8,43 @@
 
 Dask tasks are keyed by campaign and job, so a retried or resubmitted task is the same
 task; a worker that dies mid-job loses only the rows after the job's last checkpoint
-(another worker resumes from it). With ``gpu=True`` each task asks for the worker
-resource ``GPU=1`` (start workers with ``--resources GPU=1``).
+(another worker resumes from it).
+
+With ``gpu=True`` each task asks for the worker resource ``GPU=1`` and checks that JAX
+computes on a GPU where it lands (a worker that fell back to its CPU fails the task with
+one line instead of running it slowly). The embedded cluster then starts one worker per
+visible GPU, each seeing only its own (``CUDA_VISIBLE_DEVICES``) and allocating GPU memory
+as it needs it (``XLA_PYTHON_CLIENT_PREALLOCATE=false``: JAX would otherwise take 75% of
+the card at start); the local executor checks this process. Workers of an existing
+scheduler are started with ``dask worker ADDRESS --resources GPU=1``, one per GPU.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import subprocess
 
 from ._files import CampaignError
 from .job import identity, job_status, load_job, result_path, run_job
 from .plan import load_campaign
 
 CONNECT_TIMEOUT = "10s"
+GPU_WORKER_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may hand to workers: ``CUDA_VISIBLE_DEVICES`` where set, else
+    nvidia-smi's list (asked without initialising CUDA here, which would take memory)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 def job_files(directory: str) -> list[str]:
@@ -58,13 +81,19 @@ def pending(directory: str, files: list[str] | None = None, broken: list | None 
     return todo
 
 
-def _task(path: str) -> dict:
-    return run_job(path, progress=False)
+def _task(path: str, require_gpu: bool = False) -> dict:
+    return run_job(path, progress=False, require_gpu=require_gpu)
 
 
 def run(directory: str, executor: str = "local", workers: int = 2, gpu: bool = False,
-        progress: bool | None = None) -> dict:
-    """Run what is missing; return ``{"ran": [...], "skipped": n, "executor": ...}``."""
+        progress: bool | None = None, gpus: list[str] | None = None) -> dict:
+    """Run what is missing; return ``{"ran": [...], "skipped": n, "executor": ...}``.
+
+    ``gpus``: with ``gpu=True`` and the embedded Dask cluster, the GPU ids to start one
+    worker each for (default: :func:`visible_gpus`; ``workers`` is then ignored). Naming
+    them also skips each task's check that JAX runs on a GPU (how a test runs the GPU set-up
+    on a CPU).
+    """
     if int(workers) < 1:
         raise CampaignError(f"workers must be at least 1, got {workers}")
     if not (executor in ("local", "dask") or executor.startswith(("dask://", "tcp://"))):
@@ -75,17 +104,36 @@ def run(directory: str, executor: str = "local", workers: int = 2, gpu: bool = F
     total = len(files)
     summary = {"executor": executor, "jobs": total, "skipped": total - len(todo), "ran": [],
                "broken_redone": broken}
+    check_gpu = gpu and gpus is None
+    if gpu and executor == "dask" and gpus is None:
+        gpus = visible_gpus()
+        if not gpus:
+            raise CampaignError("--gpu: no GPU visible here (CUDA_VISIBLE_DEVICES and nvidia-smi list none); "
+                                "run on a GPU node, or drop --gpu")
     if not todo:
         return summary
     if executor == "local":
         for path in todo:
-            summary["ran"].append(run_job(path, progress=progress))
+            summary["ran"].append(run_job(path, progress=progress, require_gpu=check_gpu))
         return summary
-    summary["ran"] = _run_dask(directory, todo, executor, workers, gpu)
+    summary["ran"] = _run_dask(directory, todo, executor, workers, gpu, gpus, check_gpu)
     return summary
 
 
-def _run_dask(directory, todo, executor, workers, gpu):
+def _gpu_cluster(gpus: list[str]):
+    """An embedded cluster of one worker per GPU, each seeing its own GPU alone."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {
+        f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
+                                             "env": {"CUDA_VISIBLE_DEVICES": g, **GPU_WORKER_ENV}}}
+        for g in gpus
+    }
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+                       silence_logs=40)
+
+
+def _run_dask(directory, todo, executor, workers, gpu, gpus, check_gpu):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -94,8 +142,11 @@ def _run_dask(directory, todo, executor, workers, gpu):
     keys = [f"gpufit-{campaign['campaign_id']}-{load_job(p)['job']}" for p in todo]
     options = {"resources": {"GPU": 1}} if gpu else {}
     if executor == "dask":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+        if gpu:
+            cluster = _gpu_cluster(gpus)
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
         client = Client(cluster)
     else:
         address = executor.replace("dask://", "tcp://", 1)
@@ -107,7 +158,8 @@ def _run_dask(directory, todo, executor, workers, gpu):
                 "start one ('dask scheduler', then 'dask worker ADDRESS') or use --executor dask for a local cluster"
             ) from None
     try:
-        futures = client.map(_task, [os.path.abspath(p) for p in todo], key=keys, retries=3, pure=False, **options)
+        futures = client.map(_task, [os.path.abspath(p) for p in todo], [check_gpu] * len(todo), key=keys, retries=3,
+                             pure=False, **options)
         return client.gather(futures)
     finally:
         client.close()

@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from .._device import describe
+from .. import _device
 from .._version import __version__
 from ..infer.sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND
 from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
@@ -76,15 +76,18 @@ def _split(ts, job):
 
 
 def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int = CHECKPOINT_EVERY,
-            stop_after_blocks: int | None = None) -> dict:
+            stop_after_blocks: int | None = None, require_gpu: bool = False) -> dict:
     """Run one job file; return a summary (``status``: "done", "skipped" or "stopped").
 
     ``stop_after_blocks`` stops after that many checkpointed blocks (for tests of
-    resuming; a killed job behaves the same).
+    resuming; a killed job behaves the same). ``require_gpu``: refuse (before any work)
+    unless JAX computes on a GPU here.
     """
     from ..infer.toys import ToyCalculator, _progress_bar
     from ..workspace import Workspace
 
+    if require_gpu:
+        _device.require_gpu("a job that needs a GPU")
     job = load_job(job_path)
     final = result_path(job_path, job)
     if job_status(job_path) == "done":
@@ -105,7 +108,7 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     hyp, mu, toy = _rows(job)
     ts = np.full(hyp.size, np.nan)
     done = 0
-    meta = identity(job) | {"gpufit_version": __version__, "device": describe(jax.devices()[0])}
+    meta = identity(job) | {"gpufit_version": __version__, "device": _device.describe(jax.devices()[0])}
     checkpoint = checkpoint_path(job_path, job)
     resumed = {}
     if os.path.exists(checkpoint):

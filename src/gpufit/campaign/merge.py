@@ -19,8 +19,10 @@ from .plan import load_campaign, planned_jobs
 
 
 def _collect(directory: str, campaign: dict):
-    """Verified results per mu index: {i: [(start, stop, sb, b, path)]}, obs [M], failures."""
+    """Verified results per mu index: {i: [(start, stop, sb, b, path, checksum)]}, obs [M],
+    and {device: number of result files} (each result names the device that computed it)."""
     per_mu: dict[int, list] = {i: [] for i in range(len(campaign["mus"]))}
+    devices: dict[str, int] = {}
     obs = np.full(len(campaign["mus"]), np.nan)
     problems = []
     for path in sorted(glob.glob(os.path.join(directory, "results", "*.npz"))):
@@ -37,19 +39,21 @@ def _collect(directory: str, campaign: dict):
         for row, i in enumerate(meta["mu_indices"]):
             per_mu[i].append((meta["toy_start"], meta["toy_stop"], sb[row], b[row], path, meta["checksum"]))
             obs[i] = extra["teststat_obs"][row]
+        device = meta.get("device", "unknown")
+        devices[device] = devices.get(device, 0) + 1
     if problems:
         raise CampaignError(
             "refusing to merge: " + "; ".join(problems)
             + ". Run 'gpufit campaign run DIR' to redo broken jobs, or remove foreign files."
         )
-    return per_mu, obs
+    return per_mu, obs, devices
 
 
 def merge(directory: str, allow_partial: bool = False, level: float = 0.05) -> dict:
     """Merge a campaign: p-values per mu, limits for several mu, and toy accounting."""
     level = check_level(level)
     campaign = load_campaign(directory)
-    per_mu, obs = _collect(directory, campaign)
+    per_mu, obs, devices = _collect(directory, campaign)
     mus = np.asarray(campaign["mus"])
     ntoys = campaign["ntoys"]
     counted, duplicates, covered = np.zeros(len(mus), int), [], {}
@@ -87,7 +91,7 @@ def merge(directory: str, allow_partial: bool = False, level: float = 0.05) -> d
     toys = {"expected_per_mu": ntoys, "counted_per_mu": counted.tolist(), "missing_jobs": missing,
             "duplicates_ignored": duplicates, "partial": bool(missing), "n_failed": n_failed}
     base = {"campaign_id": campaign["campaign_id"], "seed": campaign["seed"], "test_stat": campaign["test_stat"],
-            "calculator": "toys", "toys": toys, "n_failed": n_failed}
+            "calculator": "toys", "toys": toys, "n_failed": n_failed, "devices": devices}
     q0 = campaign["test_stat"] == "q0"
     if len(mus) == 1:
         r = results[0]

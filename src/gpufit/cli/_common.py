@@ -181,6 +181,21 @@ def parse_range(text: str) -> np.ndarray:
     return values
 
 
+def require_gpu_option(func):
+    """``--require-gpu``: exit with status 2 before any work when JAX runs on no GPU."""
+
+    @click.option("--require-gpu", is_flag=True, help="Refuse to run (exit 2) unless JAX runs on a GPU.")
+    @functools.wraps(func)
+    def wrapper(require_gpu, **kwargs):
+        if require_gpu:
+            from .._device import require_gpu as check
+
+            check()
+        return func(**kwargs)
+
+    return wrapper
+
+
 def output_options(func):
     """``--json`` and ``--output-file``: how :func:`emit` writes the command's result."""
 

@@ -22,12 +22,14 @@ from .._version import __version__
 from ..exceptions import GpufitError, LimitOutsideGrid, ToyFitsFailed
 from ._common import (
     check_plot,
+    data_path,
     emit,
     enable_compilation_cache,
     load_workspace,
     output_options,
     parse_assignments,
     parse_range,
+    require_gpu_option,
     toy_options,
     toy_report,
     workspace_options,
@@ -114,6 +116,7 @@ def _fit_kwargs(tol, maxiter) -> dict:
 
 
 @main.command()
+@require_gpu_option
 @workspace_options
 @click.option("--fixed", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a parameter (repeatable).")
 @click.option("--no-hesse", is_flag=True, help="Skip the uncertainties and correlations.")
@@ -149,6 +152,7 @@ def fit(ws, model, data, fixed, no_hesse, tol, maxiter):
 
 
 @main.command()
+@require_gpu_option
 @workspace_options
 @click.option("--mu", type=float, default=1.0, show_default=True, help="POI value to test.")
 @click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True,
@@ -198,6 +202,7 @@ def _warn_failed_fits(p: dict) -> None:
 
 
 @main.command()
+@require_gpu_option
 @workspace_options
 @click.option("--mus", default=None, metavar="START:STOP:COUNT",
               help="Scan grid, increasing, inside the POI's bounds, or a,b,c (default: root finding).")
@@ -269,17 +274,22 @@ def _plot_limit(result, path, payload) -> str | None:
 
 
 @main.command()
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Run toys of a bundled model (sbottom) on every JAX device and the CPU and compare them.")
+@click.option("--ntoys", type=click.IntRange(min=16), default=512, show_default=True, help="Toys per device in the check.")
+@require_gpu_option
 @output_options
-def info():
-    """Version, JAX devices and backend, precision, versions, the compilation cache."""
+def info(check, ntoys):
+    """Versions, JAX devices, and a check that each device computes the CPU's toys.
+
+    Exits with status 3 when a device disagrees with the CPU (test statistics beyond 1e-9).
+    """
     from importlib import metadata
 
     import jax
-    import jax.numpy as jnp
 
     from .._device import describe
 
-    x = jnp.arange(1024.0)
     versions = {}
     for package in ("jax", "jaxlib", "numpy", "scipy", "pyhf", "iminuit", "distributed", "matplotlib", "cupy"):
         try:
@@ -292,19 +302,37 @@ def info():
         "jax_backend": jax.default_backend(),
         "devices": [describe(d) for d in jax.devices()],
         "x64": bool(jax.config.read("jax_enable_x64")),
-        "default_dtype": str(x.dtype),
         "compilation_cache": jax.config.jax_compilation_cache_dir,
         "versions": versions,
     }
+    if check:
+        from ..infer.device_check import TOLERANCE, check_devices
+
+        ws = load_workspace(data_path("atlas_sbottom_ins1748602/RegionA/BkgOnly.json")).patched(
+            data_path("atlas_sbottom_ins1748602/RegionA/patch.sbottom_1300_205_60.json"))
+        model = ws.model()
+        payload["check"] = {"model": "sbottom (RegionA, 1300_205_60)", "tolerance": TOLERANCE,
+                            "rows": check_devices(model, ws.data(model), ntoys=ntoys)}
 
     def table(p):
         for key, value in p.items():
             if key == "versions":
                 click.echo("versions        " + ", ".join(f"{k} {v}" for k, v in value.items() if v))
-            else:
+            elif key != "check":
                 click.echo(f"{key:15s} {value}")
+        if "check" in p:
+            c = p["check"]
+            click.echo(f"check: {ntoys} toys of {c['model']} per device, test statistics against the CPU's")
+            for r in c["rows"]:
+                memory = f"{r['memory_bytes'] / 2**30:6.1f} GiB" if r["memory_bytes"] else "       n/a"
+                verdict = "ok" if r["agrees"] else "DISAGREES"
+                click.echo(f"  {r['device']:34s} {memory}  chunk {r['chunk_size']:6d}  {r['toys_per_s']:9.1f} toys/s "
+                           f"(compile {r['compile_seconds']:.1f} s)  max |diff| {r['max_abs_diff']:.1e}  {verdict}")
 
     emit(payload, table)
+    if check and not all(r["agrees"] for r in payload["check"]["rows"]):
+        bad = ", ".join(r["device"] for r in payload["check"]["rows"] if not r["agrees"])
+        raise ResultNotTrustworthy(f"{bad} computed other test statistics than the CPU (beyond {TOLERANCE:g})")
 
 
 @main.command()
@@ -404,6 +432,7 @@ def campaign_plan(ws, model, data, mus, ntoys, toys_per_job, seed, test_stat, to
 
 
 @campaign.command("run-job")
+@require_gpu_option
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @output_options
@@ -428,8 +457,10 @@ def _job_line(p: dict) -> str:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--executor", default="local", show_default=True, help="local | dask | dask://HOST:PORT")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Workers of the embedded Dask cluster.")
-@click.option("--gpu", is_flag=True, help="Dask: each job needs the worker resource GPU=1.")
+              help="Workers of the embedded Dask cluster (with --gpu: one per visible GPU instead).")
+@click.option("--gpu", is_flag=True,
+              help="Run every job on a GPU: refuse where JAX computes on none; Dask tasks ask for the worker "
+                   "resource GPU=1 (the embedded cluster starts one worker per visible GPU).")
 @output_options
 def campaign_run(directory, executor, workers, gpu):
     """Run the jobs whose results are missing or broken (saying which)."""
@@ -486,6 +517,7 @@ def campaign_merge(directory, allow_partial, level, plot):
             click.echo("  CLs exp (-2..+2 sigma) = " + "  ".join(f"{v:.6g}" for v in p["cls_exp"]))
         click.echo(f"  toys counted per mu: {t['counted_per_mu']} of {t['expected_per_mu']}; failed {t['n_failed']}"
                    + (f"; PARTIAL, missing {len(t['missing_jobs'])} jobs" if t["partial"] else ""))
+        click.echo("  computed on: " + ", ".join(f"{d} ({n} results)" for d, n in sorted(p["devices"].items())))
 
     emit(payload, table)
     if "observed" in payload:

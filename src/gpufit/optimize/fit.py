@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -104,12 +105,16 @@ def _minuit_refit(model, data, x0, free, bounds, tol):
     from iminuit import Minuit
 
     compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
+    # MIGRAD calls back once per point: on an accelerator each call would be a round
+    # trip to the device, so the callbacks run on the host's CPU device
+    cpu = jax.devices("cpu")[0]
+    compiled, data = jax.device_put((compiled, data), cpu)
 
     def fcn(p):
-        return float(value_and_grad_one(compiled, data, jnp.asarray(p))[0])
+        return float(value_and_grad_one(compiled, data, jax.device_put(np.asarray(p, model.dtype), cpu))[0])
 
     def grad(p):
-        return np.asarray(value_and_grad_one(compiled, data, jnp.asarray(p))[1])
+        return np.asarray(value_and_grad_one(compiled, data, jax.device_put(np.asarray(p, model.dtype), cpu))[1])
 
     minuit = Minuit(fcn, np.asarray(x0), grad=grad, name=model.parameter_names)
     minuit.errordef = Minuit.LEAST_SQUARES

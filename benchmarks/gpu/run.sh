@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU check, in one command for the device tool (an H100/H200 with JAX, CuPy, numpy,
+# scipy and pytest, no network). Run from the repository root, with the wheels that
+# benchmarks/gpu/fetch-wheels.sh downloaded carried in .whl:
+#
+#     bash benchmarks/gpu/run.sh [quick|full|parity]
+#
+# It installs the wheels, then runs `gpufit info`, the tests marked gpu (CPU/GPU parity)
+# and benchmarks/toys.py on the GPU, each step under its own time limit so that the whole
+# run ends inside one call (quick: ~4 min, full: at most 9 min). Results land in $OUT (the device
+# tool's folder that comes back), or benchmarks/results where OUT is unset; a log in $OUT.
+set -uo pipefail
+mode=${1:-full}
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "installing the carried wheels failed (run benchmarks/gpu/fetch-wheels.sh first)"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src
+started=$SECONDS
+
+step() {  # step SECONDS NAME COMMAND...: run with a limit, log it, never stop the script
+  local limit=$1 name=$2
+  shift 2
+  echo "=== $name (limit ${limit}s, at ${SECONDS}s)"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$out/gpu-run.log"
+  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started))s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu-run.log"
+if [ "$mode" = parity ]; then  # where CPU and GPU part ways (saves the differing toys), then 1Lbb
+  step 150 "parity" python3 benchmarks/gpu/parity.py --models sbottom,1lbb --out "$out"
+  step 100 "toys float64 1lbb" python3 benchmarks/toys.py --pyhf-toys 0 --models 1lbb --ntoys 10000 \
+    --out "$out/toys-gpu-float64-1lbb.json"
+  echo "done in $((SECONDS - started))s"
+  exit 0
+fi
+step 75 "gpufit info" python3 -m gpufit info --require-gpu --output-file "$out/info-gpu.json"
+step 120 "gpu tests" python3 -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider
+
+toys() {  # toys SECONDS DTYPE MODELS NTOYS
+  step "$1" "toys $2 $3 $4" python3 benchmarks/toys.py --pyhf-toys 0 --dtype "$2" --models "$3" --ntoys "$4" \
+    --out "$out/toys-gpu-$2-${3//,/-}.json"
+}
+if [ "$mode" = quick ]; then
+  toys 90 float64 gen40,sbottom 10000
+  toys 60 float64 1lbb 1000
+  toys 45 float32 sbottom 10000
+else
+  toys 120 float64 gen40,sbottom 10000,100000
+  toys 90 float64 1lbb 10000
+  toys 60 float32 gen40,sbottom 10000,100000
+  toys 45 float32 1lbb 10000
+fi
+echo "done in $((SECONDS - started))s"

@@ -1,0 +1,90 @@
+"""The same work on the GPU and on the CPU gives the same numbers (float64).
+
+Skipped without a CUDA device; ``benchmarks/gpu/run.sh`` runs them on one. Each test
+runs its work twice in one process, once with ``jax.default_device`` on the CPU and once
+on the GPU, so that the CPU side uses the CPU's chunking and the GPU side the GPU's.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import gpufit
+from gpufit.infer.toys import ToyCalculator
+
+pytestmark = pytest.mark.gpu
+
+
+def _gpu():
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        return None
+
+
+GPU = _gpu()
+CPU = jax.devices("cpu")[0]
+needs_gpu = pytest.mark.skipif(GPU is None, reason="no CUDA device visible to JAX")
+
+
+def on(device, work):
+    with jax.default_device(device):
+        return work()
+
+
+def rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
+@needs_gpu
+def test_logpdf_on_gpu_equals_cpu(sbottom):
+    model, data = sbottom
+    rng = np.random.default_rng(3)
+    pars = model.suggested_init() + 0.3 * rng.standard_normal((256, model.n_pars))
+    pars[:, model.poi_index] = np.abs(pars[:, model.poi_index])
+    cpu = on(CPU, lambda: np.asarray(model.logpdf(pars, data)))
+    gpu = on(GPU, lambda: np.asarray(model.logpdf(pars, data)))
+    assert np.all(np.isfinite(cpu))
+    assert rel(gpu, cpu) < 1e-12, rel(gpu, cpu)
+
+
+@needs_gpu
+def test_fits_on_gpu_equal_cpu(sbottom):
+    model, data = sbottom
+    rng = np.random.default_rng(4)
+    batch = np.tile(data, (512, 1))
+    batch[:, : model.n_main] = rng.poisson(data[: model.n_main], size=(512, model.n_main))
+    cpu = on(CPU, lambda: gpufit.fit(model, batch, retry=False))
+    gpu = on(GPU, lambda: gpufit.fit(model, batch, retry=False))
+    both = cpu.converged & gpu.converged
+    assert both.mean() > 0.99
+    # the same minimum to the fit's own precision (edm < tol = 1e-8 in -2 log L)
+    assert np.max(np.abs(gpu.twice_nll[both] - cpu.twice_nll[both])) < 1e-7
+    assert np.max(np.abs(gpu.pars[both] - cpu.pars[both])) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def lbb(lbb_ws):
+    model = lbb_ws.model()
+    return model, lbb_ws.data(model)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", ["sbottom", "lbb"])
+def test_toy_teststats_on_gpu_equal_cpu(name, request):
+    """Same seed, same toys (drawn from the keys on either device), same test statistics."""
+    model, data = request.getfixturevalue(name)
+
+    def run():
+        calc = ToyCalculator(model, data, [1.0], ntoys=256, seed=11, progress=False, max_failed=1.0)
+        return calc.run()
+
+    cpu, gpu = on(CPU, run), on(GPU, run)
+    for key in ("teststat_sb", "teststat_b"):
+        a, b = gpu[key], cpu[key]
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        ok = ~np.isnan(a)
+        # toy fits stop at edm < 1e-6: each test statistic is within ~1e-6 of its exact value
+        assert np.max(np.abs(a[ok] - b[ok])) < 1e-5, (key, np.max(np.abs(a[ok] - b[ok])))
+    assert abs(gpu["cls_obs"][0] - cpu["cls_obs"][0]) < 3 / 256
