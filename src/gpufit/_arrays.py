@@ -1,6 +1,8 @@
-"""Array namespaces: the same kernel code runs on JAX, NumPy and CuPy arrays.
+"""Array namespaces: the same kernel code runs on JAX and NumPy arrays.
 
-Kernels never switch a global backend: they look at the arrays they are given.
+Kernels never switch a global backend: they look at the arrays they are given. CuPy is
+not a backend (an earlier version listed it, but no fit or toy accepted its arrays); on a
+GPU, JAX is: hand it CuPy data with ``jax.dlpack.from_dlpack(x)`` (no copy).
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ import types
 
 import numpy as np
 
-from .exceptions import BackendUnavailable, InvalidArgument
+from .exceptions import InvalidArgument
 
-BACKENDS = ("jax", "numpy", "cupy")
+BACKENDS = ("jax", "numpy")
 
 
 def _jax_namespace() -> types.SimpleNamespace:
@@ -31,20 +33,7 @@ def _numpy_namespace() -> types.SimpleNamespace:
     )
 
 
-def _cupy_namespace() -> types.SimpleNamespace:
-    try:
-        import cupy
-        import cupyx.scipy.special as cs
-    except ImportError as err:  # pragma: no cover - depends on the machine
-        raise BackendUnavailable(
-            "backend='cupy' needs CuPy and a CUDA device: pip install 'gpufit[cuda]'"
-        ) from err
-    return types.SimpleNamespace(
-        name="cupy", xp=cupy, gammaln=cs.gammaln, xlogy=cs.xlogy, asarray=cupy.asarray
-    )
-
-
-_FACTORIES = {"jax": _jax_namespace, "numpy": _numpy_namespace, "cupy": _cupy_namespace}
+_FACTORIES = {"jax": _jax_namespace, "numpy": _numpy_namespace}
 _CACHE: dict[str, types.SimpleNamespace] = {}
 
 
@@ -62,6 +51,4 @@ def namespace_of(array) -> types.SimpleNamespace:
     module = type(array).__module__
     if module.startswith(("jax", "jaxlib")):
         return get_namespace("jax")
-    if module.startswith("cupy"):
-        return get_namespace("cupy")
     return get_namespace("numpy")

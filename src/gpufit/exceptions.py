@@ -85,7 +85,7 @@ class UnspecifiedPOI(InvalidModel):
 
 
 class BackendUnavailable(GpufitError, ImportError):
-    """An optional array backend (CuPy) or device that is not installed or not present."""
+    """A device or optional backend that is asked for but not present (``--require-gpu`` on a CPU)."""
 
 
 class ToyFitsFailed(GpufitError, RuntimeError):

@@ -68,7 +68,7 @@ def workspace_options(func):
                   help="normsys interpolation (pyhf default: code4).")
     @click.option("--histosys-code", type=click.Choice(["code0", "code2", "code4p"]), default=None,
                   help="histosys interpolation (pyhf default: code4p).")
-    @click.option("--backend", type=click.Choice(["jax", "numpy", "cupy"]), default="jax", show_default=True)
+    @click.option("--backend", type=click.Choice(["jax", "numpy"]), default="jax", show_default=True)
     @click.option("--float32", "single", is_flag=True, help="Single precision (default: float64).")
     @functools.wraps(func)
     def wrapper(workspace, measurement, patches, patchset, patch_name, normsys_code, histosys_code,

@@ -291,7 +291,7 @@ def info(check, ntoys):
     from .._device import describe
 
     versions = {}
-    for package in ("jax", "jaxlib", "numpy", "scipy", "pyhf", "iminuit", "distributed", "matplotlib", "cupy"):
+    for package in ("jax", "jaxlib", "numpy", "scipy", "pyhf", "iminuit", "distributed", "matplotlib"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

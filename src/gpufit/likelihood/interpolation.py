@@ -1,6 +1,6 @@
 """Interpolation kernels: normsys factors and histosys shifts, with their derivatives.
 
-Pure element-wise functions of arrays (any namespace ``xp``: NumPy, JAX, CuPy) with the
+Pure element-wise functions of arrays (any namespace ``xp``: NumPy or JAX) with the
 formulas and case boundaries of pyhf's ``interpolators`` (CERN-OPEN-2012-016); the
 codes, their defaults and the code4 coefficients are compile-time matters of
 :mod:`gpufit.model.interpolation`.

@@ -2,7 +2,7 @@
 
 Pure functions of a compiled model ``m`` (:class:`~gpufit.model.CompiledModel`, a pytree
 of arrays) and arrays with any leading batch shape ``[...]``. They run unchanged on
-JAX (jit, vmap, grad), NumPy and CuPy arrays: the array namespace comes from the
+JAX (jit, vmap, grad) and NumPy arrays: the array namespace comes from the
 model's arrays, never from a global switch.
 
 Shapes: P parameters, N main bins, A auxiliary data, K sample-bins (every bin of every
