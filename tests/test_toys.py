@@ -234,6 +234,31 @@ def test_hard_toys_are_retried_not_dropped():
     assert r["teststat_sb"].shape == (1, 60)
 
 
+def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypatch):
+    """A tight tolerance leaves many fits unconverged after the first pass. With the chunk
+    call's room for continuing them cut to one lockstep group, most continue from the host
+    instead: the same kernel, so the same test statistics (to rounding) and the same
+    accounting."""
+    import gpufit.infer.toys as toys
+
+    ws = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6))
+    model = ws.model()
+    data = ws.data(model)
+
+    def run():
+        calc = ToyCalculator(model, data, [1.0], ntoys=256, seed=5, chunk_size=512, progress=False, toy_tol=1e-11)
+        return calc.run()
+
+    roomy = run()
+    monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (group, group))
+    cramped = run()
+    assert roomy["stats"]["continued"] > 16  # more than the cramped call has room for
+    assert cramped["stats"]["continued"] == roomy["stats"]["continued"]
+    assert cramped["n_failed"] == roomy["n_failed"] == 0
+    for key in ("teststat_sb", "teststat_b"):
+        np.testing.assert_allclose(cramped[key], roomy[key], rtol=0, atol=1e-9)
+
+
 def _broken_workspace(monkeypatch):
     """A model that cannot be fitted: a normsys with lo = 0 makes the likelihood NaN.
 

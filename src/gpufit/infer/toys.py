@@ -2,13 +2,17 @@
 pseudo-experiments fitted at once.
 
 A *row* is one toy: (hypothesis, mu index, toy index). For a chunk of rows one compiled
-call draws the toys on the device (:mod:`gpufit.infer.sampling`) and runs both fits of
+call draws the toys on the device (:mod:`gpufit.infer.sampling`), runs both fits of
 each (free, and with the POI fixed to the tested value) from the point that generated
-it. Fits that stop short are then, outside the compiled call and only for those rows:
+it for a first pass of lockstep steps, and continues the fits that stopped short (up to
+``maxiter`` more steps, as many as the call has room for) without a trip to the host.
+The next chunk is dispatched before the host reads this one. The host then, only for the
+rows that need it:
 
-1. continued with the same solver from where they stopped (up to ``maxiter`` steps);
-2. restarted from the model's suggested initial values with heavier damping;
-3. handed to iminuit (MIGRAD with the exact gradient).
+1. continues the stragglers the call had no room for, with the same kernel;
+2. restarts what still failed from the model's suggested initial values (exact Newton
+   steps, and heavily damped Gauss-Newton), keeping the lower converged minimum;
+3. hands the rest to iminuit (MIGRAD with the exact gradient, on the CPU).
 
 A free fit that ends above its fixed-POI twin (a local minimum: the fixed fit's point is
 admissible for the free fit) is refitted from the twin's parameters. What still fails
@@ -30,7 +34,7 @@ import numpy as np
 from .. import _device
 from ..exceptions import InvalidArgument, ToyFitsFailed
 from ..optimize import fit
-from ..optimize._solver import CONVERGED, minimize_batch
+from ..optimize._solver import CONVERGED, MAX_ITERATIONS, minimize_batch
 from ..optimize.fit import DEFAULT_TOL, _padded_size, default_chunk_size, invalid_data, resolve_bounds, resolve_fixed
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
 from .test_statistics import check_poi_bounds, from_fits
@@ -44,10 +48,66 @@ _SEED_LIMIT = 2**32
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
 
 
-@functools.partial(jax.jit, static_argnames=("maxiter", "group"))
+def continuation_capacity(chunk: int, group: int) -> tuple[int, int]:
+    """Fits per chunk call that continue inside the call, in its two continuation passes:
+    1/8 of the chunk's 2C fits (measured: 2-9% need it on sbottom, gen40 and 1Lbb), then
+    a quarter of those; whole lockstep groups. The rest continue from the host, through
+    the same kernel."""
+    rows = 2 * chunk
+    first = min(rows, -(-max(rows // 8, 1) // group) * group)
+    return first, min(first, -(-max(first // 4, 1) // group) * group)
+
+
+def _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity, maxiter, group):
+    """Continue the ``late`` fits [B] (as many as ``capacity``, sorted to the front so that
+    they fill whole lockstep groups) for ``maxiter`` steps; returns the updated pars, f,
+    status and which fits ran."""
+    rows = jnp.argsort(~late, stable=True)[:capacity]
+    go = late[rows]
+    p2, f2, s2, _, _ = minimize_batch(m, data[rows], pars[rows], free[rows], lo, hi, tol, maxiter=maxiter,
+                                      group=min(group, capacity))
+    pars = pars.at[rows].set(jnp.where(go[:, None], p2, pars[rows]))
+    f = f.at[rows].set(jnp.where(go, f2, f[rows]))
+    status = status.at[rows].set(jnp.where(go, s2, status[rows]))
+    return pars, f, status, jnp.zeros(late.shape, bool).at[rows].set(go)
+
+
+@functools.partial(jax.jit, static_argnames=("first_steps", "maxiter", "group", "capacity"))
+def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: int, group: int,
+                  capacity: tuple[int, int]):
+    """Continue fits from where they stopped, as :func:`gpufit.fit` runs them: ``first_steps``
+    steps, then up to ``maxiter - first_steps`` for those that used them all (a smaller,
+    denser batch: a lockstep group runs as long as its slowest fit).
+
+    data [R, N + A], pars [R, P], free [R, P] -> pars, twice_nll [R], status [R], and
+    ``done`` [R] bool: False for fits that one of the passes had no room for (``capacity``:
+    fits per pass), whose results are then to be dropped and the fit continued again
+    elsewhere. The one continuation of every toy fit, in a chunk call or from the host; a
+    fit's steps depend on its own row only, so it continues to the same numbers (to
+    rounding: ~1e-13 in -2 log L between differently shaped calls) wherever it ran.
+    """
+    r = data.shape[0]
+    f = jnp.full(r, jnp.inf, data.dtype)
+    status = jnp.full(r, MAX_ITERATIONS, jnp.int32)
+    pars, f, status, ran = _continue_pass(m, data, pars, f, status, free, lo, hi, tol, jnp.ones(r, bool),
+                                          capacity[0], first_steps, group)
+    done = ran
+    if maxiter > first_steps:
+        late = ran & (status == MAX_ITERATIONS)
+        pars, f, status, ran2 = _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity[1],
+                                               maxiter - first_steps, group)
+        done = ran & (~late | ran2)
+    return pars, f, status, done
+
+
+@functools.partial(jax.jit, static_argnames=("first_steps", "maxiter", "group", "capacity"))
 def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol,
-              maxiter: int, group: int):
+              first_steps: int, maxiter: int, group: int, capacity: int):
     """Draw a chunk of toys and fit each twice, in one compiled call.
+
+    Every fit gets ``first_steps`` steps in lockstep; then those that did not converge
+    (as many as ``capacity`` has room for) continue (:func:`continue_fits`), without a
+    trip to the host.
 
     Args:
         m: compiled model; seed: [] uint32.
@@ -56,19 +116,28 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
         poi_mask: [P] bool (the POI); free: [P] bool; lo, hi: [P]; tol: [].
 
     Returns:
-        data [C, N + A]; then for the free fits and the fixed-POI fits:
-        pars [C, P], twice_nll [C], status [C], n_iter [C] (eight arrays).
+        data [C, N + A]; then for the free fits and the fixed-POI fits: pars [C, P],
+        twice_nll [C], status [C], continued [C] bool (eight arrays).
     """
     keys = toy_keys(seed, hypothesis, mu_index, toy_index)
     data = sample_toys(m, gen_pars, keys)
     x_fixed = jnp.where(poi_mask, mu_test[:, None], gen_pars)
     c = data.shape[0]
     both_free = jnp.concatenate([jnp.broadcast_to(free, gen_pars.shape), jnp.broadcast_to(free & ~poi_mask, gen_pars.shape)])
-    pars, f, status, n_iter, _ = minimize_batch(
-        m, jnp.concatenate([data, data]), jnp.concatenate([gen_pars, x_fixed]), both_free, lo, hi, tol,
-        maxiter=maxiter, group=group,
+    both_data = jnp.concatenate([data, data])
+    pars, f, status, _, _ = minimize_batch(
+        m, both_data, jnp.concatenate([gen_pars, x_fixed]), both_free, lo, hi, tol, maxiter=first_steps, group=group,
     )
-    return data, pars[:c], f[:c], status[:c], n_iter[:c], pars[c:], f[c:], status[c:], n_iter[c:]
+    late = status != CONVERGED
+    rows = jnp.argsort(~late, stable=True)[: capacity[0]]  # the stragglers first
+    p2, f2, s2, done = continue_fits(m, both_data[rows], pars[rows], both_free[rows], lo, hi, tol,
+                                     first_steps=first_steps, maxiter=maxiter, group=group, capacity=capacity)
+    go = late[rows] & done  # the others continue from the host, from their first pass
+    pars = pars.at[rows].set(jnp.where(go[:, None], p2, pars[rows]))
+    f = f.at[rows].set(jnp.where(go, f2, f[rows]))
+    status = status.at[rows].set(jnp.where(go, s2, status[rows]))
+    continued = jnp.zeros(2 * c, bool).at[rows].set(go)
+    return data, pars[:c], f[:c], status[:c], continued[:c], pars[c:], f[c:], status[c:], continued[c:]
 
 
 @dataclasses.dataclass
@@ -222,24 +291,42 @@ class ToyCalculator:
         r = self._free_fit(data, **kwargs) if kind == "free" else self._fixed_fit(data, mu_test, **kwargs)
         return _select(r, np.arange(len(r.twice_nll)) < n)
 
-    def _repair(self, data, mu_test, free_res, fixed_res):
+    def _continue(self, kind, data, pars, group):
+        """Continue fits on the host that the chunk call had no room for: the same kernel,
+        in batches of one fixed size; returns pars, twice_nll, status."""
+        free = self.free & ~self.poi_mask if kind == "fixed" else self.free
+        batch = _RETRY_BATCH if _device.platform() == "cpu" else 16 * _RETRY_BATCH
+        lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
+        out = [np.empty_like(pars), np.empty(len(pars), pars.dtype), np.empty(len(pars), np.int32)]
+        for start in range(0, len(pars), batch):
+            rows = np.arange(start, min(start + batch, len(pars)))
+            take = np.concatenate([rows, np.repeat(rows[:1], batch - rows.size)])
+            res = continue_fits(self.model.compiled, jnp.asarray(data[take]), jnp.asarray(pars[take]),
+                                jnp.broadcast_to(jnp.asarray(free), (batch, free.size)), lo, hi, self.tol,
+                                first_steps=_FIRST_PASS_STEPS, maxiter=self.maxiter, group=min(group, batch),
+                                capacity=(batch, batch))
+            for o, r in zip(out, res[:3]):
+                o[rows] = np.asarray(r)[: rows.size]
+        return out
+
+    def _repair(self, data, mu_test, free_res, fixed_res, group):
         """Retry the fits of one chunk that did not converge, in place; return failed [C].
 
-        ``free_res`` and ``fixed_res`` are [pars [C, P], twice_nll [C], status [C]].
+        ``free_res`` and ``fixed_res`` are [pars [C, P], twice_nll [C], status [C],
+        continued [C]] (continued: in the chunk call already).
         """
         stats = self.stats
         # a toy drawn from a NaN expectation (a broken model) has no valid data: its fits
         # have failed, and no retry can help (fit() refuses such data)
         drawn = ~invalid_data(self.model, data).any(axis=-1)
-        for kind, (pars, f, status) in (("free", free_res), ("fixed", fixed_res)):
-            bad = np.flatnonzero((status != CONVERGED) & drawn)
-            if bad.size == 0:
-                continue
-            # 1. continue from where the first pass stopped
-            stats.continued += bad.size
-            r = self._refit(kind, data[bad], mu_test[bad], init=pars[bad], retry=False)
-            _store(pars, f, status, bad, r)
-            still = bad[~r.converged]
+        for kind, (pars, f, status, continued) in (("free", free_res), ("fixed", fixed_res)):
+            stats.continued += int(continued.sum())
+            # 1. continue from where the first pass stopped (those the chunk had no room for)
+            late = np.flatnonzero((status != CONVERGED) & drawn & ~continued)
+            if late.size:
+                stats.continued += late.size
+                pars[late], f[late], status[late] = self._continue(kind, data[late], pars[late], group)
+            still = np.flatnonzero((status != CONVERGED) & drawn)
             if still.size == 0:
                 continue
             # 2. new starts from the suggested init, Newton and heavily damped Gauss-Newton:
@@ -269,7 +356,7 @@ class ToyCalculator:
             stats.local_minima += worse.size
             r = self._refit("free", data[worse], None, init=fixed_res[0][worse], retry=True)
             better = r.converged & (r.twice_nll < f_free[worse])
-            _store(*free_res, worse[better], _select(r, better))
+            _store(*free_res[:3], worse[better], _select(r, better))
         return (free_res[2] != CONVERGED) | (fixed_res[2] != CONVERGED)
 
     # -- rows --------------------------------------------------------------------------
@@ -292,24 +379,31 @@ class ToyCalculator:
         chunk -= chunk % group
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
         free, poi_mask = jnp.asarray(self.free), jnp.asarray(self.poi_mask)
+        capacity = continuation_capacity(chunk, group)
         started = time.perf_counter()
-        for start in range(0, hypothesis.size, chunk):
-            stop = min(start + chunk, hypothesis.size)
-            rows = np.arange(start, stop)
+
+        def dispatch(start):
+            """Start the chunk call of rows start.. (JAX returns before it has run)."""
+            rows = np.arange(start, min(start + chunk, hypothesis.size))
             take = np.concatenate([rows, np.repeat(rows[:1], chunk - rows.size)])  # pad to the chunk
             h, i, t = hypothesis[take], mu_index[take], toy_index[take]
             gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
-            mu_test = self.mus[i]
             args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
-                    jnp.asarray(gen), jnp.asarray(mu_test), poi_mask, free, lo, hi, self.tol)
-            compiled_call, compile_seconds = _compiled(args, _FIRST_PASS_STEPS, group)
+                    jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol)
+            compiled_call, compile_seconds = _compiled(args, group, capacity, self.maxiter)
             self.stats.compile_seconds += compile_seconds
-            res = [np.asarray(a).copy() for a in compiled_call(*args)]
-            data, pf, ff, sf, _, px, fx, sx, _ = res
+            return rows, self.mus[i][: rows.size], compiled_call(*args)
+
+        starts = list(range(0, hypothesis.size, chunk))
+        pending = dispatch(starts[0]) if starts else None
+        for k in range(len(starts)):
+            rows, mu_test, outputs = pending
+            # the next chunk runs on the device while the host reads and repairs this one
+            pending = dispatch(starts[k + 1]) if k + 1 < len(starts) else None
             n = rows.size
-            data, mu_test = data[:n], mu_test[:n]
-            free_res, fixed_res = [pf[:n], ff[:n], sf[:n]], [px[:n], fx[:n], sx[:n]]
-            bad = self._repair(data, mu_test, free_res, fixed_res)
+            data, pf, ff, sf, cf, px, fx, sx, cx = (np.asarray(a)[:n].copy() for a in outputs)
+            free_res, fixed_res = [pf, ff, sf, cf], [px, fx, sx, cx]
+            bad = self._repair(data, mu_test, free_res, fixed_res, group)
             ts = from_fits(self.test_stat, mu_test, fixed_res[1], free_res[1], free_res[0][:, poi])
             out[rows] = np.where(bad, np.nan, ts)
             failed[rows] = bad
@@ -365,22 +459,23 @@ def _lowest_converged(results):
     return dataclasses.replace(results[0], **chosen)
 
 
-def _compiled_cache_key(args, maxiter, group):
+def _compiled_cache_key(args, *static):
     leaves, tree = jax.tree_util.tree_flatten(args)
-    return (tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves), maxiter, group)
+    return (tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves)) + static
 
 
 _COMPILED: dict = {}
 
 
-def _compiled(args, maxiter, group):
+def _compiled(args, group, capacity, maxiter):
     """The compiled chunk function for these argument shapes, and its compile seconds
     (0 when it was compiled before)."""
-    key = _compiled_cache_key(args, maxiter, group)
+    key = _compiled_cache_key(args, group, capacity, maxiter)
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     start = time.perf_counter()
-    compiled = toy_chunk.lower(*args, maxiter=maxiter, group=group).compile()
+    compiled = toy_chunk.lower(*args, first_steps=_FIRST_PASS_STEPS, maxiter=maxiter, group=group,
+                               capacity=capacity).compile()
     seconds = time.perf_counter() - start
     if len(_COMPILED) > 16:
         _COMPILED.pop(next(iter(_COMPILED)))
