@@ -117,6 +117,8 @@ def main():
                 "pyhf_toys_timed": args.pyhf_toys, "ratio_vs_pyhf_jax": rate / ref if ref else None,
                 "n_failed": r.n_failed, "retried": info["continued"] + info["restarted"] + info["local_minima"],
                 "minuit": info["minuit"], "cls_obs": r.cls_obs, "cls_obs_err": r.cls_obs_err,
+                "toy_seconds": info["seconds"], "device_wait_seconds": info["device_wait_seconds"],
+                "host_retry_seconds": info["host_retry_seconds"],
             }
             rows.append(row)
             ratio = f"x{rate / ref:7.1f}" if ref else "   n/a "
@@ -125,6 +127,9 @@ def main():
                   f"compiles)  pyhf-jax {pyhf_text} "
                   f"{ratio} vs pyhf-jax  failed {r.n_failed}  retried {row['retried']}  "
                   f"(compile {row['compile_seconds']:.1f} s, in the timed call {timed_compiling:.1f} s)", flush=True)
+            print(f"         of the timed call's {ntoys / rate:.2f} s: toys {info['seconds']:.2f} s (waiting for the "
+                  f"device {info['device_wait_seconds']:.2f} s, host retries {info['host_retry_seconds']:.2f} s), "
+                  f"the rest observed-data fits and set-up", flush=True)
             write()
             if ref_error and args.pyhf_toys and ntoys == int(args.ntoys.split(",")[0]):
                 print(f"         pyhf: {ref_error}")

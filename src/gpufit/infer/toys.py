@@ -102,7 +102,7 @@ def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: i
 
 @functools.partial(jax.jit, static_argnames=("first_steps", "maxiter", "group", "capacity"))
 def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol,
-              first_steps: int, maxiter: int, group: int, capacity: int):
+              first_steps: int, maxiter: int, group: int, capacity: tuple[int, int]):
     """Draw a chunk of toys and fit each twice, in one compiled call.
 
     Every fit gets ``first_steps`` steps in lockstep; then those that did not converge
@@ -153,6 +153,10 @@ class ToyStats:
     failed: int = 0
     compile_seconds: float = 0.0
     seconds: float = 0.0
+    # where ``seconds`` went (what a GPU run needs to be read): waiting for chunk calls
+    # on the device, and the host's retries (restarts, iminuit, local minima)
+    device_wait_seconds: float = 0.0
+    host_retry_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -401,9 +405,13 @@ class ToyCalculator:
             # the next chunk runs on the device while the host reads and repairs this one
             pending = dispatch(starts[k + 1]) if k + 1 < len(starts) else None
             n = rows.size
+            waited = time.perf_counter()
             data, pf, ff, sf, cf, px, fx, sx, cx = (np.asarray(a)[:n].copy() for a in outputs)
+            repairing = time.perf_counter()
+            self.stats.device_wait_seconds += repairing - waited
             free_res, fixed_res = [pf, ff, sf, cf], [px, fx, sx, cx]
             bad = self._repair(data, mu_test, free_res, fixed_res, group)
+            self.stats.host_retry_seconds += time.perf_counter() - repairing
             ts = from_fits(self.test_stat, mu_test, fixed_res[1], free_res[1], free_res[0][:, poi])
             out[rows] = np.where(bad, np.nan, ts)
             failed[rows] = bad
