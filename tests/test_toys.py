@@ -254,6 +254,8 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
     cramped = run()
     assert roomy["stats"]["continued"] > 16  # more than the cramped call has room for
     assert cramped["stats"]["continued"] == roomy["stats"]["continued"]
+    # local minima are refitted in the chunk call (or on the host) alike
+    assert cramped["stats"]["local_minima"] == roomy["stats"]["local_minima"] > 0
     assert cramped["n_failed"] == roomy["n_failed"] == 0
     for key in ("teststat_sb", "teststat_b"):
         np.testing.assert_allclose(cramped[key], roomy[key], rtol=0, atol=1e-9)
