@@ -3,9 +3,10 @@
     python benchmarks/gpu/parity.py [--models sbottom,1lbb] [--ntoys 256] [--seed 11] [--out DIR]
 
 For each model: the observed-data fits, the toy datasets drawn from the same keys, the
-first-pass fits of the compiled chunk, and the final test statistics are compared between
+fits of the compiled chunk call (before the host's retries), and the final test
+statistics are compared between
 ``jax.default_device(cpu)`` and the GPU. The toys whose test statistics differ are saved
-(their data from both devices, first-pass results, final statistics) to
+(their data from both devices, chunk-call results, final statistics) to
 ``DIR/parity-MODEL.npz``, so that they can be refitted on any machine.
 """
 
@@ -22,7 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # benchmarks/ for fits.py
 import fits  # noqa: E402
 
-from gpufit.infer.toys import _FIRST_PASS_STEPS, ToyCalculator, toy_chunk  # noqa: E402
+from gpufit.infer.toys import ToyCalculator, continuation_capacity, refit_capacity, toy_chunk  # noqa: E402
+from gpufit.optimize.fit import FIRST_PASS_STEPS  # noqa: E402
 
 
 def run(device, model, data, ntoys, seed):
@@ -36,9 +38,12 @@ def run(device, model, data, ntoys, seed):
         gen = np.where((h == 0)[:, None], calc.gen_sb[i], calc.gen_b[i])
         mu_test = calc.mus[i]
         lo, hi = jnp.asarray(calc.bounds[:, 0]), jnp.asarray(calc.bounds[:, 1])
+        rows = 2 * n  # one chunk, in one lockstep group (as on a GPU)
         first = toy_chunk(model.compiled, jnp.asarray(seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i),
                           jnp.asarray(t), jnp.asarray(gen), jnp.asarray(mu_test), jnp.asarray(calc.poi_mask),
-                          jnp.asarray(calc.free), lo, hi, calc.tol, maxiter=_FIRST_PASS_STEPS, group=2 * n)
+                          jnp.asarray(calc.free), lo, hi, calc.tol, first_steps=FIRST_PASS_STEPS,
+                          maxiter=calc.maxiter, group=rows, capacity=continuation_capacity(rows, rows),
+                          refits=refit_capacity(rows, rows))
         first = [np.asarray(a) for a in first]
     return {
         "free_obs": float(calc.free_obs.twice_nll), "fixed_obs": np.asarray(calc.fixed_obs.twice_nll),
@@ -76,14 +81,14 @@ def main():
             fa, fb = a[f"{kind}_f"], b[f"{kind}_f"]
             sa, sb = a[f"{kind}_status"], b[f"{kind}_status"]
             ok = np.isfinite(fa) & np.isfinite(fb) & (sa == 0) & (sb == 0)
-            print(f"first pass {kind}: status equal {np.sum(sa == sb)} of {sa.size}; converged cpu {np.sum(sa == 0)} "
+            print(f"chunk call {kind}: status equal {np.sum(sa == sb)} of {sa.size}; converged cpu {np.sum(sa == 0)} "
                   f"gpu {np.sum(sb == 0)}; max |f diff| where both converged {np.max(np.abs(fa[ok] - fb[ok])):.2e}")
         d = np.abs(a["teststat"] - b["teststat"])
         bad = np.flatnonzero(~(d < 1e-6) & ~(np.isnan(a["teststat"]) & np.isnan(b["teststat"])))
         print(f"test statistics differing by > 1e-6: {bad.size} of {d.size}: rows {bad[:20].tolist()}")
         for r in bad[:10]:
             print(f"  row {r}: ts cpu {a['teststat'][r]:.6f} gpu {b['teststat'][r]:.6f}; data equal {same_data[r]}; "
-                  f"first pass free f {a['free_f'][r]:.6f}/{b['free_f'][r]:.6f} status {a['free_status'][r]}/"
+                  f"chunk call free f {a['free_f'][r]:.6f}/{b['free_f'][r]:.6f} status {a['free_status'][r]}/"
                   f"{b['free_status'][r]}, fixed f {a['fixed_f'][r]:.6f}/{b['fixed_f'][r]:.6f} status "
                   f"{a['fixed_status'][r]}/{b['fixed_status'][r]}")
         np.savez_compressed(os.path.join(args.out, f"parity-{name}.npz"), rows=bad,

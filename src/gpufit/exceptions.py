@@ -19,6 +19,8 @@ __all__ = [
     "InvalidArgument",
     "ToyFitsFailed",
     "LimitOutsideGrid",
+    "CampaignError",
+    "BrokenResult",
 ]
 
 
@@ -104,3 +106,11 @@ class ToyFitsFailed(GpufitError, RuntimeError):
 class LimitOutsideGrid(UserWarning):
     """An upper limit that the scanned POI values do not bracket: the result holds a
     bound (``observed_bound`` / ``expected_bound`` say which way), not a crossing."""
+
+
+class CampaignError(GpufitError, RuntimeError):
+    """A campaign directory, job or result that cannot be used as it is."""
+
+
+class BrokenResult(CampaignError):
+    """A result or checkpoint file that is truncated, corrupt or inconsistent."""

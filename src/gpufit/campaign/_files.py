@@ -18,20 +18,12 @@ import zipfile
 
 import numpy as np
 
-from ..exceptions import GpufitError
+from ..exceptions import BrokenResult, CampaignError
 
 RESULT_FORMAT = "gpufit-result/1"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask (os has no getter) and put it back
 IDENTITY = ("campaign_id", "job", "mu_indices", "toy_start", "toy_stop", "seed")
-
-
-class CampaignError(GpufitError, RuntimeError):
-    """A campaign directory, job or result that cannot be used as it is."""
-
-
-class BrokenResult(CampaignError):
-    """A result or checkpoint file that is truncated, corrupt or inconsistent."""
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:

@@ -83,7 +83,7 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     resuming; a killed job behaves the same). ``require_gpu``: refuse (before any work)
     unless JAX computes on a GPU here.
     """
-    from ..infer.toys import ToyCalculator, _progress_bar
+    from ..infer.toys import ToyCalculator, progress_bar
     from ..workspace import Workspace
 
     if require_gpu:
@@ -123,7 +123,7 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
             resumed = {"checkpoint_discarded": str(err)}
     block = max(1, checkpoint_every) * calc.chunk_size
     blocks = 0
-    with _progress_bar(progress, hyp.size) as bar:
+    with progress_bar(progress, hyp.size) as bar:
         bar.update(done)
         while done < hyp.size:
             stop = min(done + block, hyp.size)

@@ -36,14 +36,21 @@ from .. import _device
 from ..exceptions import InvalidArgument, ToyFitsFailed
 from ..optimize import fit
 from ..optimize._solver import CONVERGED, MAX_ITERATIONS, minimize_batch
-from ..optimize.fit import DEFAULT_TOL, _padded_size, default_chunk_size, invalid_data, resolve_bounds, resolve_fixed
+from ..optimize.fit import (
+    DEFAULT_TOL,
+    FIRST_PASS_STEPS,
+    default_chunk_size,
+    invalid_data,
+    padded_size,
+    resolve_bounds,
+    resolve_fixed,
+)
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
 from .test_statistics import check_poi_bounds, from_fits
 from .toy_pvalues import toy_pvalues
 
 DEFAULT_NTOYS = 2000
 TOY_PARS = ("profiled", "init")
-_FIRST_PASS_STEPS = 30
 _MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay frequent
 _SEED_LIMIT = 2**32
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
@@ -340,7 +347,7 @@ class ToyCalculator:
             take = np.concatenate([rows, np.repeat(rows[:1], batch - rows.size)])
             res = continue_fits(self.model.compiled, jnp.asarray(data[take]), jnp.asarray(pars[take]),
                                 jnp.broadcast_to(jnp.asarray(free), (batch, free.size)), lo, hi, self.tol,
-                                first_steps=_FIRST_PASS_STEPS, maxiter=self.maxiter, group=min(group, batch),
+                                first_steps=FIRST_PASS_STEPS, maxiter=self.maxiter, group=min(group, batch),
                                 capacity=(batch, batch))
             for o, r in zip(out, res[:3]):
                 o[rows] = np.asarray(r)[: rows.size]
@@ -414,7 +421,7 @@ class ToyCalculator:
         model, poi = self.model, self.model.poi_index
         compiled = model.compiled
         # a run smaller than a chunk pads only to a power of two (a few compiled shapes)
-        chunk = _padded_size(hypothesis.size, self.chunk_size) if hypothesis.size else self.chunk_size
+        chunk = padded_size(hypothesis.size, self.chunk_size) if hypothesis.size else self.chunk_size
         group = _device.lockstep_group(chunk)
         chunk -= chunk % group
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
@@ -460,13 +467,15 @@ class ToyCalculator:
         return out, failed
 
     def run(self) -> dict:
-        """All toys of every mu: ``teststat_sb``, ``teststat_b`` [M, ntoys] and p-values."""
+        """All toys of every mu: ``teststat_sb``, ``teststat_b`` [M, ntoys] and p-values;
+        ``stats`` counts this run alone (:meth:`teststats` adds to them, call by call)."""
+        self.stats = ToyStats()
         m, n = len(self.mus), self.ntoys
         hyp = np.repeat([SIGNAL_PLUS_BACKGROUND, BACKGROUND_ONLY], n)
         hypothesis = np.tile(hyp, m)
         mu_index = np.repeat(np.arange(m), 2 * n)
         toy_index = np.tile(np.arange(n), 2 * m)
-        with _progress_bar(self.progress, 2 * m * n) as bar:
+        with progress_bar(self.progress, 2 * m * n) as bar:
             ts, _ = self.teststats(hypothesis, mu_index, toy_index, bar)
         ts = ts.reshape(m, 2, n)
         return self.summarize(ts[:, 0], ts[:, 1])
@@ -518,7 +527,7 @@ def _compiled(args, group, capacity, refits, maxiter):
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     start = time.perf_counter()
-    compiled = toy_chunk.lower(*args, first_steps=_FIRST_PASS_STEPS, maxiter=maxiter, group=group,
+    compiled = toy_chunk.lower(*args, first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group,
                                capacity=capacity, refits=refits).compile()
     seconds = time.perf_counter() - start
     if len(_COMPILED) > 16:
@@ -549,7 +558,8 @@ class _NoBar:
         return False
 
 
-def _progress_bar(progress, total):
+def progress_bar(progress, total):
+    """A tqdm bar over ``total`` toys on stderr (see :func:`show_progress`), or a no-op."""
     if not show_progress(progress):
         return _NoBar()
     from tqdm.auto import tqdm

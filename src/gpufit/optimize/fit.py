@@ -16,7 +16,7 @@ from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, v
 
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
-_FIRST_PASS_STEPS = 30
+FIRST_PASS_STEPS = 30  # lockstep steps before the stragglers continue alone (fit and toys alike)
 
 
 def default_chunk_size(model) -> int:
@@ -25,7 +25,7 @@ def default_chunk_size(model) -> int:
     return _device.default_chunk_size(m, model.n_pars, model.n_main, model.n_aux)
 
 
-def _padded_size(n: int, chunk: int) -> int:
+def padded_size(n: int, chunk: int) -> int:
     """Batch sizes are rounded up to powers of two (then to whole chunks) so that a
     handful of compiled shapes serve every call; on a CPU, batches of more than one fit
     are at least one lockstep group, so that every fit runs in the same compiled group
@@ -197,7 +197,7 @@ def fit(
 
     def solve(rows, starts, steps):
         """Run the solver on datasets ``rows`` from ``starts``, in padded chunks."""
-        size = _padded_size(len(rows), chunk)
+        size = padded_size(len(rows), chunk)
         outs = []
         for start in range(0, len(rows), size):
             stop = min(start + size, len(rows))
@@ -214,7 +214,7 @@ def fit(
     # Lockstep batches run as long as their slowest fit: a first pass with a short cap,
     # then the stragglers alone (a smaller batch) from where they stopped.
     # (Newton fits are the few hard ones: one pass, one compiled kernel)
-    first = min(maxiter, _FIRST_PASS_STEPS) if n > 1 and not newton else maxiter
+    first = min(maxiter, FIRST_PASS_STEPS) if n > 1 and not newton else maxiter
     rows = np.arange(n)
     pars, twice_nll, status, n_iter, edm = solve(rows, flat_x0, first)
     late = np.flatnonzero(status == MAX_ITERATIONS)
