@@ -40,6 +40,7 @@ def test_hypotest_json_matches_validation():
 
 
 def test_limit_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     plot = tmp_path / "brazil.png"
     result = run("limit", "example:docs", "--mus", "0:5:11", "--json", "--plot", str(plot))
     assert result.exit_code == 0, result.output
