@@ -50,6 +50,26 @@ def test_limit_json_and_plot(tmp_path):
     assert plot.stat().st_size > 1000
 
 
+def test_saving_a_plot_leaves_the_users_backend_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    import numpy as np
+
+    import gpufit
+    from gpufit.plotting import brazil_plot
+
+    ws = gpufit.Workspace.load(os.path.join(WS, "pyhf_docs_2-bin_1-channel.json"))
+    model = ws.model()
+    result = gpufit.upper_limit(model, ws.data(model), np.linspace(0, 5, 6))
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # a backend the plot must not switch away from (a notebook's, say)
+    try:
+        brazil_plot(result, tmp_path / "brazil.png")
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "brazil.png").stat().st_size > 1000
+
+
 def test_patchset_and_errors(tmp_path):
     lbb = os.path.join(WS, "atlas_1Lbb_ins1755298")
     result = run("fit", os.path.join(lbb, "BkgOnly.json"), "--patchset", os.path.join(lbb, "patchset.json.gz"),

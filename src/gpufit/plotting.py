@@ -8,14 +8,14 @@ from .exceptions import BackendUnavailable
 def brazil_plot(result, path=None, ax=None):
     """CLs against the POI with the expected +-1/2 sigma bands; saved to ``path`` if given."""
     try:
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as err:
         raise BackendUnavailable("plots need matplotlib: pip install 'gpufit[plot]'") from err
-    if ax is None:
+    if ax is None and path is not None:
+        ax = Figure(figsize=(6, 4.5)).subplots()  # no pyplot: the user's backend is left as it is
+    elif ax is None:
+        import matplotlib.pyplot as plt
+
         _, ax = plt.subplots(figsize=(6, 4.5))
     mus, exp = result.mus, result.cls_exp
     ax.fill_between(mus, exp[:, 0], exp[:, 4], color="yellow", label=r"expected $\pm 2\sigma$")
