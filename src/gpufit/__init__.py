@@ -6,11 +6,17 @@
 >>> data = ws.data(model)
 >>> fit = gpufit.fit(model, data)
 >>> r = gpufit.hypotest(model, data, mu=1.0)
+
+Importing gpufit switches on JAX's ``jax_enable_x64`` for the whole process: likelihoods
+and toys are float64 by default (float32 does not reach float64's minima yet), and JAX
+allows float64 only process-wide. Other JAX code in the same process then gets float64
+arrays where it asked for none (``jnp.zeros(3).dtype`` is float64); pass dtypes
+explicitly there, or import gpufit in a process of its own.
 """
 
 import jax as _jax
 
-_jax.config.update("jax_enable_x64", True)  # float64 is the default precision
+_jax.config.update("jax_enable_x64", True)  # process-wide: see the module docstring
 
 from ._version import __version__  # noqa: E402
 from .exceptions import (  # noqa: E402
