@@ -234,6 +234,19 @@ def test_hard_toys_are_retried_not_dropped():
     assert r["teststat_sb"].shape == (1, 60)
 
 
+def test_building_a_calculator_fits_nothing(docs_ws, monkeypatch):
+    import gpufit.infer.toys as toys
+
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    real_fit = toys.fit
+    monkeypatch.setattr(toys, "fit", lambda *a, **k: pytest.fail("a fit ran while building the calculator"))
+    calc = ToyCalculator(model, data, [1.0], ntoys=10, progress=False)
+    monkeypatch.setattr(toys, "fit", real_fit)
+    reference = gpufit.hypotest(model, data, 1.0)  # asymptotic: the same observed test statistic
+    assert calc.teststat_obs[0] == pytest.approx(reference.teststat, abs=1e-6)
+
+
 def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypatch):
     """A tight tolerance leaves many fits unconverged after the first pass. With the chunk
     call's room for continuing them cut to one lockstep group, most continue from the host

@@ -228,6 +228,9 @@ def _is_int(value) -> bool:
 class ToyCalculator:
     """Toy-based p-values at POI values ``mus`` for one observed dataset.
 
+    Building one checks the options and fits nothing; the fits to the observed data run
+    once, when a result first needs them.
+
     Args:
         model, data: the model and the observed data [N + A].
         mus: tested POI values [M].
@@ -276,37 +279,49 @@ class ToyCalculator:
         self.free = ~flags
         self.poi_mask = np.zeros(model.n_pars, bool)
         self.poi_mask[poi] = True
-
-        # observed test statistics: one free fit, one fixed-POI fit per mu
-        m = len(self.mus)
-        self.free_obs = fit(model, self.data, hesse=False, **self.fit_kwargs)
-        self.fixed_obs = self._fixed_fit(np.broadcast_to(self.data, (m, self.data.size)), self.mus)
-        self.teststat_obs = from_fits(
-            test_stat, self.mus, self.fixed_obs.twice_nll, self.free_obs.twice_nll, self.free_obs.pars[poi]
-        )
-
-        # generating points [M, P] of both hypotheses
-        mu_b = 1.0 if test_stat == "q0" else 0.0
-        self.n_failed_observed = int(np.sum(~self.fixed_obs.converged)) + int(not self.free_obs.converged)
-        if toy_pars == "profiled":
-            self.gen_sb = self.fixed_obs.pars
-            gen_b = self._fixed_fit(self.data, mu_b)
-            self.gen_b = np.broadcast_to(gen_b.pars, (m, model.n_pars))
-            self.n_failed_observed += int(not gen_b.converged)
-        else:
-            x0 = model.suggested_init()
-            for index, value in values.items():
-                x0[index] = value
-            self.gen_sb = np.repeat(x0[None], m, axis=0)
-            self.gen_sb[:, poi] = self.mus
-            self.gen_b = np.repeat(x0[None], m, axis=0)
-            self.gen_b[:, poi] = mu_b
-
+        self._fixed_values = values  # {index: value} of the fixed parameters (the "init" toys use them)
         if chunk_size is None:
             chunk_size = max(default_chunk_size(model) // 2, _device.CPU_LOCKSTEP)
             if _device.platform() == "cpu":
                 chunk_size = min(chunk_size, _MAX_CPU_CHUNK)
         self.chunk_size = int(chunk_size)
+
+    # -- the observed data -------------------------------------------------------------
+    @functools.cached_property
+    def _observed(self) -> dict:
+        """The fits to the observed data, run once when first needed (so that building a
+        calculator costs nothing): one free fit and one fixed-POI fit per mu give the
+        observed test statistics [M]; the generating points [M, P] of both hypotheses."""
+        model, poi, m = self.model, self.model.poi_index, len(self.mus)
+        free_obs = fit(model, self.data, hesse=False, **self.fit_kwargs)
+        fixed_obs = self._fixed_fit(np.broadcast_to(self.data, (m, self.data.size)), self.mus)
+        teststat_obs = from_fits(self.test_stat, self.mus, fixed_obs.twice_nll, free_obs.twice_nll,
+                                 free_obs.pars[poi])
+        mu_b = 1.0 if self.test_stat == "q0" else 0.0
+        n_failed = int(np.sum(~fixed_obs.converged)) + int(not free_obs.converged)
+        if self.toy_pars == "profiled":
+            gen_sb = fixed_obs.pars
+            fit_b = self._fixed_fit(self.data, mu_b)
+            n_failed += int(not fit_b.converged)
+            gen_b = np.broadcast_to(fit_b.pars, (m, model.n_pars))
+        else:
+            x0 = model.suggested_init()
+            for index, value in self._fixed_values.items():
+                x0[index] = value
+            gen_sb = np.repeat(x0[None], m, axis=0)
+            gen_sb[:, poi] = self.mus
+            gen_b = np.repeat(x0[None], m, axis=0)
+            gen_b[:, poi] = mu_b
+        return {"free_obs": free_obs, "fixed_obs": fixed_obs, "teststat_obs": teststat_obs, "gen_sb": gen_sb,
+                "gen_b": gen_b, "n_failed_observed": n_failed}
+
+    free_obs = property(lambda self: self._observed["free_obs"], doc="The free fit to the observed data.")
+    fixed_obs = property(lambda self: self._observed["fixed_obs"], doc="The fixed-POI fits [M] to the observed data.")
+    teststat_obs = property(lambda self: self._observed["teststat_obs"], doc="Observed test statistics [M].")
+    gen_sb = property(lambda self: self._observed["gen_sb"], doc="Generating points [M, P] of s+b toys.")
+    gen_b = property(lambda self: self._observed["gen_b"], doc="Generating points [M, P] of b-only toys.")
+    n_failed_observed = property(lambda self: self._observed["n_failed_observed"],
+                                 doc="Fits to the observed data that did not converge.")
 
     # -- fits ------------------------------------------------------------------------
     def _fixed_fit(self, data, mu, **kwargs):
