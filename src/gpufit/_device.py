@@ -56,12 +56,13 @@ def describe(device) -> str:
     return f"{device.platform}:{device.id} {getattr(device, 'device_kind', '')}".strip()
 
 
-def device_memory_bytes() -> int | None:
-    """Memory JAX may use on its default device, or None where it does not say (CPUs)."""
+def device_memory_bytes(device=None) -> int | None:
+    """Memory JAX may use on ``device`` (default: its first), or None where it does not
+    say (CPUs)."""
     import jax
 
     try:
-        stats = jax.devices()[0].memory_stats() or {}
+        stats = (device or jax.devices()[0]).memory_stats() or {}
     except Exception:  # noqa: BLE001 - backends without memory_stats
         return None
     return stats.get("bytes_limit")

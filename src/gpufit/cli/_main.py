@@ -22,7 +22,6 @@ from .._version import __version__
 from ..exceptions import GpufitError, LimitOutsideGrid, ToyFitsFailed
 from ._common import (
     check_plot,
-    data_path,
     emit,
     enable_compilation_cache,
     load_workspace,
@@ -308,10 +307,9 @@ def info(check, ntoys):
     if check:
         from ..infer.device_check import TOLERANCE, check_devices
 
-        ws = load_workspace(data_path("atlas_sbottom_ins1748602/RegionA/BkgOnly.json")).patched(
-            data_path("atlas_sbottom_ins1748602/RegionA/patch.sbottom_1300_205_60.json"))
+        ws = load_workspace("example:sbottom")
         model = ws.model()
-        payload["check"] = {"model": "sbottom (RegionA, 1300_205_60)", "tolerance": TOLERANCE,
+        payload["check"] = {"model": "example:sbottom (RegionA, 1300_205_60)", "tolerance": TOLERANCE,
                             "rows": check_devices(model, ws.data(model), ntoys=ntoys)}
 
     def table(p):

@@ -35,14 +35,9 @@ def run_on(device, model, data, ntoys: int, seed: int) -> dict:
         out = calc.run()
         seconds = time.perf_counter() - started
     stats = out["stats"]
-    memory = None
-    try:
-        memory = (device.memory_stats() or {}).get("bytes_limit")
-    except Exception:  # noqa: BLE001 - CPUs and some backends keep no memory stats
-        pass
     return {
         "device": _device.describe(device),
-        "memory_bytes": memory,
+        "memory_bytes": _device.device_memory_bytes(device),
         "chunk_size": calc.chunk_size,
         "ntoys": ntoys,
         "seconds": seconds,

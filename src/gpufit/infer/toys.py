@@ -56,6 +56,17 @@ _SEED_LIMIT = 2**32
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
 
 
+def _retry_batch() -> int:
+    """Fits per compiled retry call here (one fixed size: each retry kernel compiles once)."""
+    return _RETRY_BATCH if _device.platform() == "cpu" else 16 * _RETRY_BATCH
+
+
+def _put(a, rows, new, where):
+    """``a`` with ``a[rows]`` replaced by ``new`` where ``where`` [len(rows)] holds."""
+    where = where.reshape(where.shape + (1,) * (a.ndim - 1))
+    return a.at[rows].set(jnp.where(where, new, a[rows]))
+
+
 def _whole_groups(n: int, group: int, limit: int) -> int:
     return min(limit, -(-max(n, 1) // group) * group)
 
@@ -92,9 +103,7 @@ def _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity, 
     go = late[rows]
     p2, f2, s2, _, _ = minimize_batch(m, data[rows], pars[rows], free[rows], lo, hi, tol, maxiter=maxiter,
                                       group=min(group, capacity))
-    pars = pars.at[rows].set(jnp.where(go[:, None], p2, pars[rows]))
-    f = f.at[rows].set(jnp.where(go, f2, f[rows]))
-    status = status.at[rows].set(jnp.where(go, s2, status[rows]))
+    pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
     return pars, f, status, jnp.zeros(late.shape, bool).at[rows].set(go)
 
 
@@ -162,9 +171,7 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
     p2, f2, s2, done = continue_fits(m, both_data[rows], pars[rows], both_free[rows], lo, hi, tol,
                                      first_steps=first_steps, maxiter=maxiter, group=group, capacity=capacity)
     go = late[rows] & done  # the others continue from the host, from their first pass
-    pars = pars.at[rows].set(jnp.where(go[:, None], p2, pars[rows]))
-    f = f.at[rows].set(jnp.where(go, f2, f[rows]))
-    status = status.at[rows].set(jnp.where(go, s2, status[rows]))
+    pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
     continued = jnp.zeros(2 * c, bool).at[rows].set(go)
 
     pf, ff, sf, px, fx, sx = pars[:c], f[:c], status[:c], pars[c:], f[c:], status[c:]
@@ -174,8 +181,7 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
                                      first_steps=first_steps, maxiter=maxiter, group=group, capacity=refits)
     refitted = worse[rows] & done & (s3 == CONVERGED)  # a refit that did not converge: the host's (iminuit)
     better = refitted & (f3 < ff[rows])
-    pf = pf.at[rows].set(jnp.where(better[:, None], p3, pf[rows]))
-    ff = ff.at[rows].set(jnp.where(better, f3, ff[rows]))
+    pf, ff = _put(pf, rows, p3, better), _put(ff, rows, f3, better)
     refitted = jnp.zeros(c, bool).at[rows].set(refitted)
     return data, pf, ff, sf, continued[:c], px, fx, sx, continued[c:], refitted
 
@@ -339,10 +345,10 @@ class ToyCalculator:
         return fit(self.model, data, **options)
 
     def _refit(self, kind, data, mu_test, **kwargs):
-        """Refit rows in batches of one fixed size (``_RETRY_BATCH``), so that every run
+        """Refit rows in batches of one fixed size (:func:`_retry_batch`), so that every run
         reuses the same compiled retry kernels whatever number of fits it retries."""
         kwargs["tol"] = self.tol
-        kwargs["chunk_size"] = _RETRY_BATCH if _device.platform() == "cpu" else 16 * _RETRY_BATCH
+        kwargs["chunk_size"] = _retry_batch()
         n = len(data)
         if n == 1:  # a lone fit would compile a batch-of-one kernel: pad to two
             data, mu_test = np.repeat(data, 2, axis=0), np.repeat(mu_test, 2)
@@ -354,7 +360,7 @@ class ToyCalculator:
         """Continue fits on the host that the chunk call had no room for: the same kernel,
         in batches of one fixed size; returns pars, twice_nll, status."""
         free = self.free & ~self.poi_mask if kind == "fixed" else self.free
-        batch = _RETRY_BATCH if _device.platform() == "cpu" else 16 * _RETRY_BATCH
+        batch = _retry_batch()
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
         out = [np.empty_like(pars), np.empty(len(pars), pars.dtype), np.empty(len(pars), np.int32)]
         for start in range(0, len(pars), batch):
