@@ -88,6 +88,7 @@ def test_info_and_entry_point():
     result = run("info", "--json", "--ntoys", "32")
     payload = strict_json(result.stdout)
     assert payload["x64"] is True and payload["versions"]["jax"] and payload["versions"]["pyhf"]
+    assert payload["command"] == "gpufit info --json --ntoys 32"  # a saved check says how it was made
     # the check ran toys on every device: here the CPU alone, the reference of itself
     (row,) = payload["check"]["rows"]
     assert row["device"].startswith("cpu") and row["ntoys"] == 32 and row["toys_per_s"] > 0 and row["agrees"]

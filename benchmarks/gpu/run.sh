@@ -27,7 +27,8 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, log it, never stop t
   echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started))s"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu-run.log"
+echo "command: bash benchmarks/gpu/run.sh $mode" | tee "$out/gpu-run.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$out/gpu-run.log"
 if [ "$mode" = parity ]; then  # where CPU and GPU part ways (saves the differing toys), then 1Lbb
   step 150 "parity" python3 benchmarks/gpu/parity.py --models sbottom,1lbb --out "$out"
   step 100 "toys float64 1lbb" python3 benchmarks/toys.py --pyhf-toys 0 --models 1lbb --ntoys 10000 \

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -58,6 +59,7 @@ class _Group(click.Group):
         args = list(sys.argv[1:] if args is None else args)
         as_json = "--json" in args
         try:
+            extra.setdefault("obj", {"argv": args})  # the command line, for results that record it
             code = super().main(args=args, prog_name=prog_name or "gpufit", standalone_mode=False, **extra)
         except ToyFitsFailed as err:
             _fail(as_json, err, UNTRUSTWORTHY, (
@@ -295,7 +297,9 @@ def info(check, ntoys):
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    argv = (click.get_current_context().find_root().obj or {}).get("argv", ["info"])
     payload = {
+        "command": shlex.join(["gpufit", *argv]),
         "gpufit": __version__,
         "python": sys.version.split()[0],
         "jax_backend": jax.default_backend(),
