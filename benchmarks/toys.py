@@ -76,11 +76,12 @@ def _count_compiles(event, duration, **_):
 jax.monitoring.register_event_duration_secs_listener(_count_compiles)
 
 
-def time_gpufit(model, data, ntoys, mu=1.0, seed=0):
+def time_gpufit(model, data, ntoys, mu=1.0, seed=0, chunk_size=None):
     """toys/s of one call, the result, and the seconds of it spent compiling."""
     _COMPILING[0] = 0.0
     start = time.perf_counter()
-    r = gpufit.hypotest(model, data, mu, calculator="toys", ntoys=ntoys, seed=seed, progress=False, max_failed=1.0)
+    r = gpufit.hypotest(model, data, mu, calculator="toys", ntoys=ntoys, seed=seed, progress=False, max_failed=1.0,
+                        chunk_size=chunk_size)
     return ntoys / (time.perf_counter() - start), r, _COMPILING[0]
 
 
@@ -91,6 +92,7 @@ def main():
     parser.add_argument("--pyhf-toys", type=int, default=10, help="0: no pyhf rows (e.g. on a GPU machine)")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--mu", type=float, default=1.0)
+    parser.add_argument("--chunk-size", type=int, default=None, help="toys per compiled call (default: the device's)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "toys-cpu.json"))
     args = parser.parse_args()
     rows = []
@@ -104,13 +106,15 @@ def main():
         for ntoys in (int(n) for n in args.ntoys.split(",")):
             # the first call compiles the chunk and the retry shapes it meets; time the second
             first = time.perf_counter()
-            _, r0, compiling = time_gpufit(model, data, ntoys, args.mu, seed=12345)
+            _, r0, compiling = time_gpufit(model, data, ntoys, args.mu, seed=12345,
+                                                 chunk_size=args.chunk_size)
             first_call = time.perf_counter() - first
-            rate, r, timed_compiling = time_gpufit(model, data, ntoys, args.mu)
+            rate, r, timed_compiling = time_gpufit(model, data, ntoys, args.mu, chunk_size=args.chunk_size)
             steady = ntoys / (ntoys / rate - timed_compiling)  # the same call without its compiles
             info = r.info
             row = {
-                "model": name, "dtype": args.dtype, "parameters": model.n_pars, "ntoys": ntoys, "gpufit_toys_per_s": rate,
+                "model": name, "dtype": args.dtype, "parameters": model.n_pars, "ntoys": ntoys,
+                "chunk_size": r.info["chunk_size"], "gpufit_toys_per_s": rate,
                 "gpufit_fits_per_s": 4 * rate, "compile_seconds": compiling,
                 "timed_call_compile_seconds": timed_compiling, "gpufit_toys_per_s_without_compiles": steady,
                 "first_call_seconds": first_call, "pyhf_jax_toys_per_s": ref, "pyhf_error": ref_error,

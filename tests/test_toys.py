@@ -274,6 +274,20 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
         np.testing.assert_allclose(cramped[key], roomy[key], rtol=0, atol=1e-9)
 
 
+def test_continuation_room_scales_with_the_chunk_where_the_chunk_is_one_group():
+    """On a GPU the whole chunk steps as one lockstep group: the in-call continuations
+    must still be a fraction of it (rounding them up to whole groups made each as wide
+    as the first pass, and halved the toys/s of an H200). On a CPU they are whole groups."""
+    from gpufit.infer.toys import continuation_capacity, refit_capacity
+
+    assert continuation_capacity(32768, 32768) == (8192, 2048)
+    assert refit_capacity(32768, 32768) == (2048, 512)
+    assert continuation_capacity(4096, 16) == (1024, 256)
+    assert refit_capacity(4096, 16) == (256, 64)
+    assert continuation_capacity(48, 16) == (16, 16)  # at least one whole group
+    assert refit_capacity(48, 16) == (16, 16)
+
+
 def _broken_workspace(monkeypatch):
     """A model that cannot be fitted: a normsys with lo = 0 makes the likelihood NaN.
 

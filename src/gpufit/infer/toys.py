@@ -67,24 +67,28 @@ def _put(a, rows, new, where):
     return a.at[rows].set(jnp.where(where, new, a[rows]))
 
 
-def _whole_groups(n: int, group: int, limit: int) -> int:
-    return min(limit, -(-max(n, 1) // group) * group)
+def _whole_groups(n: int, chunk: int, group: int, limit: int) -> int:
+    """``n`` fits rounded up to whole lockstep groups where a chunk is several groups (a
+    CPU); where the whole chunk steps as one group (a GPU), a pass of ``n`` fits is its
+    own group: rounding it up to the chunk would run every continuation as wide as the
+    first pass (measured on an H200: half the toys/s)."""
+    unit = group if group < chunk else 1
+    return min(limit, -(-max(n, 1) // unit) * unit)
 
 
 def continuation_capacity(chunk: int, group: int) -> tuple[int, int]:
     """Fits per chunk call that continue inside the call, in its two continuation passes:
     1/8 of the chunk's 2C fits (measured: 2-9% need it on sbottom, gen40 and 1Lbb), then
-    a quarter of those; whole lockstep groups. The rest continue from the host, through
-    the same kernel."""
-    first = _whole_groups(2 * chunk // 8, group, 2 * chunk)
-    return first, _whole_groups(first // 4, group, first)
+    a quarter of those. The rest continue from the host, through the same kernel."""
+    first = _whole_groups(2 * chunk // 8, chunk, group, 2 * chunk)
+    return first, _whole_groups(first // 4, chunk, group, first)
 
 
 def refit_capacity(chunk: int, group: int) -> tuple[int, int]:
     """Free fits per chunk call refitted from their fixed-POI twin inside the call (1/16
     of the toys; measured 0.2-1.6%), and the room of that refit's second pass."""
-    first = _whole_groups(chunk // 16, group, chunk)
-    return first, _whole_groups(first // 4, group, first)
+    first = _whole_groups(chunk // 16, chunk, group, chunk)
+    return first, _whole_groups(first // 4, chunk, group, first)
 
 
 def local_minimum(f_free, f_fixed, status_free, status_fixed, tol, xp=jnp):
