@@ -31,7 +31,9 @@ outward is held for the step (projected Newton) and the step is clipped into the
 a step is shortened so that no empty bin loses more than 90% of its expected count
 (:func:`_edge_fraction`: in an empty bin -2 log L = 2 nu_b is smallest at the model's
 edge nu_b = 0, the quadratic model aims right at it, and a step refused for crossing it
-made hard toys crawl or stall: 5 of 2,000 1Lbb pseudo-experiments were lost that way);
+made hard toys crawl or stall: 5 of 2,000 1Lbb pseudo-experiments were lost that way;
+where the minimum lies at that edge, the Gauss-Newton end game scales the empty bin's
+curvature down, :func:`_edge_weights`);
 damping ``(H + lambda D) delta = -g`` with D the diagonal of the curvature (in the
 Newton phase with the 1/nu of empty bins capped at 1,
 :func:`~gpufit.likelihood.derivatives.twice_nll_gradient_hessian`; capping it in
@@ -66,6 +68,11 @@ _LAMBDA_MIN, _LAMBDA_MAX = 1e-12, 1e10
 NEWTON_EDM = 0.0  # Gauss-Newton hands over to Newton below this edm (-2 log L units); 0: never
 NEWTON_AFTER = 0  # ... or after this many steps; 0: never
 EDGE_FRACTION = 0.1  # a step keeps at least this fraction of an empty bin's expected count
+# the end game at the edge (_edge_weights): below this edm, an empty bin whose count a
+# taken step cut by less than EDGE_SLOW has its curvature scaled down 4x, to EDGE_WEIGHT_MIN
+EDGE_ENDGAME_EDM = 1e-3
+EDGE_SLOW = 0.5
+EDGE_WEIGHT_MIN = 1e-3
 
 
 def _precision(dtype):
@@ -78,7 +85,7 @@ class _State(NamedTuple):
     x: jax.Array  # [P]
     f: jax.Array  # []
     g: jax.Array  # [P]
-    curvature: tuple  # Gauss-Newton: (jac [N, P], w [N], c [P]); Newton: (hessian, gauss_newton [P, P], scale [2, P])
+    curvature: tuple  # Gauss-Newton: (jac [N, P], w [N], c [P], kappa [N]: _edge_weights); Newton: (hessian, gauss_newton [P, P], scale [2, P])
     lam: jax.Array  # []
     edm: jax.Array  # []
     n_iter: jax.Array  # [] int
@@ -186,9 +193,39 @@ def _edge_fraction(dnu, nu, empty):
     non-linearity crosses it, the trial point is refused, the damping grows and the fit
     crawls or stalls. Shortened steps approach the edge geometrically instead.
     """
+    return jnp.minimum(1.0, jnp.min(_edge_limits(dnu, nu, empty)))
+
+
+def _edge_limits(dnu, nu, empty):
+    """Per bin [N], the fraction of the step that keeps it above ``EDGE_FRACTION`` of
+    its expected count (1 where the bin is not empty or the step raises it)."""
     tiny = jnp.finfo(nu.dtype).tiny
-    limit = jnp.where(empty & (dnu < 0), (1.0 - EDGE_FRACTION) * nu / jnp.maximum(-dnu, tiny), 1.0)
-    return jnp.minimum(1.0, jnp.min(limit))
+    return jnp.where(empty & (dnu < 0), (1.0 - EDGE_FRACTION) * nu / jnp.maximum(-dnu, tiny), 1.0)
+
+
+def _edge_weights(kappa, nu, nu_try, limits, empty, taken, edm):
+    """The next scale [N] of the empty bins' curvature 1/nu_b in the Gauss-Newton model.
+
+    Where a fit's minimum lies at the model's edge nu_b = 0 (the rest of the likelihood
+    pushes the count up less than the bin's own 2 nu_b pulls it down), the expected
+    information 1/nu_b overstates the true curvature (zero) and each step cuts nu_b by
+    only a fixed fraction: one 1Lbb toy fit took 483 steps, 0.3% of the fits took more
+    than 300. In the end game (edm below ``EDGE_ENDGAME_EDM``, where the basin is
+    chosen), a bin whose count a taken step cut by less than ``EDGE_SLOW`` has its scale
+    divided by 4 (down to ``EDGE_WEIGHT_MIN``); a bin that held a step back at the edge
+    (:func:`_edge_limits` below 1) has it multiplied by 4 (up to 1). Measured on 1,000
+    1Lbb toy datasets, fixed-POI and free fits (benchmarks/README.md): 101 steps instead
+    of 483 on that toy, mean steps 19.8 -> 18.4 (fixed) and 18.4 -> 17.5 (free), no fit
+    unconverged after 300 steps instead of 2, every minimum within 1e-3 of MIGRAD's
+    (strategy 1, from each variant's end point); the rule throughout, or from an edm of
+    1e-2, found minima up to 0.57 and 0.011 higher.
+
+    Args:
+        kappa, nu, nu_try, limits [N]; empty [N] bool; taken [] bool; edm [].
+    """
+    slow = empty & taken & (nu_try < nu) & (nu_try > EDGE_SLOW * nu) & (edm < EDGE_ENDGAME_EDM)
+    return jnp.where(empty & (limits < 1.0), jnp.minimum(1.0, 4.0 * kappa),
+                     jnp.where(slow, jnp.maximum(EDGE_WEIGHT_MIN, 0.25 * kappa), kappa))
 
 
 def _accept(s: _State, f_try, g_try, quad, step):
@@ -240,28 +277,34 @@ def _gauss_newton(m, data, x0, free, lo, hi, maxiter, tol, lam0, handoff, handof
     reached the Newton region)."""
     f0, g0, j0, w0, c0 = twice_nll_gradient_curvature(m, x0, data)
     dtype = x0.dtype
+    empty = data[: m.n_main] == 0
     state = _State(
-        x=x0, f=f0, g=g0, curvature=(j0, w0, c0),
+        x=x0, f=f0, g=g0, curvature=(j0, w0, c0, jnp.ones(w0.shape, dtype)),
         lam=jnp.asarray(lam0, dtype), edm=jnp.asarray(jnp.inf, dtype),
         n_iter=jnp.asarray(0), status=jnp.where(jnp.isfinite(f0), RUNNING, NOT_FINITE),
     )
 
-    empty = data[: m.n_main] == 0
-
     def body(s):
-        jac, w, c = s.curvature
-        delta, edm, _ = _bounded_step(lambda a: (solve_damped(m, jac, w, c, s.g, s.lam, a), None), s.x, s.g, lo, hi, free)
-        delta = delta * _edge_fraction(jac @ delta, 1.0 / w, empty)  # w = 1/nu in empty bins
+        jac, w, c, kappa = s.curvature
+        w_model = jnp.where(empty, kappa * w, w)
+        delta, edm, _ = _bounded_step(lambda a: (solve_damped(m, jac, w_model, c, s.g, s.lam, a), None), s.x, s.g,
+                                      lo, hi, free)
+        nu = 1.0 / w  # in empty bins
+        limits = _edge_limits(jac @ delta, nu, empty)
+        delta = delta * jnp.minimum(1.0, jnp.min(limits))
         x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
         step = x_try - s.x
         f_try, g_try, j_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
         js = jac @ step
-        quad = 2.0 * (jnp.dot(w * js, js) + jnp.dot(c * step, step))
+        quad = 2.0 * (jnp.dot(w_model * js, js) + jnp.dot(c * step, step))
         ok, lam = _accept(s, f_try, g_try, quad, step)
+        kappa = _edge_weights(kappa, nu, 1.0 / w_try, limits, empty, ok, edm)
         n_iter = s.n_iter + 1
         status = _terminate(s.lam, s.f, edm, lam, n_iter, tol, maxiter, handoff, handoff_after)
-        new = _State(x_try, f_try, g_try, (j_try, w_try, c_try), lam, edm, n_iter, status)
-        return _pick(ok, new, s)._replace(lam=lam, edm=edm, n_iter=n_iter, status=status)
+        new = _State(x_try, f_try, g_try, (j_try, w_try, c_try, kappa), lam, edm, n_iter, status)
+        picked = _pick(ok, new, s)
+        return picked._replace(lam=lam, edm=edm, n_iter=n_iter, status=status,
+                               curvature=picked.curvature[:3] + (kappa,))
 
     return jax.lax.while_loop(lambda s: s.status == RUNNING, body, state)
 

@@ -224,9 +224,13 @@ def fit(
 
     by_minuit = np.zeros(n, bool)
     if retry:
+        done = {}  # a repeated (dataset, start) pair, e.g. padding, runs MIGRAD once
         for i in np.flatnonzero(status != CONVERGED):
-            start = pars[i] if np.all(np.isfinite(pars[i])) else flat_x0[i]
-            p, f, valid, e = _minuit_refit(model, jnp.asarray(flat_data[i]), start, free, b, tol)
+            key = (flat_data[i].tobytes(), flat_x0[i].tobytes(), pars[i].tobytes())
+            if key not in done:
+                start = pars[i] if np.all(np.isfinite(pars[i])) else flat_x0[i]
+                done[key] = _minuit_refit(model, jnp.asarray(flat_data[i]), start, free, b, tol)
+            p, f, valid, e = done[key]
             by_minuit[i] = True
             if valid and (not np.isfinite(twice_nll[i]) or f <= twice_nll[i] + 1e-6):
                 pars[i], twice_nll[i], edm[i] = p, f, e
