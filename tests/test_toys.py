@@ -55,7 +55,7 @@ def _validation(name):
 
 @pytest.mark.parametrize(
     "case,mu,ntoys",
-    [("docs", 1.0, 1500), ("1bin_shapesys.json", 1.0, 600), ("generated", 1.0, 200)],
+    [("docs", 1.0, 1500), ("1bin_shapesys.json", 1.0, 600), ("generated", 1.0, 150)],
 )
 def test_toys_agree_with_pyhf(case, mu, ntoys, docs_ws):
     if case == "docs":
@@ -286,6 +286,30 @@ def test_continuation_room_scales_with_the_chunk_where_the_chunk_is_one_group():
     assert refit_capacity(4096, 16) == (256, 64)
     assert continuation_capacity(48, 16) == (16, 16)  # at least one whole group
     assert refit_capacity(48, 16) == (16, 16)
+
+
+def test_host_retries_compute_on_the_callers_device(monkeypatch):
+    """The host's retries run in a thread of their own, and JAX's default device is
+    thread-local: ``gpufit info`` runs the same toys under ``jax.default_device(cpu)``
+    beside a GPU, and the retry thread must compute there too."""
+    import jax
+
+    import gpufit.infer.toys as toys
+
+    seen = []
+    original = toys.ToyCalculator._repair
+
+    def spy(self, *args):
+        seen.append(jax.config.jax_default_device)
+        return original(self, *args)
+
+    monkeypatch.setattr(toys.ToyCalculator, "_repair", spy)
+    cpu = jax.devices("cpu")[0]
+    ws = gpufit.Workspace(generate_workspace(seed=1, n_channels=1, n_bins=2))
+    model = ws.model()
+    with jax.default_device(cpu):
+        ToyCalculator(model, ws.data(model), [1.0], ntoys=8, seed=1, progress=False).run()
+    assert seen and all(device == cpu for device in seen)
 
 
 def _broken_workspace(monkeypatch):

@@ -8,7 +8,8 @@ it for a first pass of lockstep steps, continues the fits that stopped short (up
 ``maxiter`` more steps), and refits from its fixed-POI twin every free fit that ended
 above that twin (a local minimum: the twin's point is admissible for the free fit), as
 many of each as the call has room for, without a trip to the host. The next chunk is
-dispatched before the host reads this one. The host then, only for the rows that need it:
+dispatched before the host reads this one. Then, only for the rows that need it, the
+host, in a thread of its own so that the device goes on with the next chunks:
 
 1. continues the stragglers the call had no room for, with the same kernel;
 2. restarts what still failed from the model's suggested initial values (exact Newton
@@ -23,6 +24,8 @@ the result.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import functools
 import sys
@@ -53,6 +56,7 @@ DEFAULT_NTOYS = 2000
 TOY_PARS = ("profiled", "init")
 _MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay frequent
 _SEED_LIMIT = 2**32
+_QUEUED_CHUNKS = 4  # chunks whose host retries may wait for the retry thread
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
 
 
@@ -466,28 +470,43 @@ class ToyCalculator:
             self.stats.compile_seconds += compile_seconds
             return rows, self.mus[i][: rows.size], compiled_call(*args)
 
-        starts = list(range(0, hypothesis.size, chunk))
-        pending = dispatch(starts[0]) if starts else None
-        for k in range(len(starts)):
-            rows, mu_test, outputs = pending
-            # the next chunk runs on the device while the host reads and repairs this one
-            pending = dispatch(starts[k + 1]) if k + 1 < len(starts) else None
-            n = rows.size
-            waited = time.perf_counter()
-            data, pf, ff, sf, cf, px, fx, sx, cx, refitted = (np.asarray(a)[:n].copy() for a in outputs)
+        device = jax.config.jax_default_device  # thread-local: the retry thread re-enters it
+
+        def finish(rows, mu_test, data, free_res, fixed_res, refitted):
+            """The host's part of one chunk: its retries, then its test statistics."""
             repairing = time.perf_counter()
-            self.stats.device_wait_seconds += repairing - waited
-            free_res, fixed_res = [pf, ff, sf, cf], [px, fx, sx, cx]
-            bad = self._repair(data, mu_test, free_res, fixed_res, refitted, group)
+            with jax.default_device(device):
+                bad = self._repair(data, mu_test, free_res, fixed_res, refitted, group)
             self.stats.host_retry_seconds += time.perf_counter() - repairing
             ts = from_fits(self.test_stat, mu_test, fixed_res[1], free_res[1], free_res[0][:, poi])
             out[rows] = np.where(bad, np.nan, ts)
             failed[rows] = bad
-            self.stats.toys += n
-            self.stats.fits += 2 * n
+            self.stats.toys += rows.size
+            self.stats.fits += 2 * rows.size
             self.stats.failed += int(bad.sum())
             if bar is not None:
-                bar.update(n)
+                bar.update(rows.size)
+
+        # The host's retries (iminuit above all: seconds a fit) run in a thread of their
+        # own, chunk after chunk, while this one keeps the device busy with the next
+        # chunks; a chunk's retries depend on its rows only, so the answer is the same.
+        starts = list(range(0, hypothesis.size, chunk))
+        pending = dispatch(starts[0]) if starts else None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufit-retries") as retries:
+            queued = collections.deque()
+            for k in range(len(starts)):
+                rows, mu_test, outputs = pending
+                # the next chunk runs on the device while the host reads and repairs this one
+                pending = dispatch(starts[k + 1]) if k + 1 < len(starts) else None
+                waited = time.perf_counter()
+                data, pf, ff, sf, cf, px, fx, sx, cx, refitted = (np.asarray(a)[: rows.size].copy() for a in outputs)
+                self.stats.device_wait_seconds += time.perf_counter() - waited
+                while len(queued) >= _QUEUED_CHUNKS:  # bounded: each holds a chunk's outputs
+                    queued.popleft().result()
+                queued.append(retries.submit(finish, rows, mu_test, data, [pf, ff, sf, cf], [px, fx, sx, cx],
+                                             refitted))
+            for job in queued:
+                job.result()
         self.stats.seconds += time.perf_counter() - started
         return out, failed
 
