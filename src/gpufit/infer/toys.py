@@ -37,8 +37,7 @@ import numpy as np
 
 from .. import _device
 from ..exceptions import InvalidArgument, ToyFitsFailed
-from ..optimize import fit
-from ..optimize._solver import CONVERGED, MAX_ITERATIONS, minimize_batch
+from ..optimize import CONVERGED, MAX_ITERATIONS, fit, minimize_batch
 from ..optimize.fit import (
     DEFAULT_TOL,
     FIRST_PASS_STEPS,

@@ -1,7 +1,9 @@
-"""Batched optimizer: ``fit`` and its ``FitResult``."""
+"""Batched optimizer: ``fit`` and its ``FitResult``; ``minimize_batch``, the compiled
+lockstep solver underneath, for callers that fit inside their own compiled code (the
+toy calculator), with its status codes."""
 
 from ._result import FitResult
-from ._solver import STATUS
+from ._solver import CONVERGED, MAX_ITERATIONS, STATUS, minimize_batch
 from .fit import fit, resolve_bounds
 
-__all__ = ["fit", "FitResult", "STATUS", "resolve_bounds"]
+__all__ = ["fit", "FitResult", "STATUS", "CONVERGED", "MAX_ITERATIONS", "minimize_batch", "resolve_bounds"]
