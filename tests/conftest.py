@@ -7,6 +7,7 @@ import pytest
 
 import gpufit
 from gpufit.cli._common import data_path
+from gpufit.testing import generate_workspace
 
 WS = data_path("")
 SBOTTOM = os.path.join(WS, "atlas_sbottom_ins1748602")
@@ -69,3 +70,21 @@ def random_points(model, n, seed=0, scale=0.8):
     pts = init + scale * rng.normal(size=(n, model.n_pars)) * free
     pts = np.where(init == 1.0, np.abs(pts - 1.0) * 0.5 + 0.75, pts)  # multiplicative ones near 1
     return np.clip(pts, bounds[:, 0] + 1e-3, bounds[:, 1] - 1e-3)
+
+
+def broken_workspace(monkeypatch):
+    """A model that cannot be fitted: a normsys with lo = 0 makes the likelihood NaN.
+
+    Loading refuses such a model (test_bad_input.py); the load-time check is switched
+    off here to build one anyway, so that the failure accounting of fits and toys
+    meets fits that really fail."""
+    import gpufit.model._model
+    import gpufit.workspace
+
+    for module in (gpufit.workspace, gpufit.model._model):
+        monkeypatch.setattr(module, "check_channel_values", lambda channels: None)
+    spec = generate_workspace(seed=2, n_channels=1, n_bins=2, n_normsys=0, n_histosys=0)
+    spec["channels"][0]["samples"][1]["modifiers"].append(
+        {"name": "broken", "type": "normsys", "data": {"hi": 1.2, "lo": 0.0}}
+    )
+    return gpufit.Workspace(spec)

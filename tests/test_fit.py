@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pyhf
 import pytest
+from conftest import broken_workspace
 from scipy.special import gammaln
 
 import gpufit
@@ -135,7 +136,7 @@ def test_a_repeated_fit_runs_migrad_once(sbottom, monkeypatch):
     fit_module = sys.modules["gpufit.optimize.fit"]
     calls = []
     original = fit_module._minuit_refit
-    monkeypatch.setattr(fit_module, "_minuit_refit", lambda *args: calls.append(1) or original(*args))
+    monkeypatch.setattr(fit_module, "_minuit_refit", lambda *args, **kw: calls.append(1) or original(*args, **kw))
     model, data = sbottom
     other = data.copy()
     other[0] += 1.0
@@ -143,6 +144,28 @@ def test_a_repeated_fit_runs_migrad_once(sbottom, monkeypatch):
     assert len(calls) == 2
     assert result.converged.all() and result.by_minuit.all()
     assert result.twice_nll[0] == result.twice_nll[1]
+
+
+def test_a_fit_fails_only_after_migrad_fails_from_several_starts(monkeypatch):
+    """A likelihood that is NaN everywhere (a normsys with lo = 0): the solver cannot
+    converge, and neither can MIGRAD. The fit is declared failed only after strategy 0
+    from where the solver stopped, then strategy 1 from there and from the fit's start."""
+    fit_module = sys.modules["gpufit.optimize.fit"]
+    calls = []
+    original = fit_module._minuit_refit
+
+    def spy(model, data, x0, free, bounds, tol, strategy=0):
+        calls.append((strategy, np.asarray(x0).copy()))
+        return original(model, data, x0, free, bounds, tol, strategy=strategy)
+
+    monkeypatch.setattr(fit_module, "_minuit_refit", spy)
+    ws = broken_workspace(monkeypatch)
+    model = ws.model()
+    start = model.suggested_init() + 0.1 * ~model.fixed_parameters()
+    result = gpufit.fit(model, ws.data(model), init=start, hesse=False)
+    assert not result.converged and result.by_minuit and result.finished_by == "iminuit"
+    assert [strategy for strategy, _ in calls] == [0, 1, 1]
+    np.testing.assert_array_equal(calls[2][1], start)  # the last from the fit's own start
 
 
 def test_bounds_are_respected(docs_ws):

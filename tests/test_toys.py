@@ -10,7 +10,7 @@ import numpy as np
 import pyhf
 import pytest
 from click.testing import CliRunner
-from conftest import VALIDATION, strict_json
+from conftest import VALIDATION, broken_workspace, strict_json
 from scipy import stats
 
 import gpufit
@@ -312,26 +312,8 @@ def test_host_retries_compute_on_the_callers_device(monkeypatch):
     assert seen and all(device == cpu for device in seen)
 
 
-def _broken_workspace(monkeypatch):
-    """A model that cannot be fitted: a normsys with lo = 0 makes the likelihood NaN.
-
-    Loading refuses such a model (test_bad_input.py); the load-time check is switched
-    off here to build one anyway, so that the toys' failure accounting meets fits that
-    really fail."""
-    import gpufit.model._model
-    import gpufit.workspace
-
-    for module in (gpufit.workspace, gpufit.model._model):
-        monkeypatch.setattr(module, "check_channel_values", lambda channels: None)
-    spec = generate_workspace(seed=2, n_channels=1, n_bins=2, n_normsys=0, n_histosys=0)
-    spec["channels"][0]["samples"][1]["modifiers"].append(
-        {"name": "broken", "type": "normsys", "data": {"hi": 1.2, "lo": 0.0}}
-    )
-    return gpufit.Workspace(spec)
-
-
 def test_failed_fits_are_counted_and_raise_above_threshold(monkeypatch):
-    ws = _broken_workspace(monkeypatch)
+    ws = broken_workspace(monkeypatch)
     model = ws.model()
     data = ws.data(model)
     with pytest.raises(gpufit.ToyFitsFailed, match="failed after every retry") as err:

@@ -14,7 +14,8 @@ host, in a thread of its own so that the device goes on with the next chunks:
 1. continues the stragglers the call had no room for, with the same kernel;
 2. restarts what still failed from the model's suggested initial values (exact Newton
    steps, and heavily damped Gauss-Newton), keeping the lower converged minimum;
-3. hands the rest to iminuit (MIGRAD with the exact gradient, on the CPU);
+3. hands the rest to iminuit (MIGRAD with the exact gradient, on the CPU: strategy 0,
+   then strategy 1 from two starts, :func:`gpufit.fit`'s ``retry``);
 4. refits the local minima left (no room, or a refit that did not converge there).
 
 What still fails is counted: its test statistic is NaN, it is left out of the p-values,
