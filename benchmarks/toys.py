@@ -106,8 +106,7 @@ def main():
         for ntoys in (int(n) for n in args.ntoys.split(",")):
             # the first call compiles the chunk and the retry shapes it meets; time the second
             first = time.perf_counter()
-            _, r0, compiling = time_gpufit(model, data, ntoys, args.mu, seed=12345,
-                                                 chunk_size=args.chunk_size)
+            _, r0, compiling = time_gpufit(model, data, ntoys, args.mu, seed=12345, chunk_size=args.chunk_size)
             first_call = time.perf_counter() - first
             rate, r, timed_compiling = time_gpufit(model, data, ntoys, args.mu, chunk_size=args.chunk_size)
             steady = ntoys / (ntoys / rate - timed_compiling)  # the same call without its compiles

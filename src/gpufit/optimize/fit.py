@@ -147,9 +147,7 @@ def _migrad(model, data, end, start, free, bounds, tol):
         return best
     for x0 in (first, start):
         r = _minuit_refit(model, data, x0, free, bounds, tol, strategy=1)
-        if r[2] and (not best[2] or r[1] < best[1]):
-            best = r
-        elif not best[2]:
+        if not best[2] or (r[2] and r[1] < best[1]):
             best = r
     return best
 
