@@ -7,7 +7,7 @@
 Plans the campaign twice (same settings, so the same campaign and toys), runs one with
 ``executor="local"`` and one with ``executor="dask"`` (a LocalCluster started inside the
 timing, as ``gpufit campaign run --executor dask`` does), checks that the merged results
-are identical, and reports wall times, the speed-up and the parallel efficiency
+are identical (exit status 1 where they are not), and reports wall times, the speed-up and the parallel efficiency
 (speed-up / workers). A plain ``hypotest``-style run of the same toys in one process
 (no job files) is the baseline for the local executor's own overhead.
 """
@@ -73,6 +73,9 @@ def main():
           f"-> speed-up {speedup:.2f}, efficiency {speedup / args.workers:.0%}; identical: {identical}")
     write_report(args.out, "campaign.py", args, [row])
     print(f"wrote {args.out}")
+    if not (identical and same_as_direct):  # a campaign that changes the answer is a failure, not a speed
+        raise SystemExit("the merged results differ between the local and Dask executors or from the direct run "
+                         f"(identical_local_dask={identical}, identical_local_direct={same_as_direct})")
 
 
 if __name__ == "__main__":
