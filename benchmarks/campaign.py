@@ -7,8 +7,8 @@
 Plans the campaign twice (same settings, so the same campaign and toys), runs one with
 ``executor="local"`` and one with ``executor="dask"`` (a LocalCluster started inside the
 timing, as ``gpufit campaign run --executor dask`` does), checks that the merged results
-are identical (exit status 1 where they are not), and reports wall times, the speed-up and the parallel efficiency
-(speed-up / workers). A plain ``hypotest``-style run of the same toys in one process
+are identical (exit status 1 where they are not), and reports wall times, the speed-up
+and the parallel efficiency (speed-up / workers). A plain ``hypotest``-style run of the same toys in one process
 (no job files) is the baseline for the local executor's own overhead.
 """
 
