@@ -305,10 +305,11 @@ def test_host_retries_compute_on_the_callers_device(monkeypatch):
 
     monkeypatch.setattr(toys.ToyCalculator, "_repair", spy)
     cpu = jax.devices("cpu")[0]
-    ws = gpufit.Workspace(generate_workspace(seed=1, n_channels=1, n_bins=2))
+    # the model and chunk shape of the stragglers test above: its compiled chunk is reused
+    ws = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6))
     model = ws.model()
     with jax.default_device(cpu):
-        ToyCalculator(model, ws.data(model), [1.0], ntoys=8, seed=1, progress=False).run()
+        ToyCalculator(model, ws.data(model), [1.0], ntoys=256, seed=5, chunk_size=512, progress=False).run()
     assert seen and all(device == cpu for device in seen)
 
 
