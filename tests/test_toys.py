@@ -313,6 +313,22 @@ def test_host_retries_compute_on_the_callers_device(monkeypatch):
     assert seen and all(device == cpu for device in seen)
 
 
+def test_an_error_in_the_retry_thread_reaches_the_caller(monkeypatch):
+    """The host's retries run in their own thread: an exception there must surface in
+    the call, not vanish with the thread (and leave NaN test statistics behind)."""
+    import gpufit.infer.toys as toys
+
+    def broken(self, *args):
+        raise RuntimeError("retry failed")
+
+    monkeypatch.setattr(toys.ToyCalculator, "_repair", broken)
+    ws = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6))
+    model = ws.model()
+    calc = ToyCalculator(model, ws.data(model), [1.0], ntoys=256, seed=5, chunk_size=512, progress=False)
+    with pytest.raises(RuntimeError, match="retry failed"):
+        calc.run()
+
+
 def test_failed_fits_are_counted_and_raise_above_threshold(monkeypatch):
     ws = broken_workspace(monkeypatch)
     model = ws.model()

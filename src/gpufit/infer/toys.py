@@ -492,7 +492,8 @@ class ToyCalculator:
         # chunks; a chunk's retries depend on its rows only, so the answer is the same.
         starts = list(range(0, hypothesis.size, chunk))
         pending = dispatch(starts[0]) if starts else None
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufit-retries") as retries:
+        retries = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufit-retries")
+        try:
             queued = collections.deque()
             for k in range(len(starts)):
                 rows, mu_test, outputs = pending
@@ -507,6 +508,8 @@ class ToyCalculator:
                                              refitted))
             for job in queued:
                 job.result()
+        finally:  # an error or Ctrl-C does not wait for the retries of the chunks still queued
+            retries.shutdown(wait=False, cancel_futures=True)
         self.stats.seconds += time.perf_counter() - started
         return out, failed
 
