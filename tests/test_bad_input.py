@@ -189,7 +189,8 @@ def test_unknown_names_read_as_english(lbb_ws):
 def test_unconverged_fit_exits_3_after_printing_it(monkeypatch):
     # one solver step is not enough, and the iminuit fallback is made to fail too
     module = sys.modules["gpufit.optimize.fit"]
-    monkeypatch.setattr(module, "_minuit_refit", lambda model, data, x0, *a, **kw: (x0, float("nan"), False, float("nan")))
+    monkeypatch.setattr(module, "_minuit_refit",
+                        lambda model, data, x0, *a, **kw: (x0, float("nan"), False, float("nan")))
     result = cli("fit", "example:sbottom", "--maxiter", "1", "--no-hesse", "--json")
     refused(result, "did not converge", code=3)
     payload = strict_json(result.stdout)  # the result itself, not an error object

@@ -258,8 +258,8 @@ def test_a_minimum_at_the_edge_of_an_empty_bin_is_reached_in_few_steps(lbb_ws):
     fixed-POI fit drives to zero. The expected information 1/nu there let each
     Gauss-Newton step cut the count by ~1.5% only: 483 steps (past the 300 allowed, then
     restarts and iminuit, 22 s; the toy was lost). The end-game edge weights
-    (``_solver._edge_weights``) take ~100. The minimum, 238.217532, is the lowest that
-    MIGRAD (strategy 1) found from the end points of five solver variants."""
+    (``_solver._edge_weights``) take ~100. The minimum, 238.217532, is the lowest found
+    for it by several solver variants and by MIGRAD (strategy 1) from their end points."""
     import jax.numpy as jnp
 
     from gpufit.infer.sampling import sample_toys, toy_keys
