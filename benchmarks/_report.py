@@ -25,6 +25,9 @@ def write_report(path: str, script: str, args, rows: list, threads: str = THREAD
         "gpufit": gpufit.__version__, "pyhf": pyhf.__version__, "jax": jax.__version__,
         "command": f"python benchmarks/{script} " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        # the environment that changes what XLA compiles belongs to the command line
+        "environment": {k: os.environ[k] for k in ("XLA_FLAGS", "JAX_ENABLE_X64", "OMP_NUM_THREADS")
+                        if k in os.environ},
         "rows": rows,
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
