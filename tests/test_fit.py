@@ -180,28 +180,50 @@ def test_bounds_are_respected(docs_ws):
     assert widened.twice_nll < result.twice_nll
 
 
-def test_newton_phase_reaches_the_gauss_newton_minima_in_fewer_steps(sbottom):
-    """Exact-Hessian steps (newton_edm=inf) find the same minima as Gauss-Newton alone on
-    sbottom toys, with no more steps per fit on average (quadratic end game)."""
+def _solver_args(model, n, seed):
+    """minimize_batch's leading arguments for n toys of ``model`` drawn at its suggested
+    init, each fit starting there (tol 1e-8)."""
     import jax
     import jax.numpy as jnp
 
     from gpufit.infer.sampling import sample_toys, toy_keys
 
-    model, _ = sbottom
     m = model.compiled
     b = model.suggested_bounds()
     init = jnp.asarray(model.suggested_init())
-    n = 32
-    keys = toy_keys(3, jnp.zeros(n, int), jnp.zeros(n, int), jnp.arange(n))
+    keys = toy_keys(seed, jnp.zeros(n, int), jnp.zeros(n, int), jnp.arange(n))
     data = jax.jit(sample_toys)(m, init, keys)
-    args = (m, data, jnp.broadcast_to(init, (n, model.n_pars)), jnp.asarray(~model.fixed_parameters()),
+    return (m, data, jnp.broadcast_to(init, (n, model.n_pars)), jnp.asarray(~model.fixed_parameters()),
             jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), 1e-8)
+
+
+def test_newton_phase_reaches_the_gauss_newton_minima_in_fewer_steps(sbottom):
+    """Exact-Hessian steps (newton_edm=inf) find the same minima as Gauss-Newton alone on
+    sbottom toys, with no more steps per fit on average (quadratic end game)."""
+    args = _solver_args(sbottom[0], 32, seed=3)
     gn = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, newton_edm=0.0)]
     nt = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, newton_edm=float("inf"))]
     assert np.all(gn[2] == _solver.CONVERGED) and np.all(nt[2] == _solver.CONVERGED)
     np.testing.assert_allclose(nt[1], gn[1], atol=1e-6, rtol=0)
     assert nt[3].mean() < gn[3].mean()
+
+
+def test_a_funnel_of_narrower_passes_takes_the_same_steps_as_one_pass():
+    """A wide lockstep group (a GPU's) gathers its stragglers into narrower passes that go
+    on from their state: every fit takes the same steps to the same minimum as in one
+    pass (to rounding), and the fits finish at different steps, so each pass ran."""
+    model = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6)).model()
+    args = _solver_args(model, 128, seed=5)
+    one = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=None, funnel=())]
+    funnel = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=None, funnel=(32, 8))]
+    n_iter = one[3]
+    assert np.all(one[2] == _solver.CONVERGED)
+    steps = np.sort(n_iter)
+    assert steps[-33] < steps[-9] < steps[-1]  # the slowest 32, then 8, step in passes of their own
+    np.testing.assert_array_equal(funnel[2], one[2])
+    np.testing.assert_array_equal(funnel[3], n_iter)
+    np.testing.assert_allclose(funnel[1], one[1], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(funnel[0], one[0], rtol=0, atol=1e-7)
 
 
 

@@ -3,11 +3,11 @@
 # scipy and pytest, no network). Run from the repository root, with the wheels that
 # benchmarks/gpu/fetch-wheels.sh downloaded carried in .whl:
 #
-#     bash benchmarks/gpu/run.sh [quick|full|parity|engine]
+#     bash benchmarks/gpu/run.sh [quick|full|parity|engine|parts]
 #
 # It installs the wheels, then runs `gpufit info`, the tests marked gpu (CPU/GPU parity)
 # and benchmarks/toys.py on the GPU, each step under its own time limit so that the whole
-# run ends inside one call (quick: ~4 min, engine: ~6 min, full: at most 8 min). Results land in $OUT (the device
+# run ends inside one call (quick: ~4 min, engine: ~5 min, full: at most 8 min). Results land in $OUT (the device
 # tool's folder that comes back), or benchmarks/results where OUT is unset; a log in $OUT.
 set -uo pipefail
 mode=${1:-full}
@@ -40,15 +40,15 @@ toys() {  # toys SECONDS DTYPE MODELS NTOYS
   step "$1" "toys $2 $3 $4" python3 benchmarks/toys.py --pyhf-toys 0 --dtype "$2" --models "$3" --ntoys "$4" \
     --out "$out/toys-gpu-$2-${3//,/-}.json"
 }
-if [ "$mode" = engine ]; then  # the toy engine alone, in a short call (no info, no tests): ~6 min
-  toys 100 float64 gen40,sbottom 10000,100000
-  # XLA:GPU drives each while loop from the host (one predicate copy per iteration) unless
-  # the loop is captured in a CUDA graph with a conditional node: the same rows with it
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
-    step 100 "toys float64 gen40,sbottom (command buffer WHILE)" python3 benchmarks/toys.py --pyhf-toys 0 \
-    --models gen40,sbottom --ntoys 10000,100000 --out "$out/toys-gpu-float64-gen40-sbottom-while-graph.json"
-  toys 120 float64 1lbb 1000,10000
-  toys 60 float32 sbottom,1lbb 1000,10000
+if [ "$mode" = parts ]; then  # where a solver step's time goes, against the batch width: ~2 min
+  step 380 "step parts" python3 benchmarks/step_parts.py --models sbottom,1lbb,gen40 --batches 1024,32768 \
+    --out "$out/step-parts-gpu.json"
+  echo "done in $((SECONDS - started))s"
+  exit 0
+fi
+if [ "$mode" = engine ]; then  # the toy engine alone, in a short call (no info, no tests): ~5 min
+  toys 170 float64 sbottom,gen40 10000,100000
+  toys 150 float64 1lbb 10000
   echo "done in $((SECONDS - started))s"
   exit 0
 fi

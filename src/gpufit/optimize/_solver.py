@@ -1,10 +1,11 @@
 """A batched, bounded minimizer of -2 log L, for thousands of fits in lockstep.
 
-One fit is written for one dataset and vmapped: JAX turns the per-fit
-``lax.while_loop`` into one loop over the batch that runs while any fit is still
-active, freezing the finished ones (their status is the per-fit mask). A fit runs in
-two phases, each a loop of the same four readable pieces (step, acceptance, damping,
-termination):
+One fit's step is written for one dataset and vmapped; a group of fits loops in
+lockstep while any is still active, freezing the finished ones (their status is the
+per-fit mask). A wide group (a GPU's chunk) runs as a funnel of ever narrower passes
+that carry the stragglers' state (:func:`_minimize_group`), so that it does not step as
+long as its slowest fit. A fit runs in two phases, each a loop of the same four readable
+pieces (step, acceptance, damping, termination):
 
 1. **Gauss-Newton** (far from the minimum). Curvature ``2 J^T diag(n/nu^2) J`` with the
    analytic ``J = d nu / d theta`` [N, P] (:mod:`gpufit.likelihood.derivatives`), plus
@@ -73,6 +74,9 @@ EDGE_FRACTION = 0.1  # a step keeps at least this fraction of an empty bin's exp
 EDGE_ENDGAME_EDM = 1e-3
 EDGE_SLOW = 0.5
 EDGE_WEIGHT_MIN = 1e-3
+# a lockstep group wider than FUNNEL_FACTOR x FUNNEL_MIN fits runs its Gauss-Newton phase as
+# a funnel of passes, each FUNNEL_FACTOR times narrower (funnel_widths)
+FUNNEL_FACTOR, FUNNEL_MIN = 4, 512
 
 
 def _precision(dtype):
@@ -274,41 +278,68 @@ def _pick(ok, new: _State, old: _State) -> _State:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
-def _gauss_newton(m, data, x0, free, lo, hi, maxiter, tol, lam0, handoff, handoff_after):
-    """Phase 1 for ONE fit, from x0: returns its final _State (status HANDOFF when it
-    reached the Newton region)."""
+def _gn_init(m, data, x0, lam0):
+    """The Gauss-Newton state of ONE fit at its start x0 [P]."""
     f0, g0, j0, w0, c0 = twice_nll_gradient_curvature(m, x0, data)
     dtype = x0.dtype
-    empty = data[: m.n_main] == 0
-    state = _State(
+    return _State(
         x=x0, f=f0, g=g0, curvature=(j0, w0, c0, jnp.ones(w0.shape, dtype)),
         lam=jnp.asarray(lam0, dtype), edm=jnp.asarray(jnp.inf, dtype),
         n_iter=jnp.asarray(0), status=jnp.where(jnp.isfinite(f0), RUNNING, NOT_FINITE),
     )
 
-    def body(s):
-        jac, w, c, kappa = s.curvature
-        w_model = jnp.where(empty, kappa * w, w)
-        delta, edm, _ = _bounded_step(lambda a: (solve_damped(m, jac, w_model, c, s.g, s.lam, a), None), s.x, s.g,
-                                      lo, hi, free)
-        nu = 1.0 / w  # in empty bins
-        limits = _edge_limits(jac @ delta, nu, empty)
-        delta = delta * jnp.minimum(1.0, jnp.min(limits))
-        x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
-        step = x_try - s.x
-        f_try, g_try, j_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
-        js = jac @ step
-        quad = 2.0 * (jnp.dot(w_model * js, js) + jnp.dot(c * step, step))
-        ok, lam = _accept(s, f_try, g_try, quad, step)
-        kappa = _edge_weights(kappa, nu, 1.0 / w_try, limits, empty, ok, edm)
-        n_iter = s.n_iter + 1
-        status = _terminate(s.lam, s.f, edm, lam, n_iter, tol, maxiter, handoff, handoff_after)
-        new = _State(x_try, f_try, g_try, (j_try, w_try, c_try, kappa), lam, edm, n_iter, status)
-        picked = _pick(ok, new, s)
-        return picked._replace(lam=lam, edm=edm, n_iter=n_iter, status=status,
-                               curvature=picked.curvature[:3] + (kappa,))
 
-    return jax.lax.while_loop(lambda s: s.status == RUNNING, body, state)
+def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after):
+    """One Gauss-Newton step of ONE running fit: the step, its acceptance, the damping
+    and the status after it."""
+    empty = data[: m.n_main] == 0
+    jac, w, c, kappa = s.curvature
+    w_model = jnp.where(empty, kappa * w, w)
+    delta, edm, _ = _bounded_step(lambda a: (solve_damped(m, jac, w_model, c, s.g, s.lam, a), None), s.x, s.g,
+                                  lo, hi, free)
+    nu = 1.0 / w  # in empty bins
+    limits = _edge_limits(jac @ delta, nu, empty)
+    delta = delta * jnp.minimum(1.0, jnp.min(limits))
+    x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
+    step = x_try - s.x
+    f_try, g_try, j_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
+    js = jac @ step
+    quad = 2.0 * (jnp.dot(w_model * js, js) + jnp.dot(c * step, step))
+    ok, lam = _accept(s, f_try, g_try, quad, step)
+    kappa = _edge_weights(kappa, nu, 1.0 / w_try, limits, empty, ok, edm)
+    n_iter = s.n_iter + 1
+    status = _terminate(s.lam, s.f, edm, lam, n_iter, tol, maxiter, handoff, handoff_after)
+    new = _State(x_try, f_try, g_try, (j_try, w_try, c_try, kappa), lam, edm, n_iter, status)
+    picked = _pick(ok, new, s)
+    return picked._replace(lam=lam, edm=edm, n_iter=n_iter, status=status, curvature=picked.curvature[:3] + (kappa,))
+
+
+def _gn_loop(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after, running_at_most):
+    """Gauss-Newton steps of a lockstep group [G] until at most ``running_at_most`` of
+    its fits are still running (finished fits are frozen: their state does not change).
+    The loop JAX makes of a vmapped ``while_loop``, written out so that a pass can stop
+    before its last fit (:func:`_minimize_group`'s funnel)."""
+    step = jax.vmap(lambda d, st, fr: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, handoff, handoff_after))
+
+    def body(s):
+        running = s.status == RUNNING
+        new = step(data, s, free)
+        return jax.tree_util.tree_map(
+            lambda a, b: jnp.where(running.reshape(running.shape + (1,) * (a.ndim - 1)), a, b), new, s)
+
+    return jax.lax.while_loop(lambda s: jnp.sum(s.status == RUNNING) > running_at_most, body, s)
+
+
+def funnel_widths(batch: int, group: int | None) -> tuple[int, ...]:
+    """The widths of a lockstep group's later passes (:func:`_minimize_group`): the batch
+    group divided by ``FUNNEL_FACTOR``, again, ... down to ``FUNNEL_MIN`` fits; none where
+    the batch steps in narrow groups (a CPU), whose stragglers cost little."""
+    widths = []
+    width = batch if group is None else min(group, batch)
+    while width // FUNNEL_FACTOR >= FUNNEL_MIN:
+        width //= FUNNEL_FACTOR
+        widths.append(width)
+    return tuple(widths)
 
 
 def _newton(m, data, s: _State, curvature, free, lo, hi, maxiter, tol):
@@ -346,11 +377,25 @@ def _newton(m, data, s: _State, curvature, free, lo, hi, maxiter, tol):
     return jax.lax.while_loop(lambda s: s.status == RUNNING, body, s)
 
 
-def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, newton_after):
-    """Fits that step in lockstep: data [G, N + A], x0 [G, P], free [G, P]."""
+def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, newton_after, funnel):
+    """Fits that step in lockstep: data [G, N + A], x0 [G, P], free [G, P].
+
+    A lockstep group runs as long as its slowest fit. With ``funnel`` widths (static,
+    decreasing), phase 1 stops once no more fits are running than the first width, the
+    running ones are gathered into a group of that width and go on from their state,
+    and so on: every fit takes exactly the steps it would in one pass (nothing of its
+    state is recomputed or reset), but the stragglers of a wide group step without it.
+    """
     after = newton_after if newton_after > 0 else None
-    phase1 = jax.vmap(lambda d, x, fr: _gauss_newton(m, d, x, fr, lo, hi, maxiter, tol, lam0, newton_edm, after))
-    s = phase1(data, x0, free)
+    loop = functools.partial(_gn_loop, m, lo=lo, hi=hi, maxiter=maxiter, tol=tol, handoff=newton_edm,
+                             handoff_after=after)
+    s = jax.vmap(lambda d, x: _gn_init(m, d, x, lam0))(data, x0)
+    s = loop(data, s, free, running_at_most=funnel[0] if funnel else 0)
+    for k, width in enumerate(funnel):
+        rows = jnp.argsort(s.status != RUNNING, stable=True)[:width]  # the running fits first
+        part = jax.tree_util.tree_map(lambda a: a[rows], s)
+        part = loop(data[rows], part, free[rows], running_at_most=funnel[k + 1] if k + 1 < len(funnel) else 0)
+        s = jax.tree_util.tree_map(lambda a, b: a.at[rows].set(b), s, part)
     if newton_edm <= 0 and after is None:
         return s.x, s.f, s.status, s.n_iter, s.edm
     need = s.status == HANDOFF
@@ -366,9 +411,10 @@ def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, n
     return s.x, s.f, s.status, s.n_iter, s.edm
 
 
-@functools.partial(jax.jit, static_argnames=("maxiter", "group", "newton_edm", "newton_after"))
+@functools.partial(jax.jit, static_argnames=("maxiter", "group", "newton_edm", "newton_after", "funnel"))
 def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: int | None = None, lam0=1e-3,
-                   newton_edm: float = NEWTON_EDM, newton_after: int = NEWTON_AFTER):
+                   newton_edm: float = NEWTON_EDM, newton_after: int = NEWTON_AFTER,
+                   funnel: tuple[int, ...] | None = None):
     """Minimize -2 log L for B datasets at once.
 
     Args:
@@ -387,13 +433,18 @@ def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: in
         newton_after: Gauss-Newton steps after which a fit moves on to Newton steps
             (0: never). Lockstep fits run as long as the slowest of their group, and the
             slow ones are those whose Gauss-Newton curvature is far from the truth.
+        funnel: widths of the later passes of a group's Gauss-Newton phase
+            (:func:`_minimize_group`); None: :func:`funnel_widths`; (): one pass. The
+            results do not depend on it.
 
     Returns:
         pars [B, P], twice_nll [B], status [B] int, n_iter [B] int, edm [B].
     """
-    one_group = functools.partial(_minimize_group, m, lo=lo, hi=hi, maxiter=maxiter, tol=tol, lam0=lam0,
-                                  newton_edm=newton_edm, newton_after=newton_after)
     b = data.shape[0]
+    if funnel is None:
+        funnel = funnel_widths(b, group)
+    one_group = functools.partial(_minimize_group, m, lo=lo, hi=hi, maxiter=maxiter, tol=tol, lam0=lam0,
+                                  newton_edm=newton_edm, newton_after=newton_after, funnel=funnel)
     free = jnp.broadcast_to(free, x0.shape)
     if group is None or group >= b:
         return one_group(data, x0, free)
