@@ -222,7 +222,7 @@ def check_writable(path: str, option: str) -> None:
         raise click.BadParameter(f"folder {folder!r} is not writable", param_hint=option)
 
 
-def check_plot(path: str | None) -> None:
+def check_plot(path: str | None, option: str = "--plot") -> None:
     """Check ``--plot PATH`` before the computation: matplotlib installed, a known
     image format, a writable folder (a failed plot must not throw away a result)."""
     if not path:
@@ -231,13 +231,13 @@ def check_plot(path: str | None) -> None:
         import matplotlib  # noqa: F401
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
-        raise click.UsageError("--plot needs matplotlib: pip install 'gpufit[plot]'") from None
-    check_writable(path, "--plot")
+        raise click.UsageError(f"{option} needs matplotlib: pip install 'gpufit[plot]'") from None
+    check_writable(path, option)
     formats = FigureCanvasBase.get_supported_filetypes()
     suffix = os.path.splitext(path)[1].lstrip(".").lower()
     if suffix not in formats:
         raise click.BadParameter(f"{path!r} has no image suffix matplotlib writes; use one of "
-                                 f"{', '.join(sorted(formats))}", param_hint="--plot")
+                                 f"{', '.join(sorted(formats))}", param_hint=option)
 
 
 def json_ready(value):

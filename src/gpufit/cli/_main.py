@@ -121,17 +121,30 @@ def _fit_kwargs(tol, maxiter) -> dict:
 @workspace_options
 @click.option("--fixed", "fixed", multiple=True, metavar="NAME=VALUE", help="Fix a parameter (repeatable).")
 @click.option("--no-hesse", is_flag=True, help="Skip the uncertainties and correlations.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write the pulls of the constrained parameters (.png, .pdf, ...).")
+@click.option("--correlation-plot", type=click.Path(dir_okay=False), default=None,
+              help="Write the correlation matrix of the free parameters.")
 @fit_options
 @output_options
-def fit(ws, model, data, fixed, no_hesse, tol, maxiter):
+def fit(ws, model, data, fixed, no_hesse, plot, correlation_plot, tol, maxiter):
     """Maximum-likelihood fit: parameters, twice_nll, converged (exit 3 if it did not)."""
     from ..optimize import fit as run_fit
 
+    for path, option in ((plot, "--plot"), (correlation_plot, "--correlation-plot")):
+        check_plot(path, option)
+        if path and no_hesse:
+            raise click.UsageError(f"{option} draws the fit's uncertainties: drop --no-hesse")
     result = run_fit(model, data, fixed=parse_assignments(fixed, "--fixed"), hesse=not no_hesse,
                      **_fit_kwargs(tol, maxiter))
     payload = result.to_dict()
     if result.correlations is not None:
         payload["correlation"] = {"parameters": list(result.parameter_names), "matrix": result.correlations}
+    from ..plotting import correlation_plot as draw_correlations, pulls_plot
+
+    plot_error = _write_plot(lambda p: pulls_plot(result, model, p), plot, payload)
+    plot_error = _write_plot(lambda p: draw_correlations(result, p), correlation_plot, payload,
+                             "correlation_plot") or plot_error
 
     def table(p):
         click.echo(f"twice_nll = {p['twice_nll']:.6f}   converged = {p['converged']} ({p['status']})")
@@ -150,6 +163,7 @@ def fit(ws, model, data, fixed, no_hesse, tol, maxiter):
             f"the fit did not converge ({payload['status']}: {result.messages.item()}); "
             "the numbers above are where it stopped, not a minimum"
         )
+    _plot_failed(plot_error)
 
 
 @main.command()
@@ -159,21 +173,35 @@ def fit(ws, model, data, fixed, no_hesse, tol, maxiter):
 @click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True,
               help="q0 tests discovery (mu = 0) and reports p0 and Z.")
 @click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="With --calculator toys: write the toys' test-statistic distributions, the asymptotic "
+                   "ones drawn over them (.png, .pdf, ...).")
 @toy_options
 @fit_options
 @output_options
-def hypotest(ws, model, data, mu, test_stat, calculator, toy_options, tol, maxiter):
+def hypotest(ws, model, data, mu, test_stat, calculator, plot, toy_options, tol, maxiter):
     """CLs hypothesis test at one POI value: cls_obs, clsb_obs, clb_obs, cls_exp.
 
     The JSON also carries pyhf's keys (CLs_obs, CLs_exp), and p0/Z for q0.
     """
     from ..infer import hypotest as run
 
+    check_plot(plot)
+    if plot and calculator != "toys":
+        raise click.UsageError("--plot draws the toys' distributions: add --calculator toys")
     start = time.perf_counter()
     result = run(model, data, mu=mu, test_stat=test_stat, calculator=calculator, **toy_options,
                  **_fit_kwargs(tol, maxiter))
     payload = result.to_dict() | {"seconds": time.perf_counter() - start,
                                   "CLs_obs": result.cls_obs, "CLs_exp": np.asarray(result.cls_exp).tolist()}
+    plot_error = None
+    if plot:
+        from ..plotting import teststat_plot
+
+        # the asymptotic distributions need the Asimov statistic: a few fits more
+        asymptotic = run(model, data, mu=mu, test_stat=test_stat, **_fit_kwargs(tol, maxiter)) \
+            if test_stat in ("q", "qtilde") else None
+        plot_error = _write_plot(lambda p: teststat_plot(result, asymptotic, p), plot, payload)
 
     def table(p):
         if p["test_stat"] == "q0":
@@ -194,6 +222,7 @@ def hypotest(ws, model, data, mu, test_stat, calculator, toy_options, tol, maxit
 
     emit(payload, table)
     _warn_failed_fits(payload)
+    _plot_failed(plot_error)
 
 
 def _warn_failed_fits(p: dict) -> None:
@@ -244,8 +273,7 @@ def limit(ws, model, data, mus, level, test_stat, calculator, plot, toy_options,
     emit(payload, table)
     _warn_bounds(payload, "--mus" if mus else "the POI's bounds")
     _warn_failed_fits(payload)
-    if plot_error:
-        raise AfterResult(f"the result above is complete, but the plot failed: {plot_error}")
+    _plot_failed(plot_error)
 
 
 def _limit_text(value, bound) -> str:
@@ -259,19 +287,30 @@ def _warn_bounds(p: dict, scanned: str) -> None:
                    "Extend the scan to bracket them", err=True)
 
 
-def _plot_limit(result, path, payload) -> str | None:
-    """Write the Brazil plot; on failure return why (the computed result is kept)."""
+def _write_plot(draw, path, payload, key="plot") -> str | None:
+    """Run ``draw(path)`` (a :mod:`gpufit.plotting` call) and note it in ``payload[key]``;
+    on failure return why (the computed result is kept and printed first)."""
     if not path:
         return None
+    try:
+        draw(path)
+    except Exception as err:  # noqa: BLE001 - whatever matplotlib raises, the result survives
+        payload[f"{key}_error"] = f"{type(err).__name__}: {err}"
+        return payload[f"{key}_error"]
+    payload[key] = path
+    return None
+
+
+def _plot_failed(plot_error: str | None) -> None:
+    if plot_error:
+        raise AfterResult(f"the result above is complete, but the plot failed: {plot_error}")
+
+
+def _plot_limit(result, path, payload) -> str | None:
+    """Write the Brazil plot."""
     from ..plotting import brazil_plot
 
-    try:
-        brazil_plot(result, path)
-    except Exception as err:  # noqa: BLE001 - whatever matplotlib raises, the result survives
-        payload["plot_error"] = f"{type(err).__name__}: {err}"
-        return payload["plot_error"]
-    payload["plot"] = path
-    return None
+    return _write_plot(lambda p: brazil_plot(result, p), path, payload)
 
 
 @main.command()
@@ -524,5 +563,4 @@ def campaign_merge(directory, allow_partial, level, plot):
     emit(payload, table)
     if "observed" in payload:
         _warn_bounds(payload, "the campaign's mu points")
-    if plot_error:
-        raise AfterResult(f"the result above is complete, but the plot failed: {plot_error}")
+    _plot_failed(plot_error)

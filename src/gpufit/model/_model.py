@@ -109,6 +109,23 @@ class Model:
         """Flags [P] of the parameters the measurement fixes (pyhf's ``suggested_fixed``)."""
         return self._fixed.copy()
 
+    def prior_widths(self) -> np.ndarray:
+        """Prior widths [P] of the constrained parameters (pyhf's ``param_set(name).width()``:
+        the Gaussian sigma, or 1/sqrt(tau) of a Poisson constraint); NaN for unconstrained
+        ones (normfactor, shapefactor). The unit of a pull."""
+        cfg = self.pyhf_model.config
+        width = np.full(self.n_pars, np.nan)
+        for name in self.par_order:
+            paramset = cfg.param_set(name)
+            if paramset.constrained:
+                width[self._groups[name]] = np.asarray(paramset.width(), dtype=float)
+        return width
+
+    def prior_centers(self) -> np.ndarray:
+        """Prior central values [P]: ``suggested_init`` (0 for normsys/histosys, 1 for
+        gammas), from which a pull counts."""
+        return self.suggested_init().astype(float)
+
     def parameter_index(self, name: str) -> int:
         """Index of a parameter: ``"mu"``, ``"staterror_SR[2]"`` or a one-component group."""
         if name in self._groups and self._groups[name].stop - self._groups[name].start == 1:
