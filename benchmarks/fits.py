@@ -20,18 +20,13 @@ import pyhf
 
 import gpufit
 from _report import write_report  # benchmarks/_report.py
-from gpufit.cli._common import data_path
 
 
 def workspace(name):
     """The sbottom (RegionA + 1300_205_60) or 1Lbb (C1N2_Wh_hbb_700_300) workspace."""
-    if name == "sbottom":
-        return gpufit.Workspace.load(data_path("atlas_sbottom_ins1748602/RegionA/BkgOnly.json")).patched(
-            data_path("atlas_sbottom_ins1748602/RegionA/patch.sbottom_1300_205_60.json"))
-    if name == "1lbb":
-        return gpufit.Workspace.load(data_path("atlas_1Lbb_ins1755298/BkgOnly.json")).with_patchset(
-            data_path("atlas_1Lbb_ins1755298/patchset.json.gz"), "C1N2_Wh_hbb_700_300")
-    raise SystemExit(f"unknown model {name!r}; choose sbottom or 1lbb")
+    if name not in ("sbottom", "1lbb"):
+        raise SystemExit(f"unknown model {name!r}; choose sbottom or 1lbb")
+    return gpufit.Workspace.example(name)
 
 
 def load(name):

@@ -6,10 +6,10 @@ import pyhf
 import pytest
 
 import gpufit
-from gpufit.cli._common import data_path
+from gpufit.workspace import bundled_path
 from gpufit.testing import generate_workspace
 
-WS = data_path("")
+WS = bundled_path()
 SBOTTOM = os.path.join(WS, "atlas_sbottom_ins1748602")
 LBB = os.path.join(WS, "atlas_1Lbb_ins1755298")
 VALIDATION = os.path.join(WS, "pyhf_validation")

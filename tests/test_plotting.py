@@ -13,7 +13,7 @@ from scipy import stats
 import gpufit
 from gpufit import plotting
 from gpufit.cli import main
-from gpufit.exceptions import InvalidArgument
+
 
 pytest.importorskip("matplotlib")
 
@@ -43,7 +43,7 @@ def test_teststat_plot_draws_the_toys_and_the_asymptotic_expectation(docs_ws):
     expected = plotting.asymptotic_counts("qtilde", asymptotic.teststat_asimov, edges, 300)
     np.testing.assert_allclose(steps["asymptotic, s+b"].get_data()[0], expected["sb"])
     assert [line.get_xdata()[0] for line in ax.lines] == [toys.teststat]
-    with pytest.raises(InvalidArgument, match="toy result"):
+    with pytest.raises(gpufit.InvalidArgument, match="toy result"):
         plotting.teststat_plot(asymptotic)
 
 
@@ -61,7 +61,7 @@ def test_pulls_are_counted_in_prior_widths(docs_ws):
     np.testing.assert_allclose(points.get_xdata(), (fit.pars[gammas] - 1.0) / width, rtol=1e-9)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["uncorr_bkguncrt[0]", "uncorr_bkguncrt[1]"]
     assert plotting.pulls_plot(fit, model, exclude=("uncorr_",)).lines[-1].get_xdata().size == 0
-    with pytest.raises(InvalidArgument, match="hesse=True"):
+    with pytest.raises(gpufit.InvalidArgument, match="hesse=True"):
         plotting.pulls_plot(gpufit.fit(model, docs_ws.data(model), hesse=False), model)
 
 

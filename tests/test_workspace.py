@@ -129,3 +129,13 @@ def test_public_api():
     }
     assert set(gpufit.__all__) == expected
     assert all(hasattr(gpufit, name) for name in expected)
+
+
+def test_bundled_examples_are_the_published_likelihoods(lbb_ws):
+    """Workspace.example builds the same workspaces as the files and patchsets it names;
+    an unknown name lists the valid ones."""
+    ws = gpufit.Workspace.example("1lbb")
+    assert ws.spec == lbb_ws.spec
+    assert ws.model().n_pars == 126
+    with pytest.raises(gpufit.UnknownName, match="'sbottom', '1lbb', '2ljets', 'docs'"):
+        gpufit.Workspace.example("1Lbb_typo")

@@ -97,7 +97,8 @@ def teststat_plot(result, asymptotic=None, path=None, ax=None, bins=40):
             (``gpufit.hypotest(..., calculator="toys")``).
         asymptotic: the asymptotic result at the same mu (``calculator="asymptotic"``),
             for its Asimov test statistic; q and qtilde only.
-        bins: number of bins, from 0 to past the observed value and the bulk of the toys.
+        bins: number of bins, from 0 to past the observed value and the bulk of the toys
+            (the last bin holds the overflow).
     """
     if result.teststat_sb is None or result.teststat_b is None:
         raise InvalidArgument("teststat_plot needs a toy result (hypotest(..., calculator='toys'))")

@@ -22,7 +22,22 @@ import pyhf
 from .exceptions import InvalidWorkspace, UnknownName
 from .model import Model, check_channel_values
 
-__all__ = ["Workspace", "read_json", "load_patchset", "inspect_workspace"]
+__all__ = ["Workspace", "read_json", "load_patchset", "inspect_workspace", "bundled_path", "EXAMPLES"]
+
+# published likelihoods bundled with gpufit (gpufit/data/workspaces): name -> (workspace,
+# patch, patch name in a patchset or None); Workspace.example(name), `gpufit ... example:NAME`
+EXAMPLES = {
+    "sbottom": ("atlas_sbottom_ins1748602/RegionA/BkgOnly.json",
+                "atlas_sbottom_ins1748602/RegionA/patch.sbottom_1300_205_60.json", None),
+    "1lbb": ("atlas_1Lbb_ins1755298/BkgOnly.json", "atlas_1Lbb_ins1755298/patchset.json.gz", "C1N2_Wh_hbb_700_300"),
+    "2ljets": ("atlas_2Ljets_hepdata116034_ewk_high/workspace.json", None, None),
+    "docs": ("pyhf_docs_2-bin_1-channel.json", None, None),
+}
+
+
+def bundled_path(relative: str = "") -> str:
+    """Path of a bundled workspace file (under ``gpufit/data/workspaces``)."""
+    return os.path.join(os.path.dirname(__file__), "data", "workspaces", relative)
 
 
 def read_json(source) -> Any:
@@ -176,6 +191,20 @@ class Workspace:
     def load(cls, source, validate: bool = True) -> "Workspace":
         """Read a workspace from a ``.json``/``.json.gz`` path, ``"-"`` (stdin) or a file."""
         return cls(read_json(source), validate=validate)
+
+    @classmethod
+    def example(cls, name: str) -> "Workspace":
+        """A bundled published likelihood: ``"sbottom"`` (ATLAS sbottom multi-b, RegionA,
+        signal 1300_205_60), ``"1lbb"`` (ATLAS 1Lbb, C1N2_Wh_hbb_700_300, 126
+        parameters), ``"2ljets"`` (ATLAS 2L+jets electroweak, discovery regions) or
+        ``"docs"`` (pyhf's 2-bin documentation example)."""
+        if name not in EXAMPLES:
+            raise UnknownName("example", name, EXAMPLES)
+        base, patch, patch_name = EXAMPLES[name]
+        ws = cls.load(bundled_path(base))
+        if patch is None:
+            return ws
+        return ws.with_patchset(bundled_path(patch), patch_name) if patch_name else ws.patched(bundled_path(patch))
 
     def patched(self, *patches) -> "Workspace":
         """A new workspace with JSON patches applied (paths, lists of operations, or

@@ -10,20 +10,6 @@ import sys
 import click
 import numpy as np
 
-EXAMPLES = {
-    "sbottom": (
-        "atlas_sbottom_ins1748602/RegionA/BkgOnly.json",
-        "atlas_sbottom_ins1748602/RegionA/patch.sbottom_1300_205_60.json",
-    ),
-    "docs": ("pyhf_docs_2-bin_1-channel.json", None),
-}
-
-
-def data_path(relative: str) -> str:
-    """Path of a bundled workspace file (``gpufit/data/workspaces/...``)."""
-    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "workspaces", relative)
-
-
 def enable_compilation_cache() -> None:
     """Keep compiled kernels between runs (JAX's persistent cache) unless disabled."""
     if os.environ.get("GPUFIT_NO_COMPILATION_CACHE"):
@@ -42,15 +28,13 @@ def enable_compilation_cache() -> None:
 
 def load_workspace(source: str):
     """``WS``: a workspace file, ``-`` (stdin), or ``example:NAME`` (a bundled example)."""
-    from ..workspace import Workspace
+    from ..workspace import EXAMPLES, Workspace
 
     if source.startswith("example:"):
         name = source.split(":", 1)[1]
         if name not in EXAMPLES:
             raise click.BadParameter(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
-        base, patch = EXAMPLES[name]
-        ws = Workspace.load(data_path(base))
-        return ws.patched(data_path(patch)) if patch else ws
+        return Workspace.example(name)
     return Workspace.load(source)
 
 

@@ -99,7 +99,8 @@ def main():
     """Batched HistFactory fits, CLs and limits on JAX (pyhf JSON workspaces).
 
     WS is a workspace file (.json, .json.gz), '-' for stdin, or a bundled example:
-    example:sbottom (ATLAS sbottom RegionA + sbottom_1300_205_60), example:docs.
+    example:sbottom (ATLAS sbottom RegionA + sbottom_1300_205_60), example:1lbb (ATLAS
+    1Lbb + C1N2_Wh_hbb_700_300), example:2ljets (ATLAS 2L+jets EWK), example:docs.
     """
     enable_compilation_cache()
 
@@ -539,11 +540,7 @@ def campaign_merge(directory, allow_partial, level, plot):
     if plot and "observed" in payload:
         from ..infer.intervals import UpperLimitResult
 
-        plot_error = _plot_limit(UpperLimitResult(
-            observed=payload["observed"], expected=np.asarray(payload["expected"]), mus=np.asarray(payload["mus"]),
-            cls_obs=np.asarray(payload["cls_obs"]), cls_exp=np.asarray(payload["cls_exp"]), level=level,
-            test_stat=payload["test_stat"], calculator="toys", observed_bound=payload["observed_bound"],
-            expected_bound=tuple(payload["expected_bound"])), plot, payload)
+        plot_error = _plot_limit(UpperLimitResult.from_dict(payload, level=level), plot, payload)
     if "observed" not in payload:
         payload |= {"CLs_obs": payload["cls_obs"], "CLs_exp": payload["cls_exp"]}
 

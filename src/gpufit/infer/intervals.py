@@ -55,6 +55,19 @@ class UpperLimitResult:
             **({"info": self.info} if self.info is not None else {}),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict, **overrides) -> "UpperLimitResult":
+        """The result back from :meth:`to_dict`'s keys (also those of a merged campaign,
+        ``gpufit.campaign.merge``, which has no ``calculator``: toys)."""
+        fields = dict(
+            observed=d["observed"], expected=np.asarray(d["expected"]), mus=np.asarray(d["mus"]),
+            cls_obs=np.asarray(d["cls_obs"]), cls_exp=np.asarray(d["cls_exp"]), level=d["level"],
+            test_stat=d["test_stat"], calculator=d.get("calculator", "toys"), n_failed=d.get("n_failed", 0),
+            info=d.get("info"), observed_bound=d.get("observed_bound"),
+            expected_bound=tuple(d.get("expected_bound", (None,) * 5)),
+        )
+        return cls(**(fields | overrides))
+
 
 def check_level(level) -> float:
     """The CLs level as a float in (0, 1) (0.05 for a 95% CL limit)."""
