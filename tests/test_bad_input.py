@@ -86,7 +86,7 @@ def test_cli_refuses_bad_arguments_with_json_errors(tmp_path, never_computes):
     refused_json(cli("hypotest", "example:docs", "--mu", "-1", "--json"), "outside the POI's bounds [0, 10]")
     refused_json(cli("limit", "example:docs", "--mus", "abc", "--json"), "START:STOP:COUNT")
     refused_json(cli("fit", "example:docs", "--patch-name", "x", "--json"), "give --patchset")
-    refused(cli("fit", "example:nope"), "choose one of sbottom, docs")
+    refused(cli("fit", "example:nope"), "choose one of sbottom, 1lbb, 2ljets, docs")
     refused(cli("fit", tmp_path / "missing.json"), "does not exist")
     garbage = tmp_path / "garbage.json"
     garbage.write_bytes(os.urandom(64) + b"\xff\xfe")

@@ -125,7 +125,8 @@ def test_public_api():
     expected = {
         "Workspace", "Model", "fit", "FitResult", "hypotest", "upper_limit", "HypoTestResult",
         "UpperLimitResult", "infer", "GpufitError", "InvalidWorkspace", "UnknownName", "InvalidModel",
-        "InvalidShape", "InvalidInterpCode", "UnspecifiedPOI", "BackendUnavailable", "ToyFitsFailed", "__version__",
+        "InvalidShape", "InvalidInterpCode", "InvalidArgument", "LimitOutsideGrid", "UnspecifiedPOI",
+        "BackendUnavailable", "ToyFitsFailed", "__version__",
     }
     assert set(gpufit.__all__) == expected
     assert all(hasattr(gpufit, name) for name in expected)
