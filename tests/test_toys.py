@@ -1,44 +1,22 @@
 """Toys: device sampling, determinism, the batched calculator against pyhf's
 ToyCalculator (statistically, with binomial errors), retries and failure accounting."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pyhf
 import pytest
 from click.testing import CliRunner
-from conftest import VALIDATION, broken_workspace, strict_json
+from conftest import broken_workspace, strict_json
 from scipy import stats
 
 import gpufit
+import pyhf_reference  # tests/pyhf_reference.py
 from gpufit.cli import main
 from gpufit.infer import sampling
 from gpufit.infer.toy_pvalues import toy_pvalues
 from gpufit.infer.toys import ToyCalculator
-from gpufit.testing import generate_workspace, patch_pyhf_percentile
-
-
-def _pyhf_toys(model, data, mu, ntoys, seed, test_stat="qtilde"):
-    """pyhf's ToyCalculator (numpy backend, percentile shim): p-values and distributions."""
-    patch_pyhf_percentile()
-    pyhf.set_backend("numpy")
-    np.random.seed(seed)
-    pm = model.pyhf_model
-    calc = pyhf.infer.utils.create_calculator(
-        "toybased", data, pm, pm.config.suggested_init(), pm.config.suggested_bounds(),
-        pm.config.suggested_fixed(), ntoys=ntoys, test_stat=test_stat, track_progress=False,
-    )
-    obs = calc.teststatistic(mu)
-    sb, b = calc.distributions(mu)
-    clsb, clb, cls = calc.pvalues(obs, sb, b)
-    exp = calc.expected_pvalues(sb, b)
-    return {
-        "clsb": float(clsb), "clb": float(clb), "cls": float(cls), "cls_exp": np.asarray(exp[2], dtype=float),
-        "sb": np.asarray(sb.samples, dtype=float), "b": np.asarray(b.samples, dtype=float), "obs": float(obs),
-    }
+from gpufit.testing import generate_workspace
 
 
 def _within(a, b, n_a, n_b, sigmas=4.0):
@@ -48,27 +26,18 @@ def _within(a, b, n_a, n_b, sigmas=4.0):
     return abs(a - b) <= sigmas * err
 
 
-def _validation(name):
-    ws = gpufit.Workspace.load(os.path.join(VALIDATION, name))
-    return ws
-
-
-@pytest.mark.parametrize(
-    "case,mu,ntoys",
-    [("docs", 1.0, 1500), ("1bin_shapesys.json", 1.0, 600), ("generated", 1.0, 150)],
-)
-def test_toys_agree_with_pyhf(case, mu, ntoys, docs_ws):
-    if case == "docs":
-        ws = docs_ws
-    elif case == "generated":
-        # two channels: the shapefactor of channel 0 cannot absorb the signal of channel 1
-        ws = gpufit.Workspace(generate_workspace(seed=5, n_channels=2, n_bins=2, n_normsys=2, n_histosys=1))
-    else:
-        ws = _validation(case)
+@pytest.mark.parametrize("case", list(pyhf_reference.CASES))
+def test_toys_agree_with_pyhf(case):
+    """Against pyhf's ToyCalculator (run here, or its stored distributions where pyhf takes
+    minutes: tests/pyhf_reference.py), statistically: p-values within binomial errors,
+    distributions by two-sample KS tests, the expected band within bootstrap noise."""
+    mu, ntoys, _ = pyhf_reference.CASES[case]
+    ws = pyhf_reference.workspace(case)
     model = ws.model()
     data = ws.data(model)
     ours = gpufit.hypotest(model, data, mu, calculator="toys", ntoys=4 * ntoys, seed=11, progress=False)
-    ref = _pyhf_toys(model, data, mu, ntoys, seed=11)
+    ref = pyhf_reference.reference(case, model, data)
+    assert len(ref["sb"]) == len(ref["b"]) == ntoys
     assert ours.n_failed == 0
     assert ours.teststat == pytest.approx(ref["obs"], abs=2e-4)
     n_ours, n_ref = 4 * ntoys, ntoys
@@ -95,7 +64,7 @@ def _assert_band_consistent(ours, ref, sigmas=4.0):
     rng = np.random.default_rng(0)
     noise = np.hypot(
         _band_noise(ours.teststat_sb, ours.teststat_b, ours.teststat, rng),
-        _band_noise(ref["sb"], ref["b"], ref["obs"], rng),
+        _band_noise(np.asarray(ref["sb"]), np.asarray(ref["b"]), ref["obs"], rng),
     )
     np.testing.assert_array_less(np.abs(ours.cls_exp - ref["cls_exp"]), sigmas * noise + 1e-3)
 
