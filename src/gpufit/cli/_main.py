@@ -195,14 +195,17 @@ def hypotest(ws, model, data, mu, test_stat, calculator, plot, toy_options, tol,
                  **_fit_kwargs(tol, maxiter))
     payload = result.to_dict() | {"seconds": time.perf_counter() - start,
                                   "CLs_obs": result.cls_obs, "CLs_exp": np.asarray(result.cls_exp).tolist()}
-    plot_error = None
-    if plot:
+
+    def draw(path):
         from ..plotting import teststat_plot
 
-        # the asymptotic distributions need the Asimov statistic: a few fits more
+        # the asymptotic distributions need the Asimov statistic: a few fits more (inside
+        # the plot, whose failure keeps the toys' result)
         asymptotic = run(model, data, mu=mu, test_stat=test_stat, **_fit_kwargs(tol, maxiter)) \
             if test_stat in ("q", "qtilde") else None
-        plot_error = _write_plot(lambda p: teststat_plot(result, asymptotic, p), plot, payload)
+        teststat_plot(result, asymptotic, path)
+
+    plot_error = _write_plot(draw, plot, payload)
 
     def table(p):
         if p["test_stat"] == "q0":
