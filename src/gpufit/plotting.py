@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .exceptions import BackendUnavailable, InvalidArgument
+from .infer.asymptotics import pvalues
 
 _TOY_COLORS = {"sb": "tab:red", "b": "tab:blue"}
 
@@ -75,8 +76,6 @@ def asymptotic_counts(test_stat: str, q_asimov: float, edges, n: int) -> dict:
     functions that give the asymptotic p-values (:func:`gpufit.infer.asymptotics.pvalues`:
     CLsb(q) = P(Q >= q | s+b), CLb(q) = P(Q >= q | b)). The first bin, from 0, holds the
     point mass at q = 0."""
-    from .infer.asymptotics import pvalues
-
     edges = np.asarray(edges, dtype=float)
     r = pvalues(test_stat, np.clip(edges, 0.0, None), np.full(edges.shape, float(q_asimov)))
     out = {}
