@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ..infer.hypotest import cls_fields
 from ..infer.intervals import check_level, crossing
 from ..infer.toy_pvalues import toy_pvalues
 from ._files import BrokenResult, CampaignError, read_result
@@ -92,16 +93,15 @@ def merge(directory: str, allow_partial: bool = False, level: float = 0.05) -> d
             "duplicates_ignored": duplicates, "partial": bool(missing), "n_failed": n_failed}
     base = {"campaign_id": campaign["campaign_id"], "seed": campaign["seed"], "test_stat": campaign["test_stat"],
             "calculator": "toys", "toys": toys, "n_failed": n_failed, "devices": devices}
-    q0 = campaign["test_stat"] == "q0"
     if len(mus) == 1:
         r = results[0]
         if r is None:
             raise CampaignError("no results to merge yet")
+        cls = cls_fields(campaign["test_stat"], r)
         return base | {
             "mu": float(mus[0]), "teststat": float(obs[0]),
-            "cls_obs": r["clsb_obs"] if q0 else r["cls_obs"], "clsb_obs": r["clsb_obs"], "clb_obs": r["clb_obs"],
-            "cls_obs_err": r["clsb_obs_err"] if q0 else r["cls_obs_err"],
-            "cls_exp": (r["clsb_exp"] if q0 else r["cls_exp"]).tolist(),
+            "cls_obs": cls["cls_obs"], "clsb_obs": r["clsb_obs"], "clb_obs": r["clb_obs"],
+            "cls_obs_err": cls["cls_obs_err"], "cls_exp": np.asarray(cls["cls_exp"]).tolist(),
             "clsb_exp": r["clsb_exp"].tolist(), "clb_exp": r["clb_exp"].tolist(),
         }
     have = [i for i in range(len(mus)) if results[i] is not None]

@@ -181,20 +181,29 @@ def hypotest(
                    teststat_asimov=float(r["q_asimov"][0]), n_failed=scan.fits_failed)
 
 
-def _result(r: dict, test_stat: str, calculator: str, **extra) -> HypoTestResult:
-    """The result at the first mu of a calculator's p-value dict (arrays [M], bands [M, 5]).
+def cls_fields(test_stat: str, r: dict) -> dict:
+    """What a hypothesis test reports as CLs, from a p-value dict ``r`` (asymptotic or
+    toys): ``cls_obs``, ``cls_exp`` and, where ``r`` has errors, ``cls_obs_err``. For q0
+    they hold p0 (CLsb) and its band, as pyhf's ``hypotest`` returns them; the one place
+    of that rule (``gpufit hypotest`` and ``gpufit campaign merge`` alike)."""
+    key = "clsb" if test_stat == "q0" else "cls"
+    return {name: r[f"{key}{suffix}"] for name, suffix in
+            (("cls_obs", "_obs"), ("cls_exp", "_exp"), ("cls_obs_err", "_obs_err")) if f"{key}{suffix}" in r}
 
-    For q0 the CLs fields hold p0 and its band, as pyhf's ``hypotest`` returns them.
-    """
-    q0 = test_stat == "q0"
+
+def _result(r: dict, test_stat: str, calculator: str, **extra) -> HypoTestResult:
+    """The result at the first mu of a calculator's p-value dict (arrays [M], bands [M, 5])."""
+    cls = cls_fields(test_stat, r)
+    if "cls_obs_err" in cls:
+        extra["cls_obs_err"] = float(cls["cls_obs_err"][0])
     return HypoTestResult(
         mu=float(r["mu"][0]),
         test_stat=test_stat,
         calculator=calculator,
-        cls_obs=float(r["clsb_obs"][0] if q0 else r["cls_obs"][0]),
+        cls_obs=float(cls["cls_obs"][0]),
         clsb_obs=float(r["clsb_obs"][0]),
         clb_obs=float(r["clb_obs"][0]),
-        cls_exp=np.asarray(r["clsb_exp"][0] if q0 else r["cls_exp"][0]),
+        cls_exp=np.asarray(cls["cls_exp"][0]),
         clsb_exp=np.asarray(r["clsb_exp"][0]),
         clb_exp=np.asarray(r["clb_exp"][0]),
         **extra,
@@ -206,14 +215,12 @@ def _toy_hypotest(model, data, mu, test_stat, toy_options, **fit_options) -> Hyp
 
     calc = ToyCalculator(model, data, [mu], test_stat, **toy_options, **fit_options)
     r = calc.run()
-    q0 = test_stat == "q0"
     return _result(
         r, test_stat, "toys",
         teststat=float(r["teststat_obs"][0]),
         teststat_sb=r["teststat_sb"][0],
         teststat_b=r["teststat_b"][0],
         n_failed=int(r["n_failed"]),
-        cls_obs_err=float(r["clsb_obs_err"][0] if q0 else r["cls_obs_err"][0]),
         clsb_obs_err=float(r["clsb_obs_err"][0]),
         clb_obs_err=float(r["clb_obs_err"][0]),
         info=toy_info(calc, r),
