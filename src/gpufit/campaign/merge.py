@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from ..infer.hypotest import cls_fields
-from ..infer.intervals import check_level, crossing
+from ..infer.intervals import check_level, toy_limit
 from ..infer.toy_pvalues import toy_pvalues
 from ._files import BrokenResult, CampaignError, read_result
 from .plan import load_campaign, planned_jobs
@@ -112,10 +112,5 @@ def merge(directory: str, allow_partial: bool = False, level: float = 0.05) -> d
             f"results for {len(have)} of {len(mus)} mu points; a limit needs at least two. "
             f"Run 'gpufit campaign run {directory}'"
         )
-    limits = [crossing(grid, values[:, j], level) for j in range(6)]
-    return base | {
-        "observed": limits[0][0], "expected": [v for v, _ in limits[1:]],
-        "observed_bound": limits[0][1], "expected_bound": [b for _, b in limits[1:]],
-        "level": level, "mus": grid.tolist(),
-        "cls_obs": values[:, 0].tolist(), "cls_exp": values[:, 1:].tolist(),
-    }
+    # the CLI and the caller say it when a limit is a bound of the grid
+    return base | toy_limit(grid, values, level, campaign["test_stat"], n_failed, warn=False).to_dict()

@@ -190,13 +190,23 @@ def upper_limit(
     return _limit_result(limits, mus, values, level, test_stat, calculator, scan.fits_failed)
 
 
-def _limit_result(limits, mus, values, level, test_stat, calculator, n_failed, info=None) -> UpperLimitResult:
+def toy_limit(mus, values, level, test_stat, n_failed=0, info=None, warn=True) -> UpperLimitResult:
+    """The limits of a toy scan, from its CLs values [M, 6] (observed, then -2..+2 sigma)
+    at the POI values ``mus`` [M]: where each curve crosses ``level``, interpolated
+    between grid points (:func:`crossing`; a toy curve has no values between them). The
+    one rule of :func:`upper_limit` with toys and of ``gpufit.campaign.merge``."""
+    limits = [crossing(mus, values[:, j], level) for j in range(6)]
+    return _limit_result(limits, mus, values, level, test_stat, "toys", n_failed, info, warn=warn)
+
+
+def _limit_result(limits, mus, values, level, test_stat, calculator, n_failed, info=None,
+                  warn=True) -> UpperLimitResult:
     """The result from ``limits`` [6] of ``(limit, bound)`` (observed, then -2..+2 sigma)
     and the scan's CLs values [M, 6]; warns when a limit is a bound of the grid."""
     names = ["observed", "-2 sigma", "-1 sigma", "median expected", "+1 sigma", "+2 sigma"]
     loose = [f"{name} {'>' if bound == 'above' else '<'} {value:g}"
              for name, (value, bound) in zip(names, limits) if bound]
-    if loose:
+    if loose and warn:
         warnings.warn(LimitOutsideGrid(
             f"CLs does not cross {level:g} inside the scanned POI values ({mus[0]:g} to {mus[-1]:g}); "
             f"these limits are bounds, not crossings: {', '.join(loose)}. Extend the scan (mus=) to bracket them"
@@ -238,5 +248,4 @@ def _toy_upper_limit(model, data, mus, level, test_stat, toy_options, **fit_opti
     calc = ToyCalculator(model, data, mus, test_stat, **toy_options, **fit_options)
     r = calc.run()
     values = np.column_stack([r["cls_obs"], r["cls_exp"]])
-    limits = [crossing(mus, values[:, j], level) for j in range(6)]
-    return _limit_result(limits, mus, values, level, test_stat, "toys", int(r["n_failed"]), toy_info(calc, r))
+    return toy_limit(mus, values, level, test_stat, int(r["n_failed"]), toy_info(calc, r))
