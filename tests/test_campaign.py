@@ -59,16 +59,22 @@ def local_run(docs, tmp_path_factory):
     return str(path)
 
 
-def test_one_point_campaign_equals_hypotest(docs, tmp_path):
+@pytest.mark.parametrize("test_stat", ["qtilde", "q0"])
+def test_one_point_campaign_equals_hypotest(docs, tmp_path, test_stat):
+    """A one-point campaign reports what hypotest reports (for q0: p0 in the CLs fields)."""
     model = docs.model()
     data = docs.data(model)
-    _plan(docs, tmp_path, seed=9, mus=[1.0], ntoys=48, per_job=16)
+    _plan(docs, tmp_path, seed=9, mus=[1.0], ntoys=48, per_job=16, test_stat=test_stat)
     campaign.run(str(tmp_path))
     merged = campaign.merge(str(tmp_path))
-    r = gpufit.hypotest(model, data, 1.0, calculator="toys", ntoys=48, seed=9, chunk_size=16, progress=False)
+    r = gpufit.hypotest(model, data, 1.0, test_stat=test_stat, calculator="toys", ntoys=48, seed=9, chunk_size=16,
+                        progress=False)
     sb = np.concatenate([v[0][0] for _, v in sorted(_arrays(str(tmp_path)).items())])
     np.testing.assert_array_equal(sb, r.teststat_sb)
     assert merged["cls_obs"] == r.cls_obs and merged["cls_exp"] == list(r.cls_exp)
+    assert merged["cls_obs_err"] == r.cls_obs_err
+    if test_stat == "q0":
+        assert merged["cls_exp"] == merged["clsb_exp"] != list(np.asarray(r.clb_exp))
     assert merged["toys"]["counted_per_mu"] == [48] and not merged["toys"]["partial"]
     assert merged["devices"] == {"cpu:0 cpu": 3}  # three jobs, each result names its device
 
