@@ -18,8 +18,8 @@ import numpy as np
 import pyhf
 
 import gpufit
+from conftest import VALIDATION  # tests/conftest.py
 from gpufit.testing import generate_workspace, patch_pyhf_percentile
-from gpufit.workspace import bundled_path
 
 STORED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pyhf_toys.json")
 # case: (mu, pyhf toys per hypothesis, stored in STORED rather than run in the test)
@@ -37,7 +37,7 @@ def workspace(case):
     if case == "generated":
         # two channels: the shapefactor of channel 0 cannot absorb the signal of channel 1
         return gpufit.Workspace(generate_workspace(seed=5, n_channels=2, n_bins=2, n_normsys=2, n_histosys=1))
-    return gpufit.Workspace.load(os.path.join(bundled_path("pyhf_validation"), case))
+    return gpufit.Workspace.load(os.path.join(VALIDATION, case))
 
 
 def pyhf_toys(model, data, mu, ntoys, seed, test_stat="qtilde"):

@@ -322,10 +322,7 @@ def _gn_loop(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
     step = jax.vmap(lambda d, st, fr: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, handoff, handoff_after))
 
     def body(s):
-        running = s.status == RUNNING
-        new = step(data, s, free)
-        return jax.tree_util.tree_map(
-            lambda a, b: jnp.where(running.reshape(running.shape + (1,) * (a.ndim - 1)), a, b), new, s)
+        return jax.vmap(_pick)(s.status == RUNNING, step(data, s, free), s)
 
     return jax.lax.while_loop(lambda s: jnp.sum(s.status == RUNNING) > running_at_most, body, s)
 
