@@ -123,7 +123,7 @@ def test_poi_less_model(docs_ws):
 
 def test_public_api():
     expected = {
-        "Workspace", "Model", "fit", "FitResult", "hypotest", "upper_limit", "HypoTestResult",
+        "Workspace", "Model", "fit", "FitResult", "hypotest", "upper_limit", "scan", "ScanResult", "HypoTestResult",
         "UpperLimitResult", "infer", "GpufitError", "InvalidWorkspace", "UnknownName", "InvalidModel",
         "InvalidShape", "InvalidInterpCode", "InvalidArgument", "LimitOutsideGrid", "UnspecifiedPOI",
         "BackendUnavailable", "ToyFitsFailed", "__version__",

@@ -34,7 +34,7 @@ from .exceptions import (  # noqa: E402
 )
 from .model import Model  # noqa: E402
 from .optimize import FitResult, fit  # noqa: E402
-from .infer import HypoTestResult, UpperLimitResult, hypotest, upper_limit  # noqa: E402
+from .infer import HypoTestResult, ScanResult, UpperLimitResult, hypotest, scan, upper_limit  # noqa: E402
 from . import infer  # noqa: E402
 from .workspace import Workspace  # noqa: E402
 
@@ -46,6 +46,8 @@ __all__ = [
     "FitResult",
     "hypotest",
     "upper_limit",
+    "scan",
+    "ScanResult",
     "HypoTestResult",
     "UpperLimitResult",
     "infer",

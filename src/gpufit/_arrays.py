@@ -17,11 +17,13 @@ BACKENDS = ("jax", "numpy")
 
 
 def _jax_namespace() -> types.SimpleNamespace:
+    import jax
     import jax.numpy as jnp
     import jax.scipy.special as jss
 
+    # put: a host array onto the device as it is (jnp.asarray compiles a conversion per shape)
     return types.SimpleNamespace(
-        name="jax", xp=jnp, gammaln=jss.gammaln, xlogy=jss.xlogy, asarray=jnp.asarray
+        name="jax", xp=jnp, gammaln=jss.gammaln, xlogy=jss.xlogy, asarray=jnp.asarray, put=jax.device_put
     )
 
 
@@ -29,7 +31,7 @@ def _numpy_namespace() -> types.SimpleNamespace:
     import scipy.special as ss
 
     return types.SimpleNamespace(
-        name="numpy", xp=np, gammaln=ss.gammaln, xlogy=ss.xlogy, asarray=np.asarray
+        name="numpy", xp=np, gammaln=ss.gammaln, xlogy=ss.xlogy, asarray=np.asarray, put=np.asarray
     )
 
 
@@ -38,7 +40,7 @@ _CACHE: dict[str, types.SimpleNamespace] = {}
 
 
 def get_namespace(backend: str) -> types.SimpleNamespace:
-    """The namespace (``xp``, ``gammaln``, ``xlogy``, ``asarray``) of a backend by name."""
+    """The namespace (``xp``, ``gammaln``, ``xlogy``, ``asarray``, ``put``) of a backend by name."""
     if backend not in _FACTORIES:
         raise InvalidArgument(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend not in _CACHE:

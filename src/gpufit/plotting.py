@@ -5,7 +5,8 @@ ROOT users read them:
 - :func:`teststat_plot`: the toy test-statistic distributions of a hypothesis test, with
   the asymptotic ones drawn over them;
 - :func:`pulls_plot`: nuisance-parameter pulls and constraints of a fit;
-- :func:`correlation_plot`: the correlation matrix of a fit.
+- :func:`correlation_plot`: the correlation matrix of a fit;
+- :func:`contour_plot`: the exclusion contour of a signal grid (``gpufit.scan``).
 
 Each takes the result object and an optional matplotlib ``ax``, returns the axes, and
 saves the figure where ``path`` is given. Importing this module does not import
@@ -201,4 +202,58 @@ def correlation_plot(fit_result, path=None, ax=None, min_correlation=0.0):
                     color="white" if abs(value) > 0.6 else "black")
     pruned = f", |correlation| >= {min_correlation:g}" if min_correlation > 0 else ""
     ax.set_title(f"correlations of {index.size} free parameters{pruned}", fontsize="medium")
+    return _save(ax, path)
+
+
+def contour_plot(result, path=None, ax=None, labels=None):
+    """The exclusion contour of a signal grid in the plane of its two labels: observed
+    (solid) and expected (dashed) lines where CLs at the tested mu equals the level,
+    the expected +-1 sigma band filled, the points marked (crossed where an error left
+    them without numbers).
+
+    CLs is interpolated linearly in log10(CLs) on the Delaunay triangulation of the
+    points (matplotlib's ``tricontour``), so the lines are as good as the grid is dense.
+
+    Args:
+        result: :class:`gpufit.ScanResult` (``gpufit.scan``), or its ``to_dict()``.
+        labels: the two axis titles (default: the patchset's labels, e.g. m1, m2).
+    """
+    d = result.to_dict() if hasattr(result, "to_dict") else result
+    names = list(labels or d["labels"])
+    if len(d["labels"]) != 2:
+        raise InvalidArgument(f"a contour needs points labelled by two values, these have {d['labels']}")
+    rows = [r for r in d["points"] if r.get("cls_obs") is not None and None not in r["cls_exp"]]
+    bad = [r for r in d["points"] if r not in rows]
+    if len(rows) < 3:
+        raise InvalidArgument(f"a contour needs at least 3 points with CLs values, the scan has {len(rows)}")
+    from matplotlib.tri import Triangulation
+
+    ax = _axes(ax, path, (6, 5))
+    xy = np.array([r["values"] for r in rows], dtype=float)
+    tri = Triangulation(xy[:, 0], xy[:, 1])
+    tiny = 1e-300
+    obs = np.log10(np.maximum([r["cls_obs"] for r in rows], tiny) / d["level"])
+    exp = np.log10(np.maximum(np.array([r["cls_exp"] for r in rows], dtype=float), tiny) / d["level"])
+    # inside the +-1 sigma band one of the two curves excludes and the other does not
+    band = exp[:, 1] * exp[:, 3]
+    if np.any(band < 0):
+        ax.tricontourf(tri, band, levels=[band.min() - 1.0, 0.0], colors=["gold"], alpha=0.6)
+    ax.tricontour(tri, exp[:, 2], levels=[0.0], colors="k", linestyles="--")
+    ax.tricontour(tri, obs, levels=[0.0], colors="firebrick", linestyles="-", linewidths=2)
+    ax.plot(xy[:, 0], xy[:, 1], ".", color="grey", ms=3)
+    if bad:
+        ax.plot([r["values"][0] for r in bad], [r["values"][1] for r in bad], "x", color="red", ms=6)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color="firebrick", lw=2, label="observed"),
+               Line2D([], [], color="k", ls="--", label="expected"),
+               Patch(color="gold", alpha=0.6, label=r"expected $\pm 1\sigma$")]
+    if bad:
+        handles.append(Line2D([], [], color="red", marker="x", ls="", label=f"no result ({len(bad)})"))
+    ax.legend(handles=handles, loc="best", frameon=False)
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    cl = 100 * (1 - d["level"])
+    ax.set_title(f"{cl:g}% CL exclusion, CLs at mu = {d['mu']:g} ({d['calculator']}, {d['test_stat']})")
     return _save(ax, path)

@@ -19,7 +19,7 @@ import jsonpatch
 import numpy as np
 import pyhf
 
-from .exceptions import InvalidWorkspace, UnknownName
+from .exceptions import GpufitError, InvalidWorkspace, UnknownName
 from .model import Model, check_channel_values
 
 __all__ = ["Workspace", "read_json", "load_patchset", "inspect_workspace", "bundled_path", "EXAMPLES"]
@@ -115,6 +115,57 @@ def _as_patch(patch) -> jsonpatch.JsonPatch:
             expected="a list of JSON patch operations",
         )
     return jsonpatch.JsonPatch(patch)
+
+
+def _apply_sharing(doc: dict, operations: list) -> dict:
+    """``doc`` with the JSON patch ``operations`` applied, sharing every container the
+    patch does not touch with ``doc`` (which is left unchanged): the containers on each
+    operation's path are copied, nothing else. A deep copy of the ATLAS 1Lbb workspace
+    costs 0.1 s, a grid of 125 points 15 s."""
+    root = copy.copy(doc)
+    mine = {id(root)}
+    for op in operations:
+        for key in ("path", "from"):
+            if key not in op:
+                continue
+            node = root
+            for token in jsonpatch.JsonPointer(op[key]).parts[:-1]:
+                index = int(token) if isinstance(node, list) else token
+                try:
+                    child = node[index]
+                except (KeyError, IndexError, ValueError, TypeError):
+                    break  # jsonpatch reports the bad path below
+                if id(child) not in mine:
+                    child = copy.copy(child)
+                    mine.add(id(child))
+                    node[index] = child
+                node = child
+    try:
+        return jsonpatch.JsonPatch(operations).apply(root, in_place=True)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+        raise InvalidWorkspace(f"patch does not apply to this workspace: {err}") from err
+
+
+def _with_arrays(spec: dict) -> dict:
+    """A shallow copy of a validated spec whose per-bin lists (sample yields, histosys,
+    staterror and shapesys data) are NumPy arrays: pyhf's model deep-copies its spec, and
+    copying an array is one memcpy where a list copies every number (half of a 1Lbb
+    point's model build). For models built with ``validate=False`` only: the schema
+    wants lists."""
+    def modifier(m):
+        data = m["data"]
+        if m["type"] == "histosys":
+            data = {"hi_data": np.asarray(data["hi_data"], float), "lo_data": np.asarray(data["lo_data"], float)}
+        elif m["type"] in ("staterror", "shapesys"):
+            data = np.asarray(data, float)
+        return dict(m, data=data)
+
+    out = dict(spec)
+    out["channels"] = [dict(c, samples=[dict(x, data=np.asarray(x["data"], float),
+                                             modifiers=[modifier(m) for m in x["modifiers"]])
+                                        for x in c["samples"]])
+                       for c in spec["channels"]]
+    return out
 
 
 class Workspace:
@@ -233,6 +284,59 @@ class Workspace:
         except pyhf.exceptions.PatchSetVerificationError as err:
             raise InvalidWorkspace(f"patchset does not belong to this workspace: {err}") from err
 
+    def signal_points(self, patchset, names=None, measurement: str | None = None, **model_options):
+        """The models of the signal points of a pyhf patchset, one patch after another.
+
+        The patchset is checked against this workspace once (pyhf's digest
+        verification), its schema once; each point's spec is this workspace with the
+        patch applied (sharing what the patch leaves alone) and its new samples'
+        numbers are checked (:func:`~gpufit.model.check_channel_values`), so a point
+        costs its model build only (0.1 s on 1Lbb instead of 2.5 s).
+
+        Args:
+            patchset: a path, dict or :class:`pyhf.PatchSet`.
+            names: patch names (default: all, in the patchset's order).
+            measurement, model_options: as :meth:`model`.
+
+        Yields:
+            ``(patch, model, data)`` per point (data [N + A]); ``(patch, error, None)``
+            where the point's model cannot be built (a :class:`~gpufit.GpufitError`).
+        """
+        if not isinstance(patchset, pyhf.PatchSet):
+            patchset = load_patchset(patchset)
+        try:
+            patchset.verify(self._pyhf)
+        except pyhf.exceptions.PatchSetVerificationError as err:
+            raise InvalidWorkspace(f"patchset does not belong to this workspace: {err}") from err
+        by_name = {p.name: p for p in patchset.patches}
+        for name in names if names is not None else list(by_name):
+            if name not in by_name:
+                raise UnknownName("patch", name, list(by_name))
+        base = _with_arrays(dict(self._pyhf))
+        known = {id(sample) for channel in base["channels"] for sample in channel["samples"]}
+        for name in names if names is not None else list(by_name):
+            patch = by_name[name]
+            try:
+                spec = _apply_sharing(base, patch.patch)
+                meas = _pick_measurement(spec, measurement)
+                new = [dict(c, samples=[x for x in c["samples"] if id(x) not in known]) for c in spec["channels"]]
+                check_channel_values(new)
+                modelspec = {"channels": spec["channels"], "parameters": meas["config"]["parameters"]}
+                try:
+                    model = Model(modelspec, poi_name=meas["config"]["poi"], measurement=meas["name"],
+                                  validate=False, **model_options)
+                except GpufitError:
+                    raise
+                except Exception:  # not a valid spec: let the schema name what is wrong
+                    model = Workspace(spec).model(measurement=measurement, **model_options)
+                observed = {o["name"]: o["data"] for o in spec["observations"]}
+                data = np.asarray([x for c in model.channels for x in observed[c]] + list(model.auxdata),
+                                  dtype=model.dtype)
+            except GpufitError as err:
+                yield patch, err, None
+                continue
+            yield patch, model, data
+
     # -- views ------------------------------------------------------------------------
     @property
     def spec(self) -> dict:
@@ -331,6 +435,19 @@ class Workspace:
             with opener(path, "wt") as handle:
                 handle.write(text)
         return text
+
+
+def _pick_measurement(spec: Mapping, name: str | None) -> dict:
+    """A measurement of a spec dict by name (default: the first, as pyhf's)."""
+    measurements = spec.get("measurements") or []
+    if not measurements:
+        raise InvalidWorkspace("workspace has no measurement", path="measurements")
+    if name is None:
+        return measurements[0]
+    for meas in measurements:
+        if meas["name"] == name:
+            return meas
+    raise UnknownName("measurement", name, [m["name"] for m in measurements])
 
 
 def inspect_workspace(ws: Workspace, measurement: str | None = None) -> dict:

@@ -38,25 +38,40 @@ def load_workspace(source: str):
     return Workspace.load(source)
 
 
+def model_options(func):
+    """``--measurement``, ``--normsys-code``, ``--histosys-code`` -> ``measurement``,
+    ``modifier_settings``."""
+
+    @click.option("--measurement", default=None, help="Measurement name (default: the first).")
+    @click.option("--normsys-code", type=click.Choice(["code1", "code4"]), default=None,
+                  help="normsys interpolation (pyhf default: code4).")
+    @click.option("--histosys-code", type=click.Choice(["code0", "code2", "code4p"]), default=None,
+                  help="histosys interpolation (pyhf default: code4p).")
+    @functools.wraps(func)
+    def wrapper(normsys_code, histosys_code, **kwargs):
+        settings = None
+        if normsys_code or histosys_code:  # the one not given keeps pyhf's default
+            settings = {"normsys": {"interpcode": normsys_code or "code4"},
+                        "histosys": {"interpcode": histosys_code or "code4p"}}
+        return func(modifier_settings=settings, **kwargs)
+
+    return wrapper
+
+
 def workspace_options(func):
     """``WS`` plus ``--measurement``, ``--patch``, ``--patchset/--patch-name``, codes."""
 
     @click.argument("workspace", metavar="WS")
-    @click.option("--measurement", default=None, help="Measurement name (default: the first).")
     @click.option("--patch", "patches", multiple=True, type=click.Path(exists=True, dir_okay=False),
                   help="JSON patch file to apply to the workspace (repeatable).")
     @click.option("--patchset", type=click.Path(exists=True, dir_okay=False), default=None,
                   help="pyhf patchset (.json or .json.gz); pick the patch with --patch-name.")
     @click.option("--patch-name", default=None, help="Name of the patch in --patchset.")
-    @click.option("--normsys-code", type=click.Choice(["code1", "code4"]), default=None,
-                  help="normsys interpolation (pyhf default: code4).")
-    @click.option("--histosys-code", type=click.Choice(["code0", "code2", "code4p"]), default=None,
-                  help="histosys interpolation (pyhf default: code4p).")
+    @model_options
     @click.option("--backend", type=click.Choice(["jax", "numpy"]), default="jax", show_default=True)
     @click.option("--float32", "single", is_flag=True, help="Single precision (default: float64).")
     @functools.wraps(func)
-    def wrapper(workspace, measurement, patches, patchset, patch_name, normsys_code, histosys_code,
-                backend, single, **kwargs):
+    def wrapper(workspace, measurement, patches, patchset, patch_name, modifier_settings, backend, single, **kwargs):
         if patch_name and not patchset:
             raise click.UsageError("--patch-name picks a patch of a --patchset; give --patchset FILE too")
 
@@ -67,13 +82,7 @@ def workspace_options(func):
             if not patch_name:
                 raise click.UsageError("--patchset needs --patch-name NAME (the signal point)")
             ws = ws.with_patchset(patchset, patch_name)
-        settings = None
-        if normsys_code or histosys_code:
-            settings = {
-                "normsys": {"interpcode": normsys_code or "code4"},
-                "histosys": {"interpcode": histosys_code or "code4p"},
-            }
-        model = ws.model(measurement=measurement, modifier_settings=settings, backend=backend,
+        model = ws.model(measurement=measurement, modifier_settings=modifier_settings, backend=backend,
                          dtype="float32" if single else "float64")
         return func(ws=ws, model=model, data=ws.data(model), **kwargs)
 

@@ -23,9 +23,11 @@ from .._version import __version__
 from ..exceptions import GpufitError, LimitOutsideGrid, ToyFitsFailed
 from ._common import (
     check_plot,
+    check_writable,
     emit,
     enable_compilation_cache,
     load_workspace,
+    model_options,
     output_options,
     parse_assignments,
     parse_range,
@@ -235,15 +237,22 @@ def _warn_failed_fits(p: dict) -> None:
                    "the p-values may be wrong (try --maxiter or --tol)", err=True)
 
 
+def limit_options(func):
+    """``--mus --level --test-stat --calculator`` of an upper limit (``limit``, ``scan``)."""
+    func = click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic",
+                        show_default=True)(func)
+    func = click.option("--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True)(func)
+    func = click.option("--level", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.05,
+                        show_default=True, help="CLs level (0.05 = 95% CL).")(func)
+    return click.option("--mus", default=None, metavar="START:STOP:COUNT",
+                        help="Scan grid, increasing, inside the POI's bounds, or a,b,c "
+                             "(default: each limit solved by root finding).")(func)
+
+
 @main.command()
 @require_gpu_option
 @workspace_options
-@click.option("--mus", default=None, metavar="START:STOP:COUNT",
-              help="Scan grid, increasing, inside the POI's bounds, or a,b,c (default: root finding).")
-@click.option("--level", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.05,
-              show_default=True, help="CLs level (0.05 = 95% CL).")
-@click.option("--test-stat", type=click.Choice(["qtilde", "q"]), default="qtilde", show_default=True)
-@click.option("--calculator", type=click.Choice(["asymptotic", "toys"]), default="asymptotic", show_default=True)
+@limit_options
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a Brazil-band plot (.png, .pdf, ...).")
 @toy_options
 @fit_options
@@ -315,6 +324,70 @@ def _plot_limit(result, path, payload) -> str | None:
     from ..plotting import brazil_plot
 
     return _write_plot(lambda p: brazil_plot(result, p), path, payload)
+
+
+@main.command()
+@require_gpu_option
+@click.argument("workspace", metavar="BKG")
+@click.option("--patchset", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="pyhf patchset (.json or .json.gz) of the signal points.")
+@click.option("--patches", "patches", multiple=True, metavar="GLOB",
+              help="Patch names or globs to scan (repeatable; default: every patch).")
+@model_options
+@click.option("--mu", type=float, default=1.0, show_default=True, help="POI value of the CLs column.")
+@limit_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for scan.json and scan.csv (made if missing).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write the exclusion contour in the plane of the patchset's labels (.png, .pdf, ...).")
+@toy_options
+@fit_options
+@output_options
+def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, level, test_stat, calculator,
+         out_dir, plot, toy_options, tol, maxiter):
+    """CLs at --mu and upper limits for every signal point of a patchset.
+
+    The points are compiled once (padded to one shape) and, with the asymptotic
+    calculator, fitted together. Rows go to OUT/scan.json and OUT/scan.csv; a point
+    whose model or fits fail is a row with its error (exit status 3 after the rest).
+    """
+    from ..infer.scan import scan as run_scan
+
+    check_plot(plot)
+    check_writable(os.path.abspath(out_dir), "--out")
+    grid = parse_range(mus) if mus else None
+    result = run_scan(load_workspace(workspace), patchset, patches=list(patches) or None, calculator=calculator,
+                      mu=mu, level=level, test_stat=test_stat, mus=grid, measurement=measurement,
+                      modifier_settings=modifier_settings, **toy_options, **_fit_kwargs(tol, maxiter))
+    payload = result.to_dict() | {"files": result.write(out_dir)}
+    plot_error = _write_plot(lambda p: _contour(result, p), plot, payload)
+
+    def table(p):
+        labels = " ".join(f"{name:>8s}" for name in p["labels"])
+        click.echo(f"{'point':<28s} {labels}  {'CLs obs':>9s} {'CLs exp':>9s}  {'UL obs':>8s} {'UL exp':>8s}")
+        for row in p["points"]:
+            values = " ".join(f"{v:>8g}" for v in row["values"])
+            if row["error"]:
+                click.echo(f"{row['name']:<28s} {values}  error: {row['error']}")
+                continue
+            click.echo(f"{row['name']:<28s} {values}  {row['cls_obs']:9.4g} {row['cls_exp'][2]:9.4g}  "
+                       f"{row['upper_limit_obs']:8.4g} {row['upper_limit_exp'][2]:8.4g}")
+        info = p["info"]
+        click.echo(f"{info['n_points']} points, {info['n_shapes']} compiled shape(s), {info['seconds']:.1f} s "
+                   f"on {p['device']}; rows in {p['files']['csv']}")
+
+    emit(payload, table)
+    _plot_failed(plot_error)
+    errors = [row["name"] for row in result.points if row["error"]]
+    if errors:
+        raise ResultNotTrustworthy(f"{len(errors)} of {len(result.points)} points have no result "
+                                   f"({', '.join(errors[:3])}{', ...' if len(errors) > 3 else ''}): see their error")
+
+
+def _contour(result, path):
+    from ..plotting import contour_plot
+
+    contour_plot(result, path)
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -26,10 +27,10 @@ def _jitted(name: str):
     return jax.jit(getattr(kernels, name))
 
 
-def _pyhf_model(modelspec: dict, poi_name, modifier_settings: dict) -> pyhf.Model:
+def _pyhf_model(modelspec: dict, poi_name, modifier_settings: dict, validate: bool = True) -> pyhf.Model:
     try:
         return pyhf.Model(
-            modelspec, poi_name=poi_name, modifier_settings=modifier_settings, validate=True
+            modelspec, poi_name=poi_name, modifier_settings=modifier_settings, validate=validate
         )
     except pyhf.exceptions.InvalidSpecification as err:
         raise InvalidWorkspace(
@@ -63,13 +64,15 @@ class Model:
         backend: str = "jax",
         dtype: str = "float64",
         measurement: str | None = None,
+        validate: bool = True,
     ):
         if dtype not in _DTYPES:
             raise InvalidArgument(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         self.modifier_settings = resolve_modifier_settings(modifier_settings)
-        self.pyhf_model = _pyhf_model(modelspec, poi_name, self.modifier_settings)
+        self.pyhf_model = _pyhf_model(modelspec, poi_name, self.modifier_settings, validate)
         cfg = self.pyhf_model.config
-        check_channel_values(modelspec["channels"])
+        if validate:  # False: the caller checked the schema and check_channel_values (a grid's points)
+            check_channel_values(modelspec["channels"])
         check_poi_scales_something(modelspec["channels"], cfg.poi_name)
         self.measurement = measurement
         self.backend = backend
@@ -93,8 +96,16 @@ class Model:
         host = compile_model(modelspec, cfg, self.modifier_settings, self.dtype)
         self.compiled_numpy = host
         ns = get_namespace(backend)
-        self.compiled = host.map_arrays(lambda name, a: ns.asarray(a))
+        self.compiled = host.map_arrays(lambda name, a: ns.put(a))
         self._ns = ns
+
+    def with_tables(self, host) -> "Model":
+        """The same model with other compiled tables ``host`` (NumPy arrays; e.g. padded to
+        the shape of a grid, :func:`gpufit.model.pad_models`): a shallow copy."""
+        other = copy.copy(self)
+        other.compiled_numpy = host
+        other.compiled = host.map_arrays(lambda name, a: self._ns.put(a))
+        return other
 
     # -- pyhf-style configuration -----------------------------------------------------
     def suggested_init(self) -> np.ndarray:

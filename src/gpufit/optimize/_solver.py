@@ -57,6 +57,7 @@ import jax.numpy as jnp
 
 from ..likelihood.derivatives import twice_nll_gradient_curvature, twice_nll_gradient_hessian, twice_nll_hessian
 from ..likelihood.kernels import expected_main, twice_nll
+from ..model import take
 
 CONVERGED, MAX_ITERATIONS, NOT_FINITE, STALLED, RUNNING, HANDOFF = 0, 1, 2, 3, -1, -2
 STATUS = {
@@ -314,15 +315,18 @@ def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
     return picked._replace(lam=lam, edm=edm, n_iter=n_iter, status=status, curvature=picked.curvature[:3] + (kappa,))
 
 
-def _gn_loop(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after, running_at_most):
+def _gn_loop(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after, running_at_most, per_fit=None):
     """Gauss-Newton steps of a lockstep group [G] until at most ``running_at_most`` of
     its fits are still running (finished fits are frozen: their state does not change).
     The loop JAX makes of a vmapped ``while_loop``, written out so that a pass can stop
-    before its last fit (:func:`_minimize_group`'s funnel)."""
-    step = jax.vmap(lambda d, st, fr: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, handoff, handoff_after))
+    before its last fit (:func:`_minimize_group`'s funnel). ``per_fit=0``: ``m``, ``lo``
+    and ``hi`` have a leading [G] axis, a model per fit."""
+    step = jax.vmap(lambda mm, d, st, fr, low, high: _gn_step(mm, d, st, fr, low, high, maxiter, tol, handoff,
+                                                                handoff_after),
+                    in_axes=(per_fit, 0, 0, 0, per_fit, per_fit))
 
     def body(s):
-        return jax.vmap(_pick)(s.status == RUNNING, step(data, s, free), s)
+        return jax.vmap(_pick)(s.status == RUNNING, step(m, data, s, free, lo, hi), s)
 
     return jax.lax.while_loop(lambda s: jnp.sum(s.status == RUNNING) > running_at_most, body, s)
 
@@ -375,8 +379,12 @@ def _newton(m, data, s: _State, curvature, free, lo, hi, maxiter, tol):
     return jax.lax.while_loop(lambda s: s.status == RUNNING, body, s)
 
 
-def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, newton_after, funnel):
-    """Fits that step in lockstep: data [G, N + A], x0 [G, P], free [G, P].
+def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, newton_after, funnel, per_fit=None,
+                    active=None):
+    """Fits that step in lockstep: data [G, N + A], x0 [G, P], free [G, P]; with
+    ``per_fit=0`` a model per fit (the arrays of ``m`` [G, ...], lo and hi [G, P]; no
+    funnel, no Newton phase), else one model and lo, hi [P]. ``active`` [G] bool: the
+    others (padding) are frozen from the start.
 
     A lockstep group runs as long as its slowest fit. With ``funnel`` widths (static,
     decreasing), phase 1 stops once no more fits are running than the first width, the
@@ -388,9 +396,15 @@ def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, n
     """
     after = newton_after if newton_after > 0 else None
     loop = functools.partial(_gn_loop, m, lo=lo, hi=hi, maxiter=maxiter, tol=tol, handoff=newton_edm,
-                             handoff_after=after)
-    s = jax.vmap(lambda d, x: _gn_init(m, d, x, lam0))(data, x0)
+                             handoff_after=after, per_fit=per_fit)
+    s = jax.vmap(lambda mm, d, x: _gn_init(mm, d, x, lam0), in_axes=(per_fit, 0, 0))(m, data, x0)
+    if active is not None:
+        s = s._replace(status=jnp.where(active, s.status, CONVERGED))
     s = loop(data, s, free, running_at_most=funnel[0] if funnel else 0)
+    if per_fit is not None:
+        if funnel or newton_edm > 0 or after is not None:
+            raise ValueError("a model per fit runs the Gauss-Newton phase in one pass")
+        return s.x, s.f, s.status, s.n_iter, s.edm
     for k, width in enumerate(funnel):
         rows = jnp.argsort(s.status != RUNNING, stable=True)[:width]  # the running fits first
         part = jax.tree_util.tree_map(lambda a: a[rows], s)
@@ -469,3 +483,34 @@ def value_and_grad_one(m, data, pars):
     """
     f, g = jax.value_and_grad(lambda p: twice_nll(m, p, data))(pars)
     return jnp.where(jnp.any(expected_main(m, pars) < 0), jnp.inf, f), g
+
+
+@functools.partial(jax.jit, static_argnames=("group",))
+def minimize_points(stacked, point, data, x0, free, lo, hi, active, tol, maxiter, lam0=1e-3, group: int = 16):
+    """Minimize -2 log L for B fits of the models of a stack (the signal points of a
+    patchset padded to one shape, ``gpufit.model.stack``), each fit of its own point:
+    one compiled call for a whole grid's fits, in lockstep groups of ``group``.
+
+    Args:
+        stacked: compiled models with arrays [S, ...].
+        point: [B] int, the model of each fit.
+        data: [B, N + A]; x0, free: [B, P]; lo, hi: [B, P] (each fit's bounds).
+        active: [B] bool, the fits to run (the others are padding: a group of them
+            costs one evaluation, so one compiled width serves batches of any size).
+        tol, maxiter, lam0: as :func:`minimize_batch` (Gauss-Newton, one pass); maxiter
+            is traced (a first pass and a continuation share the compiled call).
+        group: fits that step in lockstep (B a multiple); groups run one after another.
+
+    Returns:
+        pars [B, P], twice_nll [B], status [B] int, n_iter [B] int, edm [B].
+    """
+    b = data.shape[0]
+
+    def one(args):
+        i, d, x, fr, low, high, on = args
+        return _minimize_group(take(stacked, i), d, x, fr, low, high, maxiter=maxiter, tol=tol, lam0=lam0,
+                               newton_edm=0.0, newton_after=0, funnel=(), per_fit=0, active=on)
+
+    groups = tuple(a.reshape((b // group, group) + a.shape[1:]) for a in (point, data, x0, free, lo, hi, active))
+    out = jax.lax.map(one, groups)
+    return tuple(o.reshape((b,) + o.shape[2:]) for o in out)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
 from ._result import FitResult
-from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, value_and_grad_one
+from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points, value_and_grad_one
 
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
@@ -233,29 +233,12 @@ def fit(
             outs.append([np.asarray(r)[: stop - start] for r in res])
         return [np.concatenate(parts).copy() for parts in zip(*outs)]
 
-    # Lockstep batches run as long as their slowest fit: a first pass with a short cap,
-    # then the stragglers alone (a smaller batch) from where they stopped.
-    # (Newton fits are the few hard ones: one pass, one compiled kernel)
-    first = min(maxiter, FIRST_PASS_STEPS) if n > 1 and not newton else maxiter
-    rows = np.arange(n)
-    pars, twice_nll, status, n_iter, edm = solve(rows, flat_x0, first)
-    late = np.flatnonzero(status == MAX_ITERATIONS)
-    if late.size and maxiter > first:
-        p2, f2, s2, i2, e2 = solve(late, pars[late], maxiter - first)
-        pars[late], twice_nll[late], status[late], n_iter[late], edm[late] = p2, f2, s2, n_iter[late] + i2, e2
-
+    first = min(maxiter, FIRST_PASS_STEPS) if n > 1 and not newton else maxiter  # Newton: the few hard fits
+    pars, twice_nll, status, n_iter, edm = _two_passes(solve, flat_x0, first, maxiter)
     by_minuit = np.zeros(n, bool)
     if retry:
-        done = {}  # a repeated (dataset, start) pair, e.g. padding, runs MIGRAD once
-        for i in np.flatnonzero(status != CONVERGED):
-            key = (flat_data[i].tobytes(), flat_x0[i].tobytes(), pars[i].tobytes())
-            if key not in done:
-                done[key] = _migrad(model, flat_data[i], pars[i], flat_x0[i], free, b, tol)
-            p, f, valid, e = done[key]
-            by_minuit[i] = True
-            if valid and (not np.isfinite(twice_nll[i]) or f <= twice_nll[i] + 1e-6):
-                pars[i], twice_nll[i], edm[i] = p, f, e
-                status[i] = CONVERGED
+        by_minuit = _retry_with_migrad(lambda i: model, flat_data, flat_x0, pars, twice_nll, status, edm,
+                                       lambda i: free, lambda i: b, tol)
 
     converged = status == CONVERGED
     uncertainties = covariance = hesse_valid = None
@@ -281,6 +264,100 @@ def fit(
         hesse_valid=hesse_valid,
         bounds=b,
         by_minuit=by_minuit.reshape(batch_shape),
+    )
+
+
+def _two_passes(solve, x0, first, maxiter):
+    """Lockstep batches run as long as their slowest fit: a first pass of at most
+    ``first`` steps, then the stragglers alone (a smaller batch) from where they stopped.
+    ``solve(rows, starts, steps)`` runs the solver on rows [n'] from starts [n', P].
+
+    Returns:
+        pars [n, P], twice_nll [n], status [n], n_iter [n], edm [n].
+    """
+    rows = np.arange(len(x0))
+    pars, twice_nll, status, n_iter, edm = solve(rows, x0, first)
+    late = np.flatnonzero(status == MAX_ITERATIONS)
+    if late.size and maxiter > first:
+        p2, f2, s2, i2, e2 = solve(late, pars[late], maxiter - first)
+        pars[late], twice_nll[late], status[late], n_iter[late], edm[late] = p2, f2, s2, n_iter[late] + i2, e2
+    return pars, twice_nll, status, n_iter, edm
+
+
+def _retry_with_migrad(model_of, data, x0, pars, twice_nll, status, edm, free_of, bounds_of, tol) -> np.ndarray:
+    """Refit the rows [n] that the solver left unconverged with MIGRAD (:func:`_migrad`),
+    in place; row i's model, free flags and bounds are ``model_of(i)``, ``free_of(i)``
+    and ``bounds_of(i)``. A MIGRAD minimum is taken where valid and not higher.
+
+    Returns:
+        by_minuit [n] bool: the rows MIGRAD had the last word on.
+    """
+    by_minuit = np.zeros(len(x0), bool)
+    done = {}  # a repeated (dataset, start) pair, e.g. padding, runs MIGRAD once
+    for i in np.flatnonzero(status != CONVERGED):
+        key = (data[i].tobytes(), x0[i].tobytes(), pars[i].tobytes())
+        if key not in done:
+            done[key] = _migrad(model_of(i), data[i], pars[i], x0[i], free_of(i), bounds_of(i), tol)
+        p, f, valid, e = done[key]
+        by_minuit[i] = True
+        if valid and (not np.isfinite(twice_nll[i]) or f <= twice_nll[i] + 1e-6):
+            pars[i], twice_nll[i], edm[i] = p, f, e
+            status[i] = CONVERGED
+    return by_minuit
+
+
+def fit_points(stacked, models, point, data, x0, free, *, tol: float = DEFAULT_TOL, maxiter: int = DEFAULT_MAXITER,
+               retry: bool = True) -> FitResult:
+    """Fits of datasets of many models at once: the signal points of a grid, padded to
+    one shape (:func:`gpufit.model.pad_models`), one compiled solver for all. Every fit
+    may be of another point: a lockstep group mixes them.
+
+    Args:
+        stacked: the stacked tables [S, ...] (NumPy or JAX).
+        models: the S padded models (bounds, names and the MIGRAD fallback of each point).
+        point: [n] int, the model of each fit.
+        data: [n, N + A]; x0: [n, P] starts (fixed parameters hold their value);
+            free: [n, P] bool.
+        tol, maxiter, retry: as :func:`fit`.
+
+    Returns:
+        :class:`FitResult` with leading shape [n] (``parameter_names`` and ``bounds``
+        of the first model; ``fixed`` [n, P]).
+    """
+    point = np.asarray(point, dtype=np.int64)
+    free = np.asarray(free, dtype=bool)
+    n = len(point)
+    bounds = np.stack([m.suggested_bounds() for m in models])[point]  # [n, P, 2]
+    x0 = np.where(free, np.clip(x0, bounds[..., 0], bounds[..., 1]), x0)
+    stacked = jax.tree_util.tree_map(jnp.asarray, stacked)
+    # one compiled width for every call: on a CPU 8 lockstep groups, the unused ones
+    # frozen from the start (they cost one evaluation each)
+    group = _device.lockstep_group(default_chunk_size(models[0]))
+    size = 8 * group if _device.platform() == "cpu" else default_chunk_size(models[0])
+
+    def solve(rows, starts, steps):
+        outs = []
+        for start in range(0, len(rows), size):
+            stop = min(start + size, len(rows))
+            pad = size - (stop - start)
+            take = np.concatenate([rows[start:stop], np.repeat(rows[start:start + 1], pad)])
+            x = np.concatenate([starts[start:stop], np.repeat(starts[start:start + 1], pad, 0)])
+            res = minimize_points(
+                stacked, jnp.asarray(point[take]), jnp.asarray(data[take]), jnp.asarray(x), jnp.asarray(free[take]),
+                jnp.asarray(bounds[take, :, 0]), jnp.asarray(bounds[take, :, 1]),
+                jnp.asarray(np.arange(size) < stop - start), tol, steps, group=group,
+            )
+            outs.append([np.asarray(r)[: stop - start] for r in res])
+        return [np.concatenate(parts).copy() for parts in zip(*outs)]
+
+    pars, twice_nll, status, n_iter, edm = _two_passes(solve, x0, min(maxiter, FIRST_PASS_STEPS), maxiter)
+    by_minuit = np.zeros(n, bool)
+    if retry:
+        by_minuit = _retry_with_migrad(lambda i: models[point[i]], data, x0, pars, twice_nll, status, edm,
+                                       lambda i: free[i], lambda i: bounds[i], tol)
+    return FitResult(
+        pars=pars, twice_nll=twice_nll, converged=status == CONVERGED, status=status, n_iter=n_iter, edm=edm,
+        parameter_names=list(models[0].parameter_names), fixed=~free, bounds=bounds[0], by_minuit=by_minuit,
     )
 
 

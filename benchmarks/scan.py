@@ -1,0 +1,108 @@
+"""A whole signal grid: ``gpufit.scan`` over every patch of the ATLAS 1Lbb patchset
+(asymptotic CLs at mu = 1 and upper limits), including model builds and compilation,
+against pyhf's jax backend looping over a few of the same points in the same run.
+
+    python benchmarks/scan.py --patches '*' --pyhf-points 3
+
+pyhf 0.7.6's TOMS 748 limit scan fails on jax arrays (unhashable), so pyhf's points run
+its 21-point linear grid scan (``upper_limit(data, model, scan=grid)``), with the grid
+from 0 to 1.5 times gpufit's largest limit of the point; gpufit runs the same grid on
+those points too (``scan(mus=grid)``), so that the limits compare number for number.
+Prints a table and writes ``benchmarks/results/scan-cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import pyhf
+
+import gpufit
+from _report import write_report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LBB = gpufit.workspace.bundled_path("atlas_1Lbb_ins1755298")
+
+
+def pyhf_point(bkg: gpufit.Workspace, patchset: str, name: str, grid) -> dict:
+    """pyhf (jax backend): the point's model, CLs at mu = 1, and the linear grid scan."""
+    start = time.perf_counter()
+    ws = bkg.with_patchset(patchset, name).pyhf
+    model = ws.model()
+    data = ws.data(model)
+    cls, exp = pyhf.infer.hypotest(1.0, data, model, test_stat="qtilde", return_expected_set=True)
+    obs, exp_lim = pyhf.infer.intervals.upper_limits.upper_limit(data, model, scan=grid)
+    return {"seconds": time.perf_counter() - start, "cls_obs": float(cls),
+            "cls_exp": np.asarray(exp, dtype=float).ravel().tolist(),
+            "limits": [float(obs), *np.asarray(exp_lim, dtype=float).tolist()]}
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patches", default="*", help="glob of the 1Lbb patches to scan")
+    parser.add_argument("--pyhf-points", type=int, default=3,
+                        help="points also run with pyhf's jax backend (spread over the grid)")
+    parser.add_argument("--grid-points", type=int, default=21, help="POI values of pyhf's linear scan")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "scan-cpu.json"))
+    args = parser.parse_args()
+    bkg_path, ps_path = os.path.join(LBB, "BkgOnly.json"), os.path.join(LBB, "patchset.json.gz")
+
+    start = time.perf_counter()
+    result = gpufit.scan(bkg_path, ps_path, patches=args.patches)
+    seconds = time.perf_counter() - start
+    failed = [r["name"] for r in result.points if r["error"]]
+    n = len(result.points)
+    rows = [{"what": "gpufit scan", "points": n, "seconds": seconds, "seconds_per_point": seconds / n,
+             "build_seconds": result.info["build_seconds"], "fits": result.info["fits"],
+             "rounds": result.info["rounds"], "points_with_error": failed,
+             "fits_failed": int(sum(r["n_failed"] for r in result.points)), "device": result.device}]
+    print(f"gpufit: {n} points in {seconds:.1f} s ({seconds / n:.2f} s a point, models built in "
+          f"{result.info['build_seconds']:.1f} s, {result.info['fits']} fits in {result.info['rounds']} rounds), "
+          f"{len(failed)} points with an error")
+    write_report(args.out, "scan.py", args, rows)
+
+    pyhf.set_backend("jax")
+    bkg = gpufit.Workspace.load(bkg_path)
+    picks = np.linspace(0, n - 1, args.pyhf_points).round().astype(int) if args.pyhf_points else []
+    print(f"{'point':<24s} {'pyhf s':>7s} {'CLs rel diff':>12s} {'grid UL rel diff':>16s} "
+          f"{'root vs grid UL':>15s}")
+    pyhf_seconds = 0.0
+    for i in picks:
+        row = result.points[i]
+        grid = np.linspace(0.0, 1.5 * max(row["upper_limit_obs"], *row["upper_limit_exp"]), args.grid_points)
+        ours = gpufit.scan(bkg_path, ps_path, patches=row["name"], mus=grid).points[0]
+        theirs = pyhf_point(bkg, ps_path, row["name"], grid)
+        pyhf_seconds += theirs["seconds"]
+        out = {"what": "pyhf jax point", "point": row["name"], "pyhf_seconds": theirs["seconds"],
+               "grid": grid.tolist(), "pyhf": theirs,
+               "gpufit_cls_obs": row["cls_obs"], "gpufit_cls_exp": row["cls_exp"],
+               "gpufit_grid_limits": [ours["upper_limit_obs"], *ours["upper_limit_exp"]],
+               "gpufit_limits": [row["upper_limit_obs"], *row["upper_limit_exp"]],
+               "cls_max_rel_diff": rel([row["cls_obs"], *row["cls_exp"]], [theirs["cls_obs"], *theirs["cls_exp"]]),
+               "grid_limits_max_rel_diff": rel([ours["upper_limit_obs"], *ours["upper_limit_exp"]],
+                                               theirs["limits"])}
+        out["root_vs_grid_limits_max_rel_diff"] = rel(out["gpufit_limits"], theirs["limits"])
+        rows.append(out)
+        print(f"{row['name']:<24s} {theirs['seconds']:7.1f} {out['cls_max_rel_diff']:12.2e} "
+              f"{out['grid_limits_max_rel_diff']:16.2e} {out['root_vs_grid_limits_max_rel_diff']:15.2e}")
+        write_report(args.out, "scan.py", args, rows)
+    if len(picks):
+        per_point = pyhf_seconds / len(picks)
+        rows.append({"what": "ratio", "pyhf_seconds_per_point": per_point,
+                     "gpufit_seconds_per_point": seconds / n, "speedup": per_point / (seconds / n),
+                     "pyhf_grid": f"{args.grid_points}-point linear scan (pyhf's TOMS 748 scan fails on jax arrays)"})
+        print(f"pyhf jax: {per_point:.1f} s a point ({args.grid_points}-point linear scan); gpufit "
+              f"{seconds / n:.2f} s a point: x{per_point / (seconds / n):.0f}")
+        write_report(args.out, "scan.py", args, rows)
+
+
+if __name__ == "__main__":
+    main()

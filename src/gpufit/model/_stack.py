@@ -1,0 +1,133 @@
+"""Many compiled models in one: the signal points of a patchset, padded to one shape.
+
+The patches of a patchset change numbers (yields, modifier data) and which modifiers
+the signal sample carries, so the compiled tables of two points differ in length (the
+sample-bins K, normsys terms Tn, histosys terms Th, entries per sample-bin M and H).
+Padded to the longest of each, every point fits one shape, and one compiled kernel
+serves them all. Padding is inert: a padded sample-bin has nominal 0 and no bin, a
+padded normsys term is the factor 1 (log hi = log lo = 0, code4 coefficients 0), a
+padded histosys term the shift 0, and no table entry points at them.
+
+Points can share a shape only if they share their parameters and constraints (P, the
+auxiliary data, the solve partition): :func:`stack_key` says which can.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ._compiled import ARRAY_FIELDS, CompiledModel
+from ._solver_tables import jacobian_tables, sample_bin_tables
+
+# arrays that must agree in shape (not in value) for points to be stacked
+_SHAPE_FIXED = ("gauss_par", "pois_par", "aux_order", "con_aux", "unconstrained", "constrained", "jac_index")
+
+
+def stack_key(m: CompiledModel) -> tuple:
+    """Points whose keys are equal can be stacked into one shape (:func:`stack`)."""
+    return (m.normsys_code, m.histosys_code, m.n_main, m.bin_matrix.shape[1], m.con_aux.shape[0]) + tuple(
+        getattr(m, name).shape for name in _SHAPE_FIXED)
+
+
+def _pad(a, shape, value):
+    """``a`` padded at the end of each axis to ``shape`` with ``value``."""
+    out = np.full(shape, value, dtype=a.dtype)
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
+
+
+def _padded(m: CompiledModel, k: int, width_f: int, width_d: int, n_norm: int, n_hist: int) -> CompiledModel:
+    """One model's base tables padded to K = ``k`` sample-bins, ``width_f`` factor and
+    ``width_d`` histosys entries per sample-bin, ``n_norm`` and ``n_hist`` terms; the
+    derived solver tables rebuilt from them (the rules of ``_solver_tables``)."""
+    n_pars = m.con_aux.shape[0]
+    old_f, old_d = n_pars + m.normsys_par.shape[0], m.histosys_par.shape[0]  # their trailing 1.0 and 0.0
+    factor_index = np.where(m.factor_index == old_f, n_pars + n_norm, m.factor_index)
+    factor_index = _pad(factor_index, (k, width_f), n_pars + n_norm)
+    delta_index = _pad(np.where(m.delta_index == old_d, n_hist, m.delta_index), (k, width_d), n_hist)
+    bin_matrix = _pad(m.bin_matrix, (k, m.bin_matrix.shape[1]), 0.0)
+    # padded sample-bins lie in no bin; their entries are all padding, so any bin will do
+    bin_of = np.argmax(bin_matrix, axis=1)
+    normsys_par = _pad(m.normsys_par, (n_norm,), 0)
+    histosys_par = _pad(m.histosys_par, (n_hist,), 0)
+    jac_entries, jac_index = jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par.astype(np.int64),
+                                             histosys_par.astype(np.int64), m.n_main)
+    factor_of, delta_of = sample_bin_tables(factor_index, delta_index, n_pars, normsys_par.astype(np.int64),
+                                            histosys_par.astype(np.int64))
+    return dataclasses.replace(
+        m,
+        nominal=_pad(m.nominal, (k,), 0.0),
+        bin_matrix=bin_matrix,
+        factor_index=factor_index,
+        delta_index=delta_index,
+        normsys_par=normsys_par,
+        normsys_log_hi=_pad(m.normsys_log_hi, (n_norm,), 0.0),
+        normsys_log_lo=_pad(m.normsys_log_lo, (n_norm,), 0.0),
+        normsys_coef=_pad(m.normsys_coef, (n_norm, 6), 0.0),
+        histosys_par=histosys_par,
+        histosys_up=_pad(m.histosys_up, (n_hist,), 0.0),
+        histosys_down=_pad(m.histosys_down, (n_hist,), 0.0),
+        jac_entries=jac_entries,
+        jac_index=jac_index,
+        factor_of=factor_of,
+        delta_of=delta_of,
+    )
+
+
+def stack(models: list[CompiledModel]) -> CompiledModel:
+    """The models, padded to one shape, as one :class:`CompiledModel` whose arrays have
+    a leading axis [S] (point s: ``take(stacked, s)``).
+
+    Raises:
+        ValueError: the models differ in what padding cannot reconcile
+            (:func:`stack_key`); group them by that key first.
+    """
+    if not models:
+        raise ValueError("stack needs at least one model")
+    keys = {stack_key(m) for m in models}
+    if len(keys) > 1:
+        raise ValueError("these models differ in their parameters or constraints; stack them by stack_key")
+    k = max(m.nominal.shape[0] for m in models)
+    width_f = max(m.factor_index.shape[1] for m in models)
+    width_d = max(m.delta_index.shape[1] for m in models)
+    n_norm = max(m.normsys_par.shape[0] for m in models)
+    n_hist = max(m.histosys_par.shape[0] for m in models)
+    padded = [_padded(m, k, width_f, width_d, n_norm, n_hist) for m in models]
+    # the derived tables differ in their number of (bin, parameter) pairs Z and entry
+    # widths: pad them too (padding entries point at the trailing zero of each flat array)
+    zero_c = k * width_f + k * width_d
+    z = max(m.jac_entries.shape[0] for m in padded)
+    width_z = max(m.jac_entries.shape[1] for m in padded)
+    width_lf = max(m.factor_of.shape[2] for m in padded)
+    width_ld = max(m.delta_of.shape[2] for m in padded)
+    n_pars = models[0].con_aux.shape[0]
+    padded = [
+        dataclasses.replace(
+            m,
+            jac_entries=_pad(m.jac_entries, (z, width_z), zero_c),
+            # a pair with no entries indexes past the sums, into the zero _assemble appends;
+            # keep it there now that there are more (all-zero) sums
+            jac_index=np.where(m.jac_index == max(m.jac_entries.shape[0], 1), z, m.jac_index).astype(np.int32),
+            factor_of=_pad(m.factor_of, (k, n_pars, width_lf), k * width_f),
+            delta_of=_pad(m.delta_of, (k, n_pars, width_ld), k * width_d),
+        )
+        for m in padded
+    ]
+    arrays = {name: np.stack([getattr(m, name) for m in padded]) for name in ARRAY_FIELDS}
+    return dataclasses.replace(padded[0], **arrays)
+
+
+def take(stacked: CompiledModel, index) -> CompiledModel:
+    """Point ``index`` of a stacked model: a model of the padded shape (NumPy or JAX
+    arrays alike; ``index`` may be traced)."""
+    return stacked.map_arrays(lambda name, a: a[index])
+
+
+def pad_models(models: list) -> tuple[CompiledModel, list]:
+    """Models (:class:`gpufit.Model`, one :func:`stack_key`) padded to one shape: the
+    stacked tables [S, ...] (NumPy) and each model with its padded tables, whose kernels,
+    fits and toys then share one compiled shape (the same results: padding is inert)."""
+    stacked = stack([m.compiled_numpy for m in models])
+    return stacked, [m.with_tables(take(stacked, i)) for i, m in enumerate(models)]

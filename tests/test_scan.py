@@ -1,0 +1,231 @@
+"""gpufit.scan: every point of a patchset, compiled once, against each point alone and pyhf."""
+
+import copy
+import json
+import os
+import warnings
+
+import numpy as np
+import pyhf
+import pytest
+
+import gpufit
+from gpufit.model import pad_models, stack_key
+from gpufit.infer.scan import ROW_KEYS
+from gpufit.optimize import fit_points
+
+
+def _bkg_spec():
+    def bkg(data, stat, jes=None):
+        modifiers = [
+            {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.92}},
+            {"name": "mu_bkg", "type": "normfactor", "data": None},
+            {"name": f"stat_{stat}", "type": "staterror", "data": [0.1 * x ** 0.5 for x in data]},
+        ]
+        if jes:
+            modifiers.append({"name": "jes", "type": "histosys", "data": {"hi_data": jes[0], "lo_data": jes[1]}})
+        return {"name": "background", "data": data, "modifiers": modifiers}
+
+    return {
+        "channels": [
+            {"name": "SR", "samples": [bkg([12.0, 8.0, 3.0], "SR", ([13.0, 8.5, 3.3], [11.2, 7.6, 2.8]))]},
+            {"name": "CR", "samples": [bkg([110.0, 95.0], "CR")]},
+        ],
+        "observations": [{"name": "SR", "data": [14.0, 7.0, 3.0]}, {"name": "CR", "data": [104.0, 99.0]}],
+        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": [
+            {"name": "mu", "bounds": [[0.0, 10.0]]}, {"name": "mu_bkg", "bounds": [[0.0, 5.0]]}]}}],
+        "version": "1.0.0",
+    }
+
+
+def _signal(data, *modifiers):
+    return {"name": "signal", "data": data,
+            "modifiers": [{"name": "mu", "type": "normfactor", "data": None}, *modifiers]}
+
+
+XSEC = {"name": "sig_xsec", "type": "normsys", "data": {"hi": 1.15, "lo": 0.85}}
+
+
+def _patchset(bkg: dict) -> dict:
+    """Signal points that differ in what padding must reconcile: sample-bins (a signal in
+    one or two channels), modifiers per sample-bin, normsys and histosys terms, a
+    staterror on the signal (other gamma widths); and points with other parameters (no
+    cross-section normsys, or one of their own: other shape families)."""
+    jes = {"name": "jes", "type": "histosys", "data": {"hi_data": [5.5, 3.3, 1.1], "lo_data": [4.6, 2.8, 0.9]}}
+    stat = {"name": "stat_SR", "type": "staterror", "data": [1.0, 0.8, 0.5]}
+    extra = {"name": "sig_extra", "type": "normsys", "data": {"hi": 1.3, "lo": 0.8}}
+    points = [
+        ((300, 0), [_signal([4.0, 2.0, 1.0], XSEC)], []),
+        ((400, 0), [_signal([5.0, 3.0, 1.0], XSEC, jes)], [_signal([1.0, 0.5], XSEC)]),
+        ((500, 100), [_signal([2.0, 4.0, 2.5], stat)], []),
+        ((600, 100), [_signal([0.5, 1.0, 6.0], XSEC, jes, stat)], [_signal([0.2, 0.1], XSEC)]),
+        ((700, 200), [_signal([0.8, 1.5, 2.0], XSEC, extra)], []),
+    ]
+    patches = []
+    for (m1, m2), sr, cr in points:
+        ops = [{"op": "add", "path": "/channels/0/samples/-", "value": s} for s in sr]
+        ops += [{"op": "add", "path": "/channels/1/samples/-", "value": s} for s in cr]
+        patches.append({"metadata": {"name": f"sig_{m1}_{m2}", "values": [m1, m2]}, "patch": ops})
+    return {
+        "metadata": {"name": "test grid", "description": "signal points for tests", "labels": ["m1", "m2"],
+                     "digests": {"sha256": pyhf.utils.digest(bkg)}, "references": {"hepdata": "ins0000000"}},
+        "patches": patches,
+        "version": "1.0.0",
+    }
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grid")
+    bkg = _bkg_spec()
+    paths = {"bkg": str(folder / "BkgOnly.json"), "ps": str(folder / "patchset.json")}
+    with open(paths["bkg"], "w") as handle:
+        json.dump(bkg, handle)
+    with open(paths["ps"], "w") as handle:
+        json.dump(_patchset(bkg), handle)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def result(grid):
+    return gpufit.scan(grid["bkg"], grid["ps"])
+
+
+def _alone(grid, name):
+    ws = gpufit.Workspace.load(grid["bkg"]).with_patchset(grid["ps"], name)
+    model = ws.model()
+    return model, ws.data(model)
+
+
+def test_padded_points_have_the_likelihood_of_each_point_alone(grid):
+    """Padding is inert: every point of the family, padded to the longest tables, has its
+    own log-likelihood (and its fits its own minima) exactly."""
+    ws = gpufit.Workspace.load(grid["bkg"])
+    points = [(m, d) for _, m, d in ws.signal_points(grid["ps"])]
+    family = [(m, d) for m, d in points if stack_key(m.compiled_numpy) == stack_key(points[0][0].compiled_numpy)]
+    assert len(family) == 3  # 500_100 lacks sig_xsec, 700_200 has sig_extra
+    assert len({m.compiled_numpy.nominal.shape for m, _ in family}) > 1  # they do differ in shape
+    stacked, padded = pad_models([m for m, _ in family])
+    rng = np.random.default_rng(3)
+    for (model, data), twin in zip(family, padded):
+        pars = np.clip(model.suggested_init() + rng.normal(0, 0.4, (6, model.n_pars)), *model.suggested_bounds().T)
+        np.testing.assert_allclose(twin.logpdf(pars, data), model.logpdf(pars, data), rtol=1e-12)
+    data = np.stack([d for _, d in family])
+    free = np.tile(~family[0][0].fixed_parameters(), (len(family), 1))
+    inits = np.stack([m.suggested_init() for m, _ in family])
+    together = fit_points(stacked, padded, np.arange(len(family)), data, inits, free)
+    for i, (model, d) in enumerate(family):
+        alone = gpufit.fit(model, d, hesse=False)
+        assert together.converged[i] and alone.converged
+        assert abs(together.twice_nll[i] - alone.twice_nll) < 1e-9
+
+
+def test_scan_rows_equal_each_point_tested_alone(grid, result):
+    """CLs at mu = 1 and the six limits of every point, from one batched scan, equal
+    gpufit.hypotest and gpufit.upper_limit (TOMS 748) on the point compiled alone."""
+    assert [row["name"] for row in result.points] == [f"sig_{a}_{b}" for a, b in
+                                                      [(300, 0), (400, 0), (500, 100), (600, 100), (700, 200)]]
+    assert result.labels == ["m1", "m2"] and result.points[2]["values"] == [500, 100]
+    assert result.info["n_shapes"] == 3
+    for row in result.points[::2] + result.points[3:4]:  # 300 (SR only) and 600 (both) share a shape
+        model, data = _alone(grid, row["name"])
+        h = gpufit.hypotest(model, data, mu=1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gpufit.LimitOutsideGrid)
+            lim = gpufit.upper_limit(model, data)
+        assert row["error"] is None and row["n_failed"] == 0
+        np.testing.assert_allclose(row["cls_obs"], h.cls_obs, rtol=1e-7)
+        np.testing.assert_allclose(row["cls_exp"], h.cls_exp, rtol=1e-7)
+        np.testing.assert_allclose(row["upper_limit_obs"], lim.observed, rtol=1e-6)
+        np.testing.assert_allclose(row["upper_limit_exp"], lim.expected, rtol=1e-6)
+
+
+def test_scan_agrees_with_pyhf(grid, result):
+    """pyhf (numpy backend): CLs to 1e-4, among them on sig_600_100, whose Asimov fit at
+    mu = 1 has two minima (a warm start finds the shallower one, 8.797 against 7.484 in
+    -2 log L; pyhf, gpufit.hypotest and the scan the deeper); limits to pyhf's TOMS 748
+    tolerance (its scan fails on sig_600_100: CLs is 0/0 at its first point, mu = 0)."""
+    for row in result.points[1:4]:
+        model, data = _alone(grid, row["name"])
+        cls, exp = pyhf.infer.hypotest(1.0, data, model.pyhf_model, test_stat="qtilde", return_expected_set=True)
+        np.testing.assert_allclose(row["cls_obs"], float(cls), rtol=1e-4)
+        np.testing.assert_allclose(row["cls_exp"], np.asarray(exp, dtype=float).ravel(), rtol=1e-4)
+        if row["name"] == "sig_600_100":
+            continue
+        obs, exp_lim = pyhf.infer.intervals.upper_limits.upper_limit(data, model.pyhf_model)
+        np.testing.assert_allclose(row["upper_limit_obs"], float(obs), rtol=1e-3)
+        np.testing.assert_allclose(row["upper_limit_exp"], np.asarray(exp_lim, dtype=float), rtol=1e-3)
+
+
+def test_a_point_that_cannot_be_built_is_a_row_with_its_error(grid, tmp_path):
+    """A NaN yield in one patch: that point's row names the JSON path, the others are
+    computed as before."""
+    with open(grid["ps"]) as handle:
+        ps = json.load(handle)
+    ps["patches"][1]["patch"][0]["value"]["data"][1] = float("nan")
+    broken = tmp_path / "patchset.json"
+    broken.write_text(json.dumps(ps))
+    r = gpufit.scan(grid["bkg"], str(broken), patches="sig_[34]00_0")
+    good, bad = r.points
+    assert good["error"] is None and np.isfinite(good["upper_limit_obs"])
+    assert bad["cls_obs"] is None and "InvalidWorkspace" in bad["error"] and "data[1]" in bad["error"]
+
+
+def test_patch_selection_refuses_a_glob_that_matches_nothing(grid):
+    with pytest.raises(gpufit.InvalidArgument, match="no patch of the patchset matches sig_9.*sig_300_0"):
+        gpufit.scan(grid["bkg"], grid["ps"], patches="sig_9*")
+    with pytest.raises(gpufit.InvalidArgument, match="test_stat is qtilde or q"):
+        gpufit.scan(grid["bkg"], grid["ps"], test_stat="q0")
+
+
+def test_scan_writes_json_and_csv(result, tmp_path):
+    paths = result.write(tmp_path / "out")
+    with open(paths["json"]) as handle:
+        back = json.load(handle)
+    assert gpufit.ScanResult.from_dict(back).points == json.loads(json.dumps(result.points))
+    lines = open(paths["csv"]).read().splitlines()
+    assert lines[0].startswith("name,m1,m2,cls_obs,cls_exp_-2") and len(lines) == 1 + len(result.points)
+    assert lines[3].split(",")[:3] == ["sig_500_100", "500", "100"]
+
+
+def test_cli_scan_prints_rows_writes_files_and_the_contour(grid, tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    from click.testing import CliRunner
+
+    from conftest import strict_json
+    from gpufit.cli import main
+
+    out, plot = tmp_path / "out", tmp_path / "contour.png"
+    r = CliRunner().invoke(main, ["scan", grid["bkg"], "--patchset", grid["ps"], "--patches", "sig_[345]*",
+                                  "--patches", "sig_700_200", "--out", str(out), "--plot", str(plot), "--json"])
+    assert r.exit_code == 0, r.output
+    payload = strict_json(r.stdout)
+    assert [row["name"] for row in payload["points"]] == ["sig_300_0", "sig_400_0", "sig_500_100", "sig_700_200"]
+    for row in payload["points"]:
+        assert set(ROW_KEYS) <= set(row) and len(row["cls_exp"]) == 5 and len(row["upper_limit_exp"]) == 5
+    assert payload["device"] and payload["labels"] == ["m1", "m2"]
+    assert json.loads((out / "scan.json").read_text())["points"] == payload["points"]
+    assert (out / "scan.csv").exists() and plot.stat().st_size > 10_000
+
+
+def test_contour_lines_lie_where_cls_crosses_the_level():
+    """A grid whose CLs falls tenfold per 100 in m1: the observed line is m1 = 500 (CLs =
+    0.05 there), the expected one m1 = 600, at every m2."""
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    from gpufit import plotting
+
+    rows = []
+    for m1 in range(200, 1001, 100):
+        for m2 in range(0, 401, 100):
+            obs = 0.05 * 10 ** (-(m1 - 500) / 100)
+            exp = [0.05 * 10 ** (-(m1 - c) / 100) for c in (800, 700, 600, 500, 400)]
+            rows.append({"name": f"p{m1}_{m2}", "values": [m1, m2], "cls_obs": obs, "cls_exp": exp})
+    fake = {"points": rows, "labels": ["m1", "m2"], "level": 0.05, "mu": 1.0, "calculator": "asymptotic",
+            "test_stat": "qtilde"}
+    ax = plotting.contour_plot(fake, path=None)
+    lines = [c for c in ax.collections if hasattr(c, "get_paths") and c.get_paths()]
+    xs = {round(float(np.mean(p.vertices[:, 0]))) for c in lines for p in c.get_paths() if len(p.vertices)}
+    assert {500, 600} <= xs
+    assert ax.get_xlabel() == "m1" and ax.get_ylabel() == "m2"
+    with pytest.raises(gpufit.InvalidArgument, match="two values"):
+        plotting.contour_plot(dict(fake, labels=["m1"]))
