@@ -6,7 +6,8 @@ against pyhf's jax backend looping over a few of the same points in the same run
 
 pyhf 0.7.6's TOMS 748 limit scan fails on jax arrays (unhashable), so pyhf's points run
 its 21-point linear grid scan (``upper_limit(data, model, scan=grid)``), with the grid
-from 0 to 1.5 times gpufit's largest limit of the point; gpufit runs the same grid on
+from 0 to 1.5 times gpufit's largest limit of the point (at most the POI's upper bound,
+5, beyond which pyhf refuses to fit: a limit above it is then a bound in both); gpufit runs the same grid on
 those points too (``scan(mus=grid)``), so that the limits compare number for number.
 Prints a table and writes ``benchmarks/results/scan-cpu.json``.
 """
@@ -77,7 +78,8 @@ def main() -> None:
     pyhf_seconds = 0.0
     for i in picks:
         row = result.points[i]
-        grid = np.linspace(0.0, 1.5 * max(row["upper_limit_obs"], *row["upper_limit_exp"]), args.grid_points)
+        top = min(1.5 * max(row["upper_limit_obs"], *row["upper_limit_exp"]), 5.0)  # mu_SIG's bounds: [0, 5]
+        grid = np.linspace(0.0, top, args.grid_points)
         ours = gpufit.scan(bkg_path, ps_path, patches=row["name"], mus=grid).points[0]
         theirs = pyhf_point(bkg, ps_path, row["name"], grid)
         pyhf_seconds += theirs["seconds"]
