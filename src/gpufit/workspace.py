@@ -319,8 +319,7 @@ class Workspace:
             try:
                 spec = _apply_sharing(base, patch.patch)
                 meas = _pick_measurement(spec, measurement)
-                new = [dict(c, samples=[x for x in c["samples"] if id(x) not in known]) for c in spec["channels"]]
-                check_channel_values(new)
+                check_channel_values(spec["channels"], checked=known)
                 modelspec = {"channels": spec["channels"], "parameters": meas["config"]["parameters"]}
                 try:
                     model = Model(modelspec, poi_name=meas["config"]["poi"], measurement=meas["name"],

@@ -370,8 +370,9 @@ def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, 
             if row["error"]:
                 click.echo(f"{row['name']:<28s} {values}  error: {row['error']}")
                 continue
-            click.echo(f"{row['name']:<28s} {values}  {row['cls_obs']:9.4g} {row['cls_exp'][2]:9.4g}  "
-                       f"{row['upper_limit_obs']:8.4g} {row['upper_limit_exp'][2]:8.4g}")
+            numbers = [row["cls_obs"], row["cls_exp"][2], row["upper_limit_obs"], row["upper_limit_exp"][2]]
+            cls_obs, cls_exp, ul_obs, ul_exp = ("-" if v is None else f"{v:.4g}" for v in numbers)
+            click.echo(f"{row['name']:<28s} {values}  {cls_obs:>9s} {cls_exp:>9s}  {ul_obs:>8s} {ul_exp:>8s}")
         info = p["info"]
         click.echo(f"{info['n_points']} points, {info['n_shapes']} compiled shape(s), {info['seconds']:.1f} s "
                    f"on {p['device']}; rows in {p['files']['csv']}")

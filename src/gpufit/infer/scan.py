@@ -94,6 +94,15 @@ class ScanResult:
                    mu=d["mu"], level=d["level"], device=d["device"], info=d.get("info", {}))
 
 
+def _finite(value):
+    """A row's number, or None where it is not finite (strict JSON has no NaN)."""
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
 def _num(value):
     return "" if value is None else repr(float(value))
 
@@ -183,7 +192,7 @@ def scan(workspace, patchset, patches=None, calculator: str = "asymptotic", mu: 
         else:
             results = _toys(padded, data, mu, level, test_stat, mus, toy_options, fit_options)
         for (row, _, _), result in zip(family, results):
-            row.update(result)
+            row.update({key: _finite(value) for key, value in result.items()})
     info["seconds"] = time.perf_counter() - started
     device = _device.describe(jax.devices()[0])
     return ScanResult(points=rows, labels=labels, calculator=calculator, test_stat=test_stat, mu=mu, level=level,

@@ -29,8 +29,10 @@ def _first_bad(values, rule: str):
     return (int(bad[0]), float(array[bad[0]])) if bad.size else None
 
 
-def check_channel_values(channels) -> None:
-    """Refuse sample yields, modifier data that are not finite and of the right sign.
+def check_channel_values(channels, checked=frozenset()) -> None:
+    """Refuse sample yields, modifier data that are not finite and of the right sign;
+    samples whose ``id`` is in ``checked`` (checked before: a grid's shared background)
+    are skipped.
 
     Raises:
         InvalidWorkspace: naming the JSON path (``channels[0].samples[1].data[3]``), the
@@ -38,6 +40,8 @@ def check_channel_values(channels) -> None:
     """
     for c, channel in enumerate(channels):
         for s, sample in enumerate(channel["samples"]):
+            if id(sample) in checked:
+                continue
             where = f"sample {sample['name']!r} of channel {channel['name']!r}"
             bad = _first_bad(sample["data"], "non-negative")
             if bad:
