@@ -268,3 +268,22 @@ def test_cli_campaign_and_submit_scripts(tmp_path):
     res = runner.invoke(main, ["campaign", "plan", "example:docs", "--mus", "1", "--ntoys", "8",
                                "--toys-per-job", "8", "--out", out])
     assert res.exit_code == 2 and "already holds a campaign" in res.output
+
+
+def test_merge_gives_the_verdict_of_hypotest_on_failed_toys(monkeypatch, tmp_path):
+    """The same toys get the same verdict: where every fit fails, hypotest raises
+    ToyFitsFailed, and so does the merge of a campaign of those toys (max_failed as
+    planned, hypotest's default); with max_failed=1 the merge answers, failures counted."""
+    from conftest import broken_workspace
+
+    ws = broken_workspace(monkeypatch)
+    model = ws.model()
+    with pytest.raises(gpufit.ToyFitsFailed, match="8 of 8 toys") as direct:
+        gpufit.hypotest(model, ws.data(model), 1.0, calculator="toys", ntoys=4, seed=3, progress=False)
+    campaign.plan(ws, str(tmp_path), [1.0], 4, 4, 3, chunk_size=16)
+    campaign.run(str(tmp_path), executor="local")
+    with pytest.raises(gpufit.ToyFitsFailed, match="8 of 8 toys") as merged:
+        campaign.merge(str(tmp_path))
+    assert merged.value.result["n_failed"] == direct.value.result["n_failed"] == 8
+    assert merged.value.max_failed == direct.value.max_failed == 0.01
+    assert campaign.merge(str(tmp_path), max_failed=1.0)["n_failed"] == 8

@@ -19,7 +19,11 @@ from .. import _device
 from .._version import __version__
 from ..infer.sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND
 from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
-from .plan import JOB_FORMAT
+from ..infer.toys import ToyCalculator, progress_bar
+from ..model import pad_models
+from ..workspace import Workspace
+from ..workspace import read_json as read_spec
+from .plan import JOB_FORMAT, _digest
 
 CHECKPOINT_EVERY = 4  # chunks per checkpoint
 
@@ -75,6 +79,20 @@ def _split(ts, job):
     return per_mu[:, 0], per_mu[:, 1]
 
 
+def _grid_point(job_path: str, job: dict, ws):
+    """The model (padded to the family's planned shape, so that every job of the family
+    runs the same compiled kernels) and data of a grid job's point."""
+    path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["patchset"])
+    spec = read_spec(path)
+    if _digest(spec) != job["patchset_digest"]:
+        raise CampaignError(f"{path} is not the patchset job {job['job']} was planned with: it changed after planning")
+    [(_, model, data)] = ws.signal_points(spec, [job["patch"]], measurement=job["measurement"],
+                                          modifier_settings=job["modifier_settings"])
+    if isinstance(model, Exception):
+        raise CampaignError(f"point {job['patch']} of job {job['job']}: {model}")
+    return pad_models([model], job["pad_shape"])[1][0], data
+
+
 def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int = CHECKPOINT_EVERY,
             stop_after_blocks: int | None = None, require_gpu: bool = False) -> dict:
     """Run one job file; return a summary (``status``: "done", "skipped" or "stopped").
@@ -83,9 +101,6 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     resuming; a killed job behaves the same). ``require_gpu``: refuse (before any work)
     unless JAX computes on a GPU here.
     """
-    from ..infer.toys import ToyCalculator, progress_bar
-    from ..workspace import Workspace
-
     if require_gpu:
         _device.require_gpu("a job that needs a GPU")
     job = load_job(job_path)
@@ -99,8 +114,11 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
             f"{ws_path} has digest {ws.digest()}, but job {job['job']} was planned for "
             f"{job['workspace_digest']}: the workspace changed after planning"
         )
-    model = ws.model(measurement=job["measurement"], modifier_settings=job["modifier_settings"])
-    data = ws.data(model)
+    if "patch" in job:
+        model, data = _grid_point(job_path, job, ws)
+    else:
+        model = ws.model(measurement=job["measurement"], modifier_settings=job["modifier_settings"])
+        data = ws.data(model)
     started = time.perf_counter()
     calc = ToyCalculator(model, data, job["mus"], job["test_stat"], ntoys=1, seed=job["seed"],
                          toy_pars=job["toy_pars"], chunk_size=job.get("chunk_size"), max_failed=1.0,

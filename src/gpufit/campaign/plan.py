@@ -8,10 +8,18 @@
 
 A toy depends only on (workspace, seed, hypothesis, mu index, toy index), so any split
 gives the same test statistics.
+
+A signal grid (``patchset=``) is (point x mu points x toys): DIR/workspace.json is the
+background-only workspace, DIR/patchset.json.gz the patchset, and each job names its
+point; a point's toys use the seed :func:`point_seed` (seed, point index), so they equal
+``gpufit.hypotest(..., seed=point_seed(seed, p))`` on that point. The points are padded
+to one shape per family (``gpufit.model.pad_shape``, kept in the plan), so every job of
+a family runs the same compiled kernels.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -22,7 +30,12 @@ from .._version import __version__
 from ..infer.hypotest import check_poi
 from ..infer.intervals import check_grid
 from ..infer.test_statistics import normalize_test_stat
+from ..infer.toy_pvalues import DEFAULT_MAX_FAILED
+from ..infer.scan import select_patches
 from ..infer.toys import check_toy_options
+from ..model import pad_shape, stack_key
+from ..workspace import load_patchset
+from ..workspace import read_json as read_spec
 from ._files import CampaignError, atomic_write_bytes, atomic_write_json, read_json
 
 CAMPAIGN_FORMAT = "gpufit-campaign/1"
@@ -33,10 +46,38 @@ def job_name(index: int) -> str:
     return f"job-{index:04d}"
 
 
+def point_seed(seed: int, point: int) -> int:
+    """The toy seed of point ``point`` of a grid campaign with seed ``seed`` (a 32-bit
+    integer drawn from both by NumPy's SeedSequence: distinct points, independent toys)."""
+    return int(np.random.SeedSequence([int(seed), int(point)]).generate_state(1, np.uint32)[0])
+
+
+def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings) -> tuple[dict, dict, object]:
+    """The points of a grid campaign (checked: each builds, each tests ``mus``), the
+    patchset spec to write and the first point's model: ``({"labels", "points",
+    "shapes"}, spec, model)``."""
+    spec = patchset if isinstance(patchset, dict) else read_spec(patchset)
+    ps = load_patchset(spec)
+    points, families, first = [], {}, None
+    for index, (patch, model, _) in enumerate(ws.signal_points(ps, select_patches(ps, patches), measurement=measurement,
+                                                               modifier_settings=modifier_settings)):
+        if isinstance(model, Exception):
+            raise CampaignError(f"point {patch.name}: {model}")
+        check_poi(model, mus=mus)
+        first = first or model
+        key = stack_key(model.compiled_numpy)
+        families.setdefault(key, []).append(model.compiled_numpy)
+        points.append({"name": patch.name, "values": list(patch.values), "seed": point_seed(seed, index),
+                       "family": list(families).index(key)})
+    shapes = [pad_shape(models) for models in families.values()]
+    return {"labels": list(ps.labels), "points": points, "shapes": shapes}, spec, first
+
+
 def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, test_stat: str = "qtilde",
          toy_pars: str = "profiled", measurement: str | None = None, modifier_settings: dict | None = None,
          chunk_size: int | None = None, submit: str | None = None, gpu: bool = False,
-         container: str | None = None) -> dict:
+         container: str | None = None, max_failed: float = DEFAULT_MAX_FAILED, patchset=None, patches=None,
+         mu: float = 1.0) -> dict:
     """Write a campaign into ``out`` and return its ``campaign.json`` content.
 
     Args:
@@ -45,19 +86,31 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         submit: also write a batch script: ``"slurm"``, ``"htcondor"`` or ``"panda"``.
         gpu: ask the batch system for one GPU per job.
         container: image for the submit scripts (default: the CPU image name).
+        max_failed: the fraction of toys whose fits may fail, above which ``merge``
+            refuses the answer as ``hypotest`` does (``gpufit.ToyFitsFailed``).
+        patchset, patches: a signal grid: ``ws`` is the background-only workspace,
+            ``patchset`` a pyhf patchset (path or dict) and ``patches`` a glob or list
+            of the points to plan (default: all); ``mu`` is the POI value whose CLs the
+            merged table shows (one of ``mus``; the limits need two mus or more).
     """
 
     mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
     if not mus:
         raise CampaignError("a campaign needs at least one mu point")
-    check_toy_options(ntoys=ntoys, seed=seed, toy_pars=toy_pars, chunk_size=chunk_size)
+    check_toy_options(ntoys=ntoys, seed=seed, toy_pars=toy_pars, chunk_size=chunk_size, max_failed=max_failed)
     if isinstance(toys_per_job, bool) or not isinstance(toys_per_job, (int, np.integer)) or toys_per_job < 1:
         raise CampaignError(f"toys_per_job must be an integer >= 1, got {toys_per_job!r}")
     test_stat = normalize_test_stat(test_stat)
-    model = ws.model(measurement=measurement, modifier_settings=modifier_settings)  # validates the setup
-    poi_range = check_poi(model, mus=mus)  # the rules of hypotest and upper_limit
-    if len(mus) > 1:
-        check_grid(mus, poi_range)
+    grid = spec = None
+    if patchset is not None:
+        if len(mus) > 1:
+            check_grid(mus)
+        grid, spec, model = _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings)
+    else:
+        model = ws.model(measurement=measurement, modifier_settings=modifier_settings)  # validates the setup
+        poi_range = check_poi(model, mus=mus)  # the rules of hypotest and upper_limit
+        if len(mus) > 1:
+            check_grid(mus, poi_range)
     if os.path.exists(os.path.join(out, "campaign.json")):
         raise CampaignError(f"{out} already holds a campaign; plan into a new directory")
     settings = {
@@ -73,7 +126,10 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         "test_stat": test_stat,
         "toy_pars": toy_pars,
         "chunk_size": chunk_size,
+        "max_failed": float(max_failed),
     }
+    if grid is not None:
+        settings |= {"patchset": "patchset.json.gz", "patchset_digest": _digest(spec), "mu": float(mu), **grid}
     campaign_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     jobs = planned_jobs(settings)
     campaign = {"format": CAMPAIGN_FORMAT, "campaign_id": campaign_id, "gpufit_version": __version__,
@@ -81,11 +137,14 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
     os.makedirs(os.path.join(out, "jobs"), exist_ok=True)
     os.makedirs(os.path.join(out, "results"), exist_ok=True)
     atomic_write_bytes(os.path.join(out, "workspace.json"), ws.to_json().encode())
+    if grid is not None:
+        atomic_write_bytes(os.path.join(out, "patchset.json.gz"), gzip.compress(json.dumps(spec).encode(), mtime=0))
+    shared = {k: v for k, v in settings.items() if k not in ("workspace", "points", "shapes", "labels")}
     for job in jobs:
+        extra = {"patchset": "../patchset.json.gz", "pad_shape": settings["shapes"][job["family"]]} if grid else {}
         atomic_write_json(os.path.join(out, "jobs", job["job"] + ".json"), {
-            "format": JOB_FORMAT, "campaign_id": campaign_id,
-            **{k: v for k, v in settings.items() if k != "workspace"},
-            "workspace": "../workspace.json", **job,
+            "format": JOB_FORMAT, "campaign_id": campaign_id, **shared,
+            "workspace": "../workspace.json", **extra, **job,
         })
     atomic_write_json(os.path.join(out, "campaign.json"), campaign)
     if submit:
@@ -103,11 +162,22 @@ def load_campaign(directory: str) -> dict:
 
 
 def planned_jobs(campaign: dict) -> list[dict]:
-    """The jobs a campaign's settings imply (independent of the job files on disk):
-    for each mu index, consecutive toy ranges of ``toys_per_job``."""
+    """The jobs a campaign's settings imply (independent of the job files on disk): for
+    each point of a grid (else the one workspace) and mu index, consecutive toy ranges
+    of ``toys_per_job``. A grid's job also names its ``point`` (index), ``patch``,
+    ``family`` and ``seed`` (:func:`point_seed`)."""
     jobs = []
-    for i in range(len(campaign["mus"])):
-        for start in range(0, campaign["ntoys"], campaign["toys_per_job"]):
-            jobs.append({"job": job_name(len(jobs)), "mu_indices": [i], "toy_start": start,
-                         "toy_stop": min(start + campaign["toys_per_job"], campaign["ntoys"])})
+    points = campaign.get("points") or [None]
+    for p, point in enumerate(points):
+        for i in range(len(campaign["mus"])):
+            for start in range(0, campaign["ntoys"], campaign["toys_per_job"]):
+                job = {"job": job_name(len(jobs)), "mu_indices": [i], "toy_start": start,
+                       "toy_stop": min(start + campaign["toys_per_job"], campaign["ntoys"])}
+                if point is not None:
+                    job |= {"point": p, "patch": point["name"], "family": point["family"], "seed": point["seed"]}
+                jobs.append(job)
     return jobs
+
+
+def _digest(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -58,8 +58,15 @@ def model_options(func):
     return wrapper
 
 
-def workspace_options(func):
-    """``WS`` plus ``--measurement``, ``--patch``, ``--patchset/--patch-name``, codes."""
+def workspace_options(func=None, *, grid: bool = False):
+    """``WS`` plus ``--measurement``, ``--patch``, ``--patchset/--patch-name``, codes.
+
+    ``grid=True`` (``campaign plan``, which has ``--patches GLOB`` as ``grid_patches``):
+    ``--patchset`` without ``--patch-name`` is a grid of every point (of ``--patches``):
+    WS is then the background-only workspace, and the command gets ``patchset``,
+    ``measurement``, ``modifier_settings`` and ``model=None``; else ``patchset=None``."""
+    if func is None:
+        return functools.partial(workspace_options, grid=grid)
 
     @click.argument("workspace", metavar="WS")
     @click.option("--patch", "patches", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -78,6 +85,14 @@ def workspace_options(func):
         ws = load_workspace(workspace)
         if patches:
             ws = ws.patched(*patches)
+        if grid:
+            if patchset and not patch_name:
+                return func(ws=ws, model=None, data=None, patchset=patchset, measurement=measurement,
+                            modifier_settings=modifier_settings, **kwargs)
+            if kwargs["grid_patches"]:
+                raise click.UsageError("--patches picks the points of a --patchset grid; give --patchset FILE "
+                                       "(without --patch-name)")
+            kwargs["patchset"] = None
         if patchset:
             if not patch_name:
                 raise click.UsageError("--patchset needs --patch-name NAME (the signal point)")

@@ -359,8 +359,18 @@ def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, 
     result = run_scan(load_workspace(workspace), patchset, patches=list(patches) or None, calculator=calculator,
                       mu=mu, level=level, test_stat=test_stat, mus=grid, measurement=measurement,
                       modifier_settings=modifier_settings, **toy_options, **_fit_kwargs(tol, maxiter))
+    _emit_grid(result, out_dir, plot, lambda p: (
+        f"{p['info']['n_points']} points, {p['info']['n_shapes']} compiled shape(s), {p['info']['seconds']:.1f} s "
+        f"on {p['device']}"))
+
+
+def _emit_grid(result, out_dir, plot, summary) -> None:
+    """Print a grid's rows (``gpufit scan``, a merged grid campaign), write them into
+    ``out_dir`` and the contour to ``plot``; exit 3 after them where a point has none."""
+    from ..plotting import contour_plot
+
     payload = result.to_dict() | {"files": result.write(out_dir)}
-    plot_error = _write_plot(lambda p: _contour(result, p), plot, payload)
+    plot_error = _write_plot(lambda path: contour_plot(result, path), plot, payload)
 
     def table(p):
         labels = " ".join(f"{name:>8s}" for name in p["labels"])
@@ -373,9 +383,7 @@ def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, 
             numbers = [row["cls_obs"], row["cls_exp"][2], row["upper_limit_obs"], row["upper_limit_exp"][2]]
             cls_obs, cls_exp, ul_obs, ul_exp = ("-" if v is None else f"{v:.4g}" for v in numbers)
             click.echo(f"{row['name']:<28s} {values}  {cls_obs:>9s} {cls_exp:>9s}  {ul_obs:>8s} {ul_exp:>8s}")
-        info = p["info"]
-        click.echo(f"{info['n_points']} points, {info['n_shapes']} compiled shape(s), {info['seconds']:.1f} s "
-                   f"on {p['device']}; rows in {p['files']['csv']}")
+        click.echo(f"{summary(p)}; rows in {p['files']['csv']}")
 
     emit(payload, table)
     _plot_failed(plot_error)
@@ -383,12 +391,6 @@ def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, 
     if errors:
         raise ResultNotTrustworthy(f"{len(errors)} of {len(result.points)} points have no result "
                                    f"({', '.join(errors[:3])}{', ...' if len(errors) > 3 else ''}): see their error")
-
-
-def _contour(result, path):
-    from ..plotting import contour_plot
-
-    contour_plot(result, path)
 
 
 @main.command()
@@ -516,7 +518,11 @@ def campaign():
 
 
 @campaign.command("plan")
-@workspace_options
+@workspace_options(grid=True)
+@click.option("--patches", "grid_patches", multiple=True, metavar="GLOB",
+              help="With --patchset and no --patch-name: the points of the grid to plan (default: all).")
+@click.option("--mu", type=float, default=1.0, show_default=True,
+              help="Grid: the POI value (one of --mus) whose CLs the merged table shows.")
 @click.option("--mus", required=True, metavar="START:STOP:COUNT",
               help="POI values, increasing, inside the POI's bounds (or a,b,c).")
 @click.option("--ntoys", type=click.IntRange(min=1), required=True, help="Toys per hypothesis and mu point.")
@@ -525,6 +531,8 @@ def campaign():
 @click.option("--test-stat", type=click.Choice(["qtilde", "q", "q0"]), default="qtilde", show_default=True)
 @click.option("--toy-pars", type=click.Choice(["profiled", "init"]), default="profiled", show_default=True)
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Toys per compiled call in each job.")
+@click.option("--max-failed", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
+              help="Largest fraction of toys whose fits may fail after every retry; merge refuses more (exit 3).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New campaign directory.")
 @click.option("--submit", type=click.Choice(["slurm", "htcondor", "panda"]), default=None,
               help="Also write a batch submit script into OUT/submit/.")
@@ -532,18 +540,27 @@ def campaign():
 @click.option("--container", default=None,
               help="Container image for the submit script: NAME:TAG (pulled as docker://NAME:TAG) or a full URI.")
 @output_options
-def campaign_plan(ws, model, data, mus, ntoys, toys_per_job, seed, test_stat, toy_pars, chunk_size,
-                  out, submit, gpu, container):
-    """Write OUT/campaign.json and one OUT/jobs/job-NNNN.json per job."""
+def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_per_job, seed, test_stat, toy_pars,
+                  chunk_size, max_failed, out, submit, gpu, container, measurement=None, modifier_settings=None):
+    """Write OUT/campaign.json and one OUT/jobs/job-NNNN.json per job.
+
+    With --patchset and no --patch-name, WS is the background-only workspace and the
+    campaign is a signal grid: (point x mu x toys) jobs, merged into one row per point
+    and the exclusion contour, as 'gpufit scan' writes them.
+    """
     from ..campaign import plan
 
+    if model is not None:
+        measurement, modifier_settings = model.measurement, model.modifier_settings
     payload = plan(ws, out, parse_range(mus), ntoys, toys_per_job, seed, test_stat=test_stat, toy_pars=toy_pars,
-                   measurement=model.measurement, modifier_settings=model.modifier_settings,
-                   chunk_size=chunk_size, submit=submit, gpu=gpu, container=container)
+                   measurement=measurement, modifier_settings=modifier_settings,
+                   chunk_size=chunk_size, submit=submit, gpu=gpu, container=container, max_failed=max_failed,
+                   patchset=patchset, patches=list(grid_patches) or None, mu=mu)
 
     def table(p):
-        click.echo(f"campaign {p['campaign_id']}: {p['n_jobs']} jobs in {out}/jobs "
-                   f"({len(p['mus'])} mu points x {p['ntoys']} toys, {p['toys_per_job']} per job, seed {p['seed']})")
+        grid = f"{len(p['points'])} points x " if p.get("points") else ""
+        click.echo(f"campaign {p['campaign_id']}: {p['n_jobs']} jobs in {out}/jobs ({grid}"
+                   f"{len(p['mus'])} mu points x {p['ntoys']} toys, {p['toys_per_job']} per job, seed {p['seed']})")
         if p.get("submit_script"):
             click.echo(f"submit script: {p['submit_script']}")
 
@@ -605,14 +622,30 @@ def campaign_run(directory, executor, workers, gpu):
 @click.option("--allow-partial", is_flag=True, help="Answer from the toys there are when jobs are missing.")
 @click.option("--level", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.05,
               show_default=True)
+@click.option("--max-failed", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Largest fraction of failed toys (default: the campaign's, as planned); more: exit 3.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Brazil-band plot (several mu).")
 @output_options
-def campaign_merge(directory, allow_partial, level, plot):
-    """Check and combine the results: hypotest keys (one mu) or limit keys (several)."""
+def campaign_merge(directory, allow_partial, level, max_failed, plot):
+    """Check and combine the results: hypotest keys (one mu) or limit keys (several);
+    a signal grid's rows as 'gpufit scan' prints and writes them (DIR/merged/)."""
     from ..campaign import merge
 
     check_plot(plot)
-    payload = merge(directory, allow_partial=allow_partial, level=level)
+    payload = merge(directory, allow_partial=allow_partial, level=level, max_failed=max_failed)
+    if "points" in payload:
+        from ..infer.scan import ScanResult
+
+        info = {"n_points": len(payload["points"]), "toys": payload["toys"], "devices": payload["devices"]}
+        result = ScanResult(points=payload["points"], labels=payload["labels"], calculator="toys",
+                            test_stat=payload["test_stat"], mu=payload["mu"], level=level, device=payload["device"],
+                            info=info)
+        t = payload["toys"]
+        _emit_grid(result, os.path.join(directory, "merged"), plot, lambda p: (
+            f"{len(p['points'])} points, {t['n_failed']} failed toys"
+            + (f", PARTIAL: missing {len(t['missing_jobs'])} jobs" if t["partial"] else "")
+            + "; computed on " + ", ".join(f"{d} ({n} results)" for d, n in sorted(payload["devices"].items()))))
+        return
     plot_error = None
     if plot and "observed" in payload:
         from ..infer.intervals import UpperLimitResult

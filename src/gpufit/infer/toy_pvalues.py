@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..exceptions import ToyFitsFailed
+
 NORMAL_PERCENTILES = np.array([2.27501319, 15.86552539, 50.0, 84.13447461, 97.72498681])
 
 
@@ -61,3 +63,28 @@ def toy_pvalues(teststat_obs: float, teststat_sb: np.ndarray, teststat_b: np.nda
         "clb_exp": bands[1],
         "cls_exp": bands[2],
     }
+
+
+DEFAULT_MAX_FAILED = 0.01  # the fraction of toys whose fits may fail after every retry
+
+
+def count_failed(teststat_sb: np.ndarray, teststat_b: np.ndarray) -> int:
+    """Toys whose fits failed after every retry: NaN test statistics (any shapes)."""
+    return int(np.sum(~np.isfinite(teststat_sb)) + np.sum(~np.isfinite(teststat_b)))
+
+
+def check_failed(teststat_sb: np.ndarray, teststat_b: np.ndarray, max_failed: float, result=None) -> int:
+    """:func:`count_failed`, raising :class:`gpufit.ToyFitsFailed` carrying ``result``
+    where their fraction of all toys exceeds ``max_failed``: the one verdict of a toy
+    hypothesis test, a toy limit and a merged campaign."""
+    failed = count_failed(teststat_sb, teststat_b)
+    total = int(np.size(teststat_sb) + np.size(teststat_b))
+    if total and failed / total > max_failed:
+        raise ToyFitsFailed(
+            f"{failed} of {total} toys ({failed / total:.2%}) have a fit that failed after every retry, "
+            f"above max_failed={max_failed:g}; their test statistics are NaN in "
+            "err.result. Check the model (gpufit fit on the observed data), loosen tol, "
+            "or raise max_failed to accept them",
+            result=result, n_failed=failed, n_toys=total, max_failed=max_failed,
+        )
+    return failed

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _device
-from ..exceptions import InvalidArgument, ToyFitsFailed
+from ..exceptions import InvalidArgument
 from ..optimize import CONVERGED, MAX_ITERATIONS, fit, minimize_batch
 from ..optimize.fit import (
     DEFAULT_TOL,
@@ -50,7 +50,7 @@ from ..optimize.fit import (
 )
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
 from .test_statistics import check_poi_bounds, from_fits
-from .toy_pvalues import toy_pvalues
+from .toy_pvalues import DEFAULT_MAX_FAILED, check_failed, count_failed, toy_pvalues
 
 DEFAULT_NTOYS = 2000
 TOY_PARS = ("profiled", "init")
@@ -265,7 +265,7 @@ class ToyCalculator:
     """
 
     def __init__(self, model, data, mus, test_stat="qtilde", *, ntoys=DEFAULT_NTOYS, seed=0,
-                 toy_pars="profiled", chunk_size=None, max_failed=0.01, progress=None,
+                 toy_pars="profiled", chunk_size=None, max_failed=DEFAULT_MAX_FAILED, progress=None,
                  init=None, bounds=None, fixed=None, tol=DEFAULT_TOL, maxiter=300, toy_tol=1e-6):
         check_toy_options(ntoys=ntoys, seed=seed, toy_pars=toy_pars, max_failed=max_failed, chunk_size=chunk_size)
         poi = model.require_poi()
@@ -533,18 +533,9 @@ class ToyCalculator:
         out = {key: np.array([r[key] for r in results]) for key in results[0]}
         out.update(mu=self.mus, teststat_obs=np.asarray(self.teststat_obs), teststat_sb=teststat_sb,
                    teststat_b=teststat_b)
-        failed = int(np.sum(~np.isfinite(teststat_sb)) + np.sum(~np.isfinite(teststat_b)))
-        out["n_failed"] = failed
+        out["n_failed"] = count_failed(teststat_sb, teststat_b)
         out["stats"] = self.stats.to_dict()
-        total = teststat_sb.size + teststat_b.size
-        if total and failed / total > self.max_failed:
-            raise ToyFitsFailed(
-                f"{failed} of {total} toys ({failed / total:.2%}) have a fit that failed after every retry, "
-                f"above max_failed={self.max_failed:g}; their test statistics are NaN in "
-                "err.result. Check the model (gpufit fit on the observed data), loosen tol, "
-                "or raise max_failed to accept them",
-                result=out, n_failed=failed, n_toys=total, max_failed=self.max_failed,
-            )
+        check_failed(teststat_sb, teststat_b, self.max_failed, result=out)
         return out
 
 

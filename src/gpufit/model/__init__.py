@@ -3,7 +3,7 @@
 from ._checks import check_channel_values
 from ._compiled import CompiledModel
 from ._model import Model
-from ._stack import pad_models, stack, stack_key, take
+from ._stack import pad_models, pad_shape, pad_to, stack, stack_key, take
 from .interpolation import DEFAULT_MODIFIER_SETTINGS
 
-__all__ = ["Model", "CompiledModel", "DEFAULT_MODIFIER_SETTINGS", "check_channel_values", "stack", "stack_key", "take", "pad_models"]
+__all__ = ["Model", "CompiledModel", "DEFAULT_MODIFIER_SETTINGS", "check_channel_values", "stack", "stack_key", "take", "pad_models", "pad_shape", "pad_to"]

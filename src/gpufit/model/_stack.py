@@ -76,45 +76,59 @@ def _padded(m: CompiledModel, k: int, width_f: int, width_d: int, n_norm: int, n
     )
 
 
-def stack(models: list[CompiledModel]) -> CompiledModel:
-    """The models, padded to one shape, as one :class:`CompiledModel` whose arrays have
-    a leading axis [S] (point s: ``take(stacked, s)``).
+def pad_shape(models: list[CompiledModel]) -> dict:
+    """The smallest padded shape all ``models`` fit (one :func:`stack_key`): the lengths
+    of their tables, as a JSON-ready dict for :func:`pad_to`.
 
     Raises:
         ValueError: the models differ in what padding cannot reconcile
             (:func:`stack_key`); group them by that key first.
     """
     if not models:
-        raise ValueError("stack needs at least one model")
-    keys = {stack_key(m) for m in models}
-    if len(keys) > 1:
+        raise ValueError("a padded shape needs at least one model")
+    if len({stack_key(m) for m in models}) > 1:
         raise ValueError("these models differ in their parameters or constraints; stack them by stack_key")
-    k = max(m.nominal.shape[0] for m in models)
-    width_f = max(m.factor_index.shape[1] for m in models)
-    width_d = max(m.delta_index.shape[1] for m in models)
-    n_norm = max(m.normsys_par.shape[0] for m in models)
-    n_hist = max(m.histosys_par.shape[0] for m in models)
-    padded = [_padded(m, k, width_f, width_d, n_norm, n_hist) for m in models]
+
+    def most(name, axis):
+        return int(max(getattr(m, name).shape[axis] for m in models))
+
+    # the derived tables' lengths do not change with the padding (it adds no entries)
+    return {"n_pars": most("con_aux", 0), "n_main": int(models[0].n_main), "k": most("nominal", 0), "width_f": most("factor_index", 1), "width_d": most("delta_index", 1),
+            "n_norm": most("normsys_par", 0), "n_hist": most("histosys_par", 0), "z": most("jac_entries", 0),
+            "width_z": most("jac_entries", 1), "width_lf": most("factor_of", 2), "width_ld": most("delta_of", 2)}
+
+
+def pad_to(m: CompiledModel, shape: dict) -> CompiledModel:
+    """``m`` padded to ``shape`` (:func:`pad_shape` of a family it belongs to)."""
+    k, width_f, width_d = shape["k"], shape["width_f"], shape["width_d"]
+    fits = (m.con_aux.shape[0] == shape["n_pars"] and m.n_main == shape["n_main"] and m.nominal.shape[0] <= k and m.factor_index.shape[1] <= width_f and m.delta_index.shape[1] <= width_d
+            and m.normsys_par.shape[0] <= shape["n_norm"] and m.histosys_par.shape[0] <= shape["n_hist"]
+            and m.jac_entries.shape[0] <= shape["z"] and m.jac_entries.shape[1] <= shape["width_z"]
+            and m.factor_of.shape[2] <= shape["width_lf"] and m.delta_of.shape[2] <= shape["width_ld"])
+    if not fits:
+        raise ValueError("the model does not fit the padded shape (other parameters, or longer tables); "
+                         "compute the shape with this model among the others")
+    padded = _padded(m, k, width_f, width_d, shape["n_norm"], shape["n_hist"])
     # the derived tables differ in their number of (bin, parameter) pairs Z and entry
     # widths: pad them too (padding entries point at the trailing zero of each flat array)
-    zero_c = k * width_f + k * width_d
-    z = max(m.jac_entries.shape[0] for m in padded)
-    width_z = max(m.jac_entries.shape[1] for m in padded)
-    width_lf = max(m.factor_of.shape[2] for m in padded)
-    width_ld = max(m.delta_of.shape[2] for m in padded)
-    n_pars = models[0].con_aux.shape[0]
-    padded = [
-        dataclasses.replace(
-            m,
-            jac_entries=_pad(m.jac_entries, (z, width_z), zero_c),
-            # a pair with no entries indexes past the sums, into the zero _assemble appends;
-            # keep it there now that there are more (all-zero) sums
-            jac_index=np.where(m.jac_index == max(m.jac_entries.shape[0], 1), z, m.jac_index).astype(np.int32),
-            factor_of=_pad(m.factor_of, (k, n_pars, width_lf), k * width_f),
-            delta_of=_pad(m.delta_of, (k, n_pars, width_ld), k * width_d),
-        )
-        for m in padded
-    ]
+    z, n_pars = shape["z"], m.con_aux.shape[0]
+    return dataclasses.replace(
+        padded,
+        jac_entries=_pad(padded.jac_entries, (z, shape["width_z"]), k * width_f + k * width_d),
+        # a pair with no entries indexes past the sums, into the zero _assemble appends;
+        # keep it there now that there are more (all-zero) sums
+        jac_index=np.where(padded.jac_index == padded.jac_entries.shape[0], z, padded.jac_index).astype(np.int32),
+        factor_of=_pad(padded.factor_of, (k, n_pars, shape["width_lf"]), k * width_f),
+        delta_of=_pad(padded.delta_of, (k, n_pars, shape["width_ld"]), k * width_d),
+    )
+
+
+def stack(models: list[CompiledModel], shape: dict | None = None) -> CompiledModel:
+    """The models, padded to one shape (default: :func:`pad_shape` of them), as one
+    :class:`CompiledModel` whose arrays have a leading axis [S] (point s:
+    ``take(stacked, s)``)."""
+    shape = shape or pad_shape(models)
+    padded = [pad_to(m, shape) for m in models]
     arrays = {name: np.stack([getattr(m, name) for m in padded]) for name in ARRAY_FIELDS}
     return dataclasses.replace(padded[0], **arrays)
 
@@ -125,9 +139,10 @@ def take(stacked: CompiledModel, index) -> CompiledModel:
     return stacked.map_arrays(lambda name, a: a[index])
 
 
-def pad_models(models: list) -> tuple[CompiledModel, list]:
-    """Models (:class:`gpufit.Model`, one :func:`stack_key`) padded to one shape: the
-    stacked tables [S, ...] (NumPy) and each model with its padded tables, whose kernels,
-    fits and toys then share one compiled shape (the same results: padding is inert)."""
-    stacked = stack([m.compiled_numpy for m in models])
+def pad_models(models: list, shape: dict | None = None) -> tuple[CompiledModel, list]:
+    """Models (:class:`gpufit.Model`, one :func:`stack_key`) padded to one shape
+    (default: :func:`pad_shape` of them): the stacked tables [S, ...] (NumPy) and each
+    model with its padded tables, whose kernels, fits and toys then share one compiled
+    shape (the same results: padding is inert)."""
+    stacked = stack([m.compiled_numpy for m in models], shape)
     return stacked, [m.with_tables(take(stacked, i)) for i, m in enumerate(models)]
