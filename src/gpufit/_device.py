@@ -107,3 +107,25 @@ def lockstep_group(chunk: int) -> int:
     while chunk % group:
         group -= 1
     return group
+
+
+def use_compilation_cache(path: str) -> bool:
+    """Keep compiled kernels in JAX's persistent cache at ``path`` (made if missing), for
+    this process and from now on: a later process, job or Dask worker pointed at the same
+    folder (a shared file system) loads them instead of compiling again. Returns False
+    where the folder cannot be made (a read-only home: compile every time)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    # every kernel, also those that compile in under a second (JAX's default threshold):
+    # a job's start-up is a dozen of them
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        compilation_cache.reset_cache()  # a cache already opened elsewhere is re-opened here
+    return True

@@ -107,8 +107,12 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     final = result_path(job_path, job)
     if job_status(job_path) == "done":
         return {"job": job["job"], "status": "skipped", "path": final}
+    started = time.perf_counter()
+    campaign_dir = os.path.dirname(os.path.dirname(os.path.abspath(job_path)))
+    if job.get("compilation_cache"):  # before this job compiles anything
+        _device.use_compilation_cache(os.path.join(campaign_dir, job["compilation_cache"]))
     ws_path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["workspace"])
-    ws = Workspace.load(ws_path)
+    ws = Workspace.load(ws_path, validate=False)  # validated when planned: the digest says it is that one
     if ws.digest() != job["workspace_digest"]:
         raise CampaignError(
             f"{ws_path} has digest {ws.digest()}, but job {job['job']} was planned for "
@@ -119,10 +123,10 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     else:
         model = ws.model(measurement=job["measurement"], modifier_settings=job["modifier_settings"])
         data = ws.data(model)
-    started = time.perf_counter()
     calc = ToyCalculator(model, data, job["mus"], job["test_stat"], ntoys=1, seed=job["seed"],
                          toy_pars=job["toy_pars"], chunk_size=job.get("chunk_size"), max_failed=1.0,
                          progress=False)
+    setup_seconds = time.perf_counter() - started  # reading, model, observed fits (compiles included)
     hyp, mu, toy = _rows(job)
     ts = np.full(hyp.size, np.nan)
     done = 0
@@ -156,7 +160,7 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
                     return {"job": job["job"], "status": "stopped", "rows_done": done, **resumed}
     sb, b = _split(ts, job)
     meta |= {"rows_done": int(hyp.size), "n_failed": int(np.isnan(ts).sum()), "seconds": time.perf_counter() - started,
-             "stats": calc.stats.to_dict()}
+             "setup_seconds": setup_seconds, "stats": calc.stats.to_dict()}
     write_result(final, meta, sb, b, {"teststat_obs": calc.teststat_obs[job["mu_indices"]]})
     if os.path.exists(checkpoint):
         os.unlink(checkpoint)

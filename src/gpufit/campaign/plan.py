@@ -77,7 +77,7 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
          toy_pars: str = "profiled", measurement: str | None = None, modifier_settings: dict | None = None,
          chunk_size: int | None = None, submit: str | None = None, gpu: bool = False,
          container: str | None = None, max_failed: float = DEFAULT_MAX_FAILED, patchset=None, patches=None,
-         mu: float = 1.0) -> dict:
+         mu: float = 1.0, cache_dir: str | None = "cache") -> dict:
     """Write a campaign into ``out`` and return its ``campaign.json`` content.
 
     Args:
@@ -92,6 +92,9 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
             ``patchset`` a pyhf patchset (path or dict) and ``patches`` a glob or list
             of the points to plan (default: all); ``mu`` is the POI value whose CLs the
             merged table shows (one of ``mus``; the limits need two mus or more).
+        cache_dir: JAX's persistent compilation cache of the jobs, relative to ``out``
+            or absolute (a shared file system: jobs and Dask workers load what the first
+            one compiled); None: the jobs' own setting.
     """
 
     mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
@@ -127,6 +130,7 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         "toy_pars": toy_pars,
         "chunk_size": chunk_size,
         "max_failed": float(max_failed),
+        "compilation_cache": cache_dir,
     }
     if grid is not None:
         settings |= {"patchset": "patchset.json.gz", "patchset_digest": _digest(spec), "mu": float(mu), **grid}

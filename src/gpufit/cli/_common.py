@@ -14,16 +14,10 @@ def enable_compilation_cache() -> None:
     """Keep compiled kernels between runs (JAX's persistent cache) unless disabled."""
     if os.environ.get("GPUFIT_NO_COMPILATION_CACHE"):
         return
-    import jax
+    from .._device import use_compilation_cache
 
-    path = os.environ.get("GPUFIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpufit", "jax"
-    )
-    try:
-        os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", path)
-    except OSError:
-        pass  # read-only home (e.g. a container): compile every time
+    use_compilation_cache(os.environ.get("GPUFIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpufit", "jax"))
 
 
 def load_workspace(source: str):

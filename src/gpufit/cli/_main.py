@@ -534,6 +534,9 @@ def campaign():
 @click.option("--max-failed", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
               help="Largest fraction of toys whose fits may fail after every retry; merge refuses more (exit 3).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New campaign directory.")
+@click.option("--cache-dir", default="cache", show_default=True,
+              help="JAX's compilation cache of the jobs, relative to OUT or absolute: on a shared file system "
+                   "jobs and workers load the kernels the first one compiled ('' : each job's own).")
 @click.option("--submit", type=click.Choice(["slurm", "htcondor", "panda"]), default=None,
               help="Also write a batch submit script into OUT/submit/.")
 @click.option("--gpu", is_flag=True, help="Ask the batch system for one GPU per job.")
@@ -541,7 +544,8 @@ def campaign():
               help="Container image for the submit script: NAME:TAG (pulled as docker://NAME:TAG) or a full URI.")
 @output_options
 def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_per_job, seed, test_stat, toy_pars,
-                  chunk_size, max_failed, out, submit, gpu, container, measurement=None, modifier_settings=None):
+                  chunk_size, max_failed, out, cache_dir, submit, gpu, container, measurement=None,
+                  modifier_settings=None):
     """Write OUT/campaign.json and one OUT/jobs/job-NNNN.json per job.
 
     With --patchset and no --patch-name, WS is the background-only workspace and the
@@ -555,7 +559,7 @@ def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_
     payload = plan(ws, out, parse_range(mus), ntoys, toys_per_job, seed, test_stat=test_stat, toy_pars=toy_pars,
                    measurement=measurement, modifier_settings=modifier_settings,
                    chunk_size=chunk_size, submit=submit, gpu=gpu, container=container, max_failed=max_failed,
-                   patchset=patchset, patches=list(grid_patches) or None, mu=mu)
+                   patchset=patchset, patches=list(grid_patches) or None, mu=mu, cache_dir=cache_dir or None)
 
     def table(p):
         grid = f"{len(p['points'])} points x " if p.get("points") else ""
