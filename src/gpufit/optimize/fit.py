@@ -17,6 +17,7 @@ from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, m
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
 FIRST_PASS_STEPS = 30  # lockstep steps before the stragglers continue alone (fit and toys alike)
+POINT_FITS_MAX = 2048  # fits of a grid's points per compiled call on an accelerator (not yet run on one)
 
 
 def default_chunk_size(model) -> int:
@@ -330,10 +331,12 @@ def fit_points(stacked, models, point, data, x0, free, *, tol: float = DEFAULT_T
     bounds = np.stack([m.suggested_bounds() for m in models])[point]  # [n, P, 2]
     x0 = np.where(free, np.clip(x0, bounds[..., 0], bounds[..., 1]), x0)
     stacked = jax.tree_util.tree_map(jnp.asarray, stacked)
-    # one compiled width for every call: on a CPU 8 lockstep groups, the unused ones
-    # frozen from the start (they cost one evaluation each)
-    group = _device.lockstep_group(default_chunk_size(models[0]))
-    size = 8 * group if _device.platform() == "cpu" else default_chunk_size(models[0])
+    # one compiled width for every call, the unused fits frozen from the start (they cost
+    # one evaluation each): on a CPU 8 lockstep groups; on an accelerator one group of at
+    # most POINT_FITS_MAX, since every fit of it holds its point's tables (~0.6 MB on 1Lbb)
+    size = min(default_chunk_size(models[0]), 8 * _device.CPU_LOCKSTEP if _device.platform() == "cpu"
+               else POINT_FITS_MAX)
+    group = _device.lockstep_group(size)
 
     def solve(rows, starts, steps):
         outs = []
