@@ -23,7 +23,7 @@ import numpy as np
 from toys import load, workspace  # benchmarks/toys.py: generated and published models
 
 from _report import write_report  # benchmarks/_report.py
-from gpufit import campaign
+from gpufit import campaign, executors
 from gpufit.infer.toys import ToyCalculator
 
 
@@ -54,7 +54,7 @@ def main():
             directory = os.path.join(tmp, executor)
             campaign.plan(ws, directory, mus, args.ntoys, args.toys_per_job, seed=1)
             start = time.perf_counter()
-            campaign.run(directory, executor=executor, workers=args.workers)
+            executors.run(directory, executor=executor, workers=args.workers)
             times[executor] = time.perf_counter() - start
             merged[executor] = campaign.merge(directory)
     identical = merged["local"]["cls_obs"] == merged["dask"]["cls_obs"] and merged["local"]["cls_exp"] == merged["dask"]["cls_exp"]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from scipy.stats import norm
 
 import gpufit
-from gpufit import campaign
+from gpufit import executors
 from gpufit.cli import main
 from gpufit.exceptions import InvalidArgument, LimitOutsideGrid
 from conftest import WS, strict_json
@@ -263,7 +263,7 @@ def test_campaign_refusals_and_messages(tmp_path, monkeypatch):
     assert "--containerImage docker://gpufit:cuda " in panda and "docker://docker://" not in panda
     refused(cli("campaign", "run", out, "--workers", 0), "--workers")
     refused(cli("campaign", "run", out, "--executor", "slurm"), "unknown executor")
-    monkeypatch.setattr(campaign.executors, "CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr(executors.runner, "CONNECT_TIMEOUT", "1s")
     refused(cli("campaign", "run", out, "--executor", "dask://127.0.0.1:9"), "cannot reach a Dask scheduler")
     refused(cli("campaign", "merge", out, "--allow-partial"), "at least two")
     refused(cli("campaign", "merge", out, "--level", "2"), "--level")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import WS, strict_json
 
 import gpufit
-from gpufit import campaign
+from gpufit import campaign, executors
 from gpufit.campaign import CampaignError
 from gpufit.campaign._files import read_result
 from gpufit.cli import main
@@ -54,7 +54,7 @@ def _assert_same(a, b):
 def local_run(docs, tmp_path_factory):
     path = tmp_path_factory.mktemp("local")
     _plan(docs, path)
-    summary = campaign.run(str(path), executor="local")
+    summary = executors.run(str(path), executor="local")
     assert len(summary["ran"]) == 4
     return str(path)
 
@@ -65,7 +65,7 @@ def test_one_point_campaign_equals_hypotest(docs, tmp_path, test_stat):
     model = docs.model()
     data = docs.data(model)
     _plan(docs, tmp_path, seed=9, mus=[1.0], ntoys=48, per_job=16, test_stat=test_stat)
-    campaign.run(str(tmp_path))
+    executors.run(str(tmp_path))
     merged = campaign.merge(str(tmp_path))
     r = gpufit.hypotest(model, data, 1.0, test_stat=test_stat, calculator="toys", ntoys=48, seed=9, chunk_size=16,
                         progress=False)
@@ -85,14 +85,14 @@ def test_jobs_one_by_one_and_reruns_are_no_ops(docs, local_run, tmp_path):
         assert campaign.run_job(job)["status"] == "done"
         assert campaign.run_job(job)["status"] == "skipped"
     _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
-    assert campaign.run(str(tmp_path))["ran"] == []
+    assert executors.run(str(tmp_path))["ran"] == []
     limit = campaign.merge(str(tmp_path))
     assert len(limit["mus"]) == 2 and len(limit["expected"]) == 5
 
 
 def test_dask_local_cluster_equals_local(docs, local_run, tmp_path):
     _plan(docs, tmp_path)
-    summary = campaign.run(str(tmp_path), executor="dask", workers=2)
+    summary = executors.run(str(tmp_path), executor="dask", workers=2)
     assert len(summary["ran"]) == 4
     _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
 
@@ -104,7 +104,7 @@ def test_dask_gpu_workers_run_the_campaign(docs, local_run, tmp_path, monkeypatc
     a resource no worker declared)."""
     from distributed import Client
 
-    from gpufit.campaign import executors
+    from gpufit.executors import runner as executors
 
     seen = {}
     make = executors._gpu_cluster
@@ -119,7 +119,7 @@ def test_dask_gpu_workers_run_the_campaign(docs, local_run, tmp_path, monkeypatc
 
     monkeypatch.setattr(executors, "_gpu_cluster", spy)
     _plan(docs, tmp_path)
-    summary = campaign.run(str(tmp_path), executor="dask", gpu=True, gpus=["0", "1"])
+    summary = executors.run(str(tmp_path), executor="dask", gpu=True, gpus=["0", "1"])
     assert len(summary["ran"]) == 4
     _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
     assert seen.pop("resources") == [{"GPU": 1}, {"GPU": 1}]
@@ -130,7 +130,7 @@ def test_gpu_runs_refuse_a_machine_without_one(docs, tmp_path, monkeypatch):
     _plan(docs, tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(CampaignError, match="no GPU visible"):
-        campaign.run(str(tmp_path), executor="dask", gpu=True)
+        executors.run(str(tmp_path), executor="dask", gpu=True)
     result = CliRunner().invoke(main, ["campaign", "run", str(tmp_path), "--gpu"])
     assert result.exit_code == 2 and "no GPU in use" in result.output and "Traceback" not in result.output
     job = sorted(glob.glob(str(tmp_path / "jobs" / "*.json")))[0]
@@ -156,7 +156,7 @@ def test_killed_dask_worker_changes_nothing(docs, local_run, tmp_path):
 
             killer = threading.Thread(target=kill_when_started)
             killer.start()
-            summary = campaign.run(str(tmp_path), executor=cluster.scheduler_address)
+            summary = executors.run(str(tmp_path), executor=cluster.scheduler_address)
             killer.join()
     assert len(summary["ran"]) == 16
     merged = campaign.merge(str(tmp_path))
@@ -190,7 +190,7 @@ def test_truncated_result_is_refused_then_redone(local_run, tmp_path):
         handle.write(payload[: len(payload) // 2])
     with pytest.raises(campaign.CampaignError, match="job-0002.npz is truncated"):
         campaign.merge(directory)
-    summary = campaign.run(directory)
+    summary = executors.run(directory)
     assert [r["job"] for r in summary["ran"]] == ["job-0002"]
     _assert_same(_arrays(directory), _arrays(local_run))
 
@@ -211,7 +211,7 @@ def test_duplicates_do_not_double_count(local_run, tmp_path):
     shutil.copytree(local_run, directory)
     shutil.copy(os.path.join(directory, "jobs", "job-0000.json"), os.path.join(directory, "jobs", "job-0000-copy.json"))
     shutil.copy(os.path.join(directory, "results", "job-0001.npz"), os.path.join(directory, "results", "job-0001-copy.npz"))
-    assert campaign.run(directory)["ran"] == []
+    assert executors.run(directory)["ran"] == []
     merged = campaign.merge(directory)
     assert merged["toys"]["counted_per_mu"] == [NTOYS, NTOYS]
     assert merged["toys"]["duplicates_ignored"] == [os.path.join(directory, "results", "job-0001.npz")] or \
@@ -281,7 +281,7 @@ def test_merge_gives_the_verdict_of_hypotest_on_failed_toys(monkeypatch, tmp_pat
     with pytest.raises(gpufit.ToyFitsFailed, match="8 of 8 toys") as direct:
         gpufit.hypotest(model, ws.data(model), 1.0, calculator="toys", ntoys=4, seed=3, progress=False)
     campaign.plan(ws, str(tmp_path), [1.0], 4, 4, 3, chunk_size=16)
-    campaign.run(str(tmp_path), executor="local")
+    executors.run(str(tmp_path), executor="local")
     with pytest.raises(gpufit.ToyFitsFailed, match="8 of 8 toys") as merged:
         campaign.merge(str(tmp_path))
     assert merged.value.result["n_failed"] == direct.value.result["n_failed"] == 8

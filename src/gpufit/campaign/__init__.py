@@ -2,14 +2,13 @@
 
 >>> from gpufit import campaign
 >>> campaign.plan(ws, "camp", mus=[0.5, 1, 2], ntoys=10_000, toys_per_job=2_000, seed=1)
->>> campaign.run("camp", executor="dask")        # or "local", "dask://HOST:PORT"
+>>> gpufit.executors.run("camp", executor="dask")  # or "local", "dask://HOST:PORT"
 >>> campaign.merge("camp")["observed"]
 """
 
 from ._files import BrokenResult, CampaignError
-from .executors import pending, run
 from .job import run_job
 from .merge import merge
 from .plan import plan
 
-__all__ = ["plan", "run_job", "run", "merge", "pending", "CampaignError", "BrokenResult"]
+__all__ = ["plan", "run_job", "merge", "CampaignError", "BrokenResult"]

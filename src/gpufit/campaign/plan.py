@@ -4,7 +4,7 @@
     DIR/workspace.json       the (patched) workspace every job reads
     DIR/jobs/job-NNNN.json   one job: mu indices, toy range, seed, the settings again
     DIR/results/             filled by run-job: job-NNNN.npz (+ checkpoints while running)
-    DIR/submit/              ready-to-edit SLURM / HTCondor / PanDA scripts (``submit=``)
+    DIR/submit/              batch scripts, where ``gpufit.executors.write_submit_script`` wrote them
 
 A toy depends only on (workspace, seed, hypothesis, mu index, toy index), so any split
 gives the same test statistics.
@@ -75,17 +75,13 @@ def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings) -> t
 
 def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, test_stat: str = "qtilde",
          toy_pars: str = "profiled", measurement: str | None = None, modifier_settings: dict | None = None,
-         chunk_size: int | None = None, submit: str | None = None, gpu: bool = False,
-         container: str | None = None, max_failed: float = DEFAULT_MAX_FAILED, patchset=None, patches=None,
+         chunk_size: int | None = None, max_failed: float = DEFAULT_MAX_FAILED, patchset=None, patches=None,
          mu: float = 1.0, cache_dir: str | None = "cache") -> dict:
     """Write a campaign into ``out`` and return its ``campaign.json`` content.
 
     Args:
         ws: a :class:`gpufit.Workspace` (patches already applied).
         mus: POI values [M]; ntoys: toys per hypothesis and mu; toys_per_job: K.
-        submit: also write a batch script: ``"slurm"``, ``"htcondor"`` or ``"panda"``.
-        gpu: ask the batch system for one GPU per job.
-        container: image for the submit scripts (default: the CPU image name).
         max_failed: the fraction of toys whose fits may fail, above which ``merge``
             refuses the answer as ``hypotest`` does (``gpufit.ToyFitsFailed``).
         patchset, patches: a signal grid: ``ws`` is the background-only workspace,
@@ -151,10 +147,6 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
             "workspace": "../workspace.json", **extra, **job,
         })
     atomic_write_json(os.path.join(out, "campaign.json"), campaign)
-    if submit:
-        from .submit import write_submit_script
-
-        campaign["submit_script"] = write_submit_script(out, submit, len(jobs), gpu=gpu, container=container)
     return campaign
 
 

@@ -558,8 +558,12 @@ def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_
         measurement, modifier_settings = model.measurement, model.modifier_settings
     payload = plan(ws, out, parse_range(mus), ntoys, toys_per_job, seed, test_stat=test_stat, toy_pars=toy_pars,
                    measurement=measurement, modifier_settings=modifier_settings,
-                   chunk_size=chunk_size, submit=submit, gpu=gpu, container=container, max_failed=max_failed,
+                   chunk_size=chunk_size, max_failed=max_failed,
                    patchset=patchset, patches=list(grid_patches) or None, mu=mu, cache_dir=cache_dir or None)
+    if submit:
+        from ..executors import write_submit_script
+
+        payload["submit_script"] = write_submit_script(out, submit, payload["n_jobs"], gpu=gpu, container=container)
 
     def table(p):
         grid = f"{len(p['points'])} points x " if p.get("points") else ""
@@ -604,7 +608,7 @@ def _job_line(p: dict) -> str:
 @output_options
 def campaign_run(directory, executor, workers, gpu):
     """Run the jobs whose results are missing or broken (saying which)."""
-    from ..campaign import run
+    from ..executors import run
 
     start = time.perf_counter()
     payload = run(directory, executor=executor, workers=workers, gpu=gpu) | {"seconds": time.perf_counter() - start}

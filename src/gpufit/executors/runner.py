@@ -25,9 +25,9 @@ import glob
 import os
 import subprocess
 
-from ._files import CampaignError
-from .job import identity, job_status, load_job, result_path, run_job
-from .plan import load_campaign
+from ..campaign.job import identity, job_status, load_job, result_path, run_job
+from ..campaign.plan import load_campaign
+from ..exceptions import CampaignError
 
 CONNECT_TIMEOUT = "10s"
 GPU_WORKER_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
