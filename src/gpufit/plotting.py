@@ -234,10 +234,13 @@ def contour_plot(result, path=None, ax=None, labels=None):
     tiny = 1e-300
     obs = np.log10(np.maximum([r["cls_obs"] for r in rows], tiny) / d["level"])
     exp = np.log10(np.maximum(np.array([r["cls_exp"] for r in rows], dtype=float), tiny) / d["level"])
-    # inside the +-1 sigma band one of the two curves excludes and the other does not
-    band = exp[:, 1] * exp[:, 3]
-    if np.any(band < 0):
-        ax.tricontourf(tri, band, levels=[band.min() - 1.0, 0.0], colors=["gold"], alpha=0.6)
+    # the +-1 sigma band: where the -1 sigma expected CLs excludes (it excludes more than
+    # the +1 sigma one, everywhere), less where the +1 sigma one does too (painted over)
+    low = min(exp[:, 1].min(), exp[:, 3].min()) - 1.0
+    if exp[:, 1].min() < 0:
+        ax.tricontourf(tri, exp[:, 1], levels=[low, 0.0], colors=["gold"], alpha=0.6)
+    if exp[:, 3].min() < 0:
+        ax.tricontourf(tri, exp[:, 3], levels=[low, 0.0], colors=[ax.get_facecolor()])
     ax.tricontour(tri, exp[:, 2], levels=[0.0], colors="k", linestyles="--")
     ax.tricontour(tri, obs, levels=[0.0], colors="firebrick", linestyles="-", linewidths=2)
     ax.plot(xy[:, 0], xy[:, 1], ".", color="grey", ms=3)
