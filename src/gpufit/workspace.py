@@ -312,29 +312,47 @@ class Workspace:
         for name in names if names is not None else list(by_name):
             if name not in by_name:
                 raise UnknownName("patch", name, list(by_name))
-        base = _with_arrays(dict(self._pyhf))
-        known = {id(sample) for channel in base["channels"] for sample in channel["samples"]}
+        base = self._point_base()
         for name in names if names is not None else list(by_name):
-            patch = by_name[name]
             try:
-                spec = _apply_sharing(base, patch.patch)
-                meas = _pick_measurement(spec, measurement)
-                check_channel_values(spec["channels"], checked=known)
-                modelspec = {"channels": spec["channels"], "parameters": meas["config"]["parameters"]}
-                try:
-                    model = Model(modelspec, poi_name=meas["config"]["poi"], measurement=meas["name"],
-                                  validate=False, **model_options)
-                except GpufitError:
-                    raise
-                except Exception:  # not a valid spec: let the schema name what is wrong
-                    model = Workspace(spec).model(measurement=measurement, **model_options)
-                observed = {o["name"]: o["data"] for o in spec["observations"]}
-                data = np.asarray([x for c in model.channels for x in observed[c]] + list(model.auxdata),
-                                  dtype=model.dtype)
+                model, data = self._point(base, by_name[name].patch, measurement, model_options)
             except GpufitError as err:
-                yield patch, err, None
+                yield by_name[name], err, None
                 continue
-            yield patch, model, data
+            yield by_name[name], model, data
+
+    def point(self, patch, measurement: str | None = None, **model_options):
+        """The model and data [N + A] of this workspace with one JSON patch applied (a
+        list of operations, e.g. one point of a patchset that was checked against this
+        workspace before), built as :meth:`signal_points` builds each point.
+
+        Raises:
+            GpufitError: where the patched workspace makes no model (the JSON path of
+                a bad number, or the schema's message).
+        """
+        return self._point(self._point_base(), patch, measurement, model_options)
+
+    def _point_base(self):
+        """This spec with array data, and the ids of its samples (checked already)."""
+        base = _with_arrays(dict(self._pyhf))
+        return base, {id(sample) for channel in base["channels"] for sample in channel["samples"]}
+
+    def _point(self, base, operations, measurement, model_options):
+        base, known = base
+        spec = _apply_sharing(base, operations)
+        meas = _pick_measurement(spec, measurement)
+        check_channel_values(spec["channels"], checked=known)
+        modelspec = {"channels": spec["channels"], "parameters": meas["config"]["parameters"]}
+        try:
+            model = Model(modelspec, poi_name=meas["config"]["poi"], measurement=meas["name"], validate=False,
+                          **model_options)
+        except GpufitError:
+            raise
+        except Exception:  # not a valid spec: let the schema name what is wrong
+            model = Workspace(spec).model(measurement=measurement, **model_options)
+        observed = {o["name"]: o["data"] for o in spec["observations"]}
+        data = np.asarray([x for c in model.channels for x in observed[c]] + list(model.auxdata), dtype=model.dtype)
+        return model, data
 
     # -- views ------------------------------------------------------------------------
     @property

@@ -17,12 +17,12 @@ import numpy as np
 
 from .. import _device
 from .._version import __version__
+from ..exceptions import GpufitError
 from ..infer.sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND
-from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
 from ..infer.toys import ToyCalculator, progress_bar
 from ..model import pad_models
 from ..workspace import Workspace
-from ..workspace import read_json as read_spec
+from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
 from .plan import JOB_FORMAT, _digest
 
 CHECKPOINT_EVERY = 4  # chunks per checkpoint
@@ -81,15 +81,15 @@ def _split(ts, job):
 
 def _grid_point(job_path: str, job: dict, ws):
     """The model (padded to the family's planned shape, so that every job of the family
-    runs the same compiled kernels) and data of a grid job's point."""
-    path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["patchset"])
-    spec = read_spec(path)
-    if _digest(spec) != job["patchset_digest"]:
-        raise CampaignError(f"{path} is not the patchset job {job['job']} was planned with: it changed after planning")
-    [(_, model, data)] = ws.signal_points(spec, [job["patch"]], measurement=job["measurement"],
-                                          modifier_settings=job["modifier_settings"])
-    if isinstance(model, Exception):
-        raise CampaignError(f"point {job['patch']} of job {job['job']}: {model}")
+    runs the same compiled kernels) and data of a grid job's point, from its own patch."""
+    path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["patch_file"])
+    operations = read_json(path, "patch file")
+    if _digest(operations) != job["patch_digest"]:
+        raise CampaignError(f"{path} is not the patch job {job['job']} was planned with: it changed after planning")
+    try:
+        model, data = ws.point(operations, measurement=job["measurement"], modifier_settings=job["modifier_settings"])
+    except GpufitError as err:
+        raise CampaignError(f"point {job['patch']} of job {job['job']}: {err}") from err
     return pad_models([model], job["pad_shape"])[1][0], data
 
 

@@ -10,8 +10,8 @@ A toy depends only on (workspace, seed, hypothesis, mu index, toy index), so any
 gives the same test statistics.
 
 A signal grid (``patchset=``) is (point x mu points x toys): DIR/workspace.json is the
-background-only workspace, DIR/patchset.json.gz the patchset, and each job names its
-point; a point's toys use the seed :func:`point_seed` (seed, point index), so they equal
+background-only workspace, DIR/patches/point-NNNN.json each point's patch (checked
+against the workspace when planned), and each job names its point; a point's toys use the seed :func:`point_seed` (seed, point index), so they equal
 ``gpufit.hypotest(..., seed=point_seed(seed, p))`` on that point. The points are padded
 to one shape per family (``gpufit.model.pad_shape``, kept in the plan), so every job of
 a family runs the same compiled kernels.
@@ -19,7 +19,6 @@ a family runs the same compiled kernels.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -30,8 +29,8 @@ from .._version import __version__
 from ..infer.hypotest import check_poi
 from ..infer.intervals import check_grid
 from ..infer.test_statistics import normalize_test_stat
-from ..infer.toy_pvalues import DEFAULT_MAX_FAILED
 from ..infer.scan import select_patches
+from ..infer.toy_pvalues import DEFAULT_MAX_FAILED
 from ..infer.toys import check_toy_options
 from ..model import pad_shape, stack_key
 from ..workspace import load_patchset
@@ -129,7 +128,7 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         "compilation_cache": cache_dir,
     }
     if grid is not None:
-        settings |= {"patchset": "patchset.json.gz", "patchset_digest": _digest(spec), "mu": float(mu), **grid}
+        settings |= {"patchset_digest": _digest(spec), "mu": float(mu), **grid}
     campaign_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     jobs = planned_jobs(settings)
     campaign = {"format": CAMPAIGN_FORMAT, "campaign_id": campaign_id, "gpufit_version": __version__,
@@ -137,11 +136,17 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
     os.makedirs(os.path.join(out, "jobs"), exist_ok=True)
     os.makedirs(os.path.join(out, "results"), exist_ok=True)
     atomic_write_bytes(os.path.join(out, "workspace.json"), ws.to_json().encode())
-    if grid is not None:
-        atomic_write_bytes(os.path.join(out, "patchset.json.gz"), gzip.compress(json.dumps(spec).encode(), mtime=0))
+    if grid is not None:  # each point's patch in a file of its own: a job reads its own alone
+        operations = {p["metadata"]["name"]: p["patch"] for p in spec["patches"]}
+        for index, point in enumerate(grid["points"]):
+            atomic_write_json(os.path.join(out, "patches", _patch_file(index)), operations[point["name"]])
+            point["patch_digest"] = _digest(operations[point["name"]])
     shared = {k: v for k, v in settings.items() if k not in ("workspace", "points", "shapes", "labels")}
     for job in jobs:
-        extra = {"patchset": "../patchset.json.gz", "pad_shape": settings["shapes"][job["family"]]} if grid else {}
+        extra = {}
+        if grid is not None:
+            extra = {"patch_file": "../patches/" + _patch_file(job["point"]), "pad_shape": settings["shapes"][job["family"]],
+                     "patch_digest": grid["points"][job["point"]]["patch_digest"]}
         atomic_write_json(os.path.join(out, "jobs", job["job"] + ".json"), {
             "format": JOB_FORMAT, "campaign_id": campaign_id, **shared,
             "workspace": "../workspace.json", **extra, **job,
@@ -175,5 +180,9 @@ def planned_jobs(campaign: dict) -> list[dict]:
     return jobs
 
 
-def _digest(spec: dict) -> str:
+def _patch_file(point: int) -> str:
+    return f"point-{point:04d}.json"
+
+
+def _digest(spec) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
