@@ -270,3 +270,16 @@ def test_a_toy_scan_runs_each_point_as_hypotest_does(grid):
     model, data = _alone(grid, "sig_400_0")
     direct = gpufit.hypotest(model, data, mu=1.0, calculator="toys", ntoys=16, seed=2, progress=False)
     assert r.points[1]["cls_obs"] == direct.cls_obs and r.points[1]["cls_exp"] == direct.cls_exp.tolist()
+
+
+def test_a_patch_the_schema_refuses_is_named_by_the_schema(grid, tmp_path):
+    """A patch whose modifier lacks its data: pyhf's patchset schema does not look inside
+    patches, the point's model is refused with the workspace schema's path."""
+    with open(grid["ps"]) as handle:
+        ps = json.load(handle)
+    del ps["patches"][0]["patch"][0]["value"]["modifiers"][1]["data"]
+    broken = tmp_path / "patchset.json"
+    broken.write_text(json.dumps(ps))
+    [(_, err, data)] = gpufit.Workspace.load(grid["bkg"]).signal_points(str(broken), ["sig_300_0"])
+    assert isinstance(err, gpufit.InvalidWorkspace) and data is None
+    assert "channels[0].samples[1].modifiers[1]" in str(err)

@@ -341,15 +341,16 @@ class Workspace:
         base, known = base
         spec = _apply_sharing(base, operations)
         meas = _pick_measurement(spec, measurement)
-        check_channel_values(spec["channels"], checked=known)
         modelspec = {"channels": spec["channels"], "parameters": meas["config"]["parameters"]}
         try:
+            check_channel_values(spec["channels"], checked=known)
             model = Model(modelspec, poi_name=meas["config"]["poi"], measurement=meas["name"], validate=False,
                           **model_options)
         except GpufitError:
             raise
-        except Exception:  # not a valid spec: let the schema name what is wrong
-            model = Workspace(spec).model(measurement=measurement, **model_options)
+        except Exception:  # not a valid spec: let the schema name what is wrong (on lists, as it wants)
+            plain = json.loads(json.dumps(spec, default=lambda a: a.tolist()))
+            model = Workspace(plain).model(measurement=measurement, **model_options)
         observed = {o["name"]: o["data"] for o in spec["observations"]}
         data = np.asarray([x for c in model.channels for x in observed[c]] + list(model.auxdata), dtype=model.dtype)
         return model, data
