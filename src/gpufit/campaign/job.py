@@ -23,7 +23,7 @@ from ..infer.toys import ToyCalculator, progress_bar
 from ..model import pad_models
 from ..workspace import Workspace
 from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
-from .plan import JOB_FORMAT, _digest
+from .plan import JOB_FORMAT, digest
 
 CHECKPOINT_EVERY = 4  # chunks per checkpoint
 
@@ -84,7 +84,7 @@ def _grid_point(job_path: str, job: dict, ws):
     runs the same compiled kernels) and data of a grid job's point, from its own patch."""
     path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["patch_file"])
     operations = read_json(path, "patch file")
-    if _digest(operations) != job["patch_digest"]:
+    if digest(operations) != job["patch_digest"]:
         raise CampaignError(f"{path} is not the patch job {job['job']} was planned with: it changed after planning")
     try:
         model, data = ws.point(operations, measurement=job["measurement"], modifier_settings=job["modifier_settings"])

@@ -22,11 +22,11 @@ from ._files import BrokenResult, CampaignError, read_result
 from .plan import load_campaign, planned_jobs
 
 
-def _collect(directory: str, campaign: dict):
+def _collect(directory: str, campaign: dict, point_of: dict):
     """Verified results per (point, mu index): {(p, i): [(start, stop, sb, b, path,
     checksum)]}, the observed test statistics {(p, i): t}, and {device: number of result
-    files} (each result names the device that computed it). p is 0 outside a grid."""
-    point_of = {job["job"]: job.get("point", 0) for job in planned_jobs(campaign)}
+    files} (each result names the device that computed it). ``point_of`` maps each
+    planned job to its point (0 outside a grid)."""
     parts: dict[tuple, list] = {}
     devices: dict[str, int] = {}
     obs: dict[tuple, float] = {}
@@ -90,7 +90,8 @@ def merge(directory: str, allow_partial: bool = False, level: float = 0.05, max_
     if max_failed is None:
         max_failed = campaign.get("max_failed", DEFAULT_MAX_FAILED)  # campaigns planned before it was kept
     check_toy_options(max_failed=max_failed)
-    parts, obs, devices = _collect(directory, campaign)
+    point_of = {j["job"]: j.get("point", 0) for j in planned_jobs(campaign)}
+    parts, obs, devices = _collect(directory, campaign, point_of)
     mus = np.asarray(campaign["mus"])
     points = campaign.get("points") or [None]
     toys_of = {(p, i): _toys_of(parts.get((p, i), []), i) for p in range(len(points)) for i in range(len(mus))}
@@ -107,7 +108,6 @@ def merge(directory: str, allow_partial: bool = False, level: float = 0.05, max_
             "with --allow-partial for an answer from the toys there are"
         )
     duplicates = [d for value in toys_of.values() for d in value[4]]
-    point_of = {j["job"]: j.get("point", 0) for j in planned_jobs(campaign)}
     answers = []
     for p in range(len(points)):
         sb_all = [toys_of[(p, i)][0] for i in range(len(mus))]

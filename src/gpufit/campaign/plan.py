@@ -24,6 +24,7 @@ import json
 import os
 
 import numpy as np
+import pyhf
 
 from .._version import __version__
 from ..infer.hypotest import check_poi
@@ -128,7 +129,7 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         "compilation_cache": cache_dir,
     }
     if grid is not None:
-        settings |= {"patchset_digest": _digest(spec), "mu": float(mu), **grid}
+        settings |= {"patchset_digest": digest(spec), "mu": float(mu), **grid}
     campaign_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     jobs = planned_jobs(settings)
     campaign = {"format": CAMPAIGN_FORMAT, "campaign_id": campaign_id, "gpufit_version": __version__,
@@ -140,7 +141,7 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         operations = {p["metadata"]["name"]: p["patch"] for p in spec["patches"]}
         for index, point in enumerate(grid["points"]):
             atomic_write_json(os.path.join(out, "patches", _patch_file(index)), operations[point["name"]])
-            point["patch_digest"] = _digest(operations[point["name"]])
+            point["patch_digest"] = digest(operations[point["name"]])
     shared = {k: v for k, v in settings.items() if k not in ("workspace", "points", "shapes", "labels")}
     for job in jobs:
         extra = {}
@@ -184,5 +185,6 @@ def _patch_file(point: int) -> str:
     return f"point-{point:04d}.json"
 
 
-def _digest(spec) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+def digest(spec) -> str:
+    """The digest of a JSON document (a patchset, one patch), as pyhf digests workspaces."""
+    return pyhf.utils.digest(spec)

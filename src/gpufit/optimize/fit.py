@@ -221,18 +221,11 @@ def fit(
     def solve(rows, starts, steps):
         """Run the solver on datasets ``rows`` from ``starts``, in padded chunks."""
         size = padded_size(len(rows), chunk)
-        outs = []
-        for start in range(0, len(rows), size):
-            stop = min(start + size, len(rows))
-            take = np.concatenate([rows[start:stop], np.repeat(rows[start:start + 1], size - (stop - start))])
-            x = np.concatenate([starts[start:stop], np.repeat(starts[start:start + 1], size - (stop - start), 0)])
-            res = minimize_batch(
-                compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
-                jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
-                group=_device.lockstep_group(size), lam0=damping, newton_edm=float("inf") if newton else 0.0,
-            )
-            outs.append([np.asarray(r)[: stop - start] for r in res])
-        return [np.concatenate(parts).copy() for parts in zip(*outs)]
+        return _in_chunks(rows, starts, size, lambda take, x, _: minimize_batch(
+            compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
+            jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
+            group=_device.lockstep_group(size), lam0=damping, newton_edm=float("inf") if newton else 0.0,
+        ))
 
     first = min(maxiter, FIRST_PASS_STEPS) if n > 1 and not newton else maxiter  # Newton: the few hard fits
     pars, twice_nll, status, n_iter, edm = _two_passes(solve, flat_x0, first, maxiter)
@@ -266,6 +259,21 @@ def fit(
         bounds=b,
         by_minuit=by_minuit.reshape(batch_shape),
     )
+
+
+def _in_chunks(rows, starts, size, call):
+    """``call(take, x, real)`` on chunks of exactly ``size`` rows: ``take`` [size] of
+    ``rows`` [n] and their starts ``x`` [size, P] (from ``starts`` [n, P]), a short last
+    chunk padded by repeating its first row, ``real`` of them not padding. Returns the
+    outputs of ``call`` for the n rows, concatenated (each a fresh array)."""
+    outs = []
+    for start in range(0, len(rows), size):
+        stop = min(start + size, len(rows))
+        pad = size - (stop - start)
+        take = np.concatenate([rows[start:stop], np.repeat(rows[start:start + 1], pad)])
+        x = np.concatenate([starts[start:stop], np.repeat(starts[start:start + 1], pad, 0)])
+        outs.append([np.asarray(r)[: stop - start] for r in call(take, x, stop - start)])
+    return [np.concatenate(parts).copy() for parts in zip(*outs)]
 
 
 def _two_passes(solve, x0, first, maxiter):
@@ -339,19 +347,11 @@ def fit_points(stacked, models, point, data, x0, free, *, tol: float = DEFAULT_T
     group = _device.lockstep_group(size)
 
     def solve(rows, starts, steps):
-        outs = []
-        for start in range(0, len(rows), size):
-            stop = min(start + size, len(rows))
-            pad = size - (stop - start)
-            take = np.concatenate([rows[start:stop], np.repeat(rows[start:start + 1], pad)])
-            x = np.concatenate([starts[start:stop], np.repeat(starts[start:start + 1], pad, 0)])
-            res = minimize_points(
-                stacked, jnp.asarray(point[take]), jnp.asarray(data[take]), jnp.asarray(x), jnp.asarray(free[take]),
-                jnp.asarray(bounds[take, :, 0]), jnp.asarray(bounds[take, :, 1]),
-                jnp.asarray(np.arange(size) < stop - start), tol, steps, group=group,
-            )
-            outs.append([np.asarray(r)[: stop - start] for r in res])
-        return [np.concatenate(parts).copy() for parts in zip(*outs)]
+        return _in_chunks(rows, starts, size, lambda take, x, real: minimize_points(
+            stacked, jnp.asarray(point[take]), jnp.asarray(data[take]), jnp.asarray(x), jnp.asarray(free[take]),
+            jnp.asarray(bounds[take, :, 0]), jnp.asarray(bounds[take, :, 1]), jnp.asarray(np.arange(size) < real),
+            tol, steps, group=group,
+        ))
 
     pars, twice_nll, status, n_iter, edm = _two_passes(solve, x0, min(maxiter, FIRST_PASS_STEPS), maxiter)
     by_minuit = np.zeros(n, bool)
