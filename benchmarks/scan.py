@@ -3,13 +3,18 @@
 against pyhf's jax backend looping over a few of the same points in the same run.
 
     python benchmarks/scan.py --patches '*' --pyhf-points 3
+    python benchmarks/scan.py --pyhf-points 0 --repeat 2 --rows DIR --out scan-gpu.json   # gpu/run.sh
 
 pyhf 0.7.6's TOMS 748 limit scan fails on jax arrays (unhashable), so pyhf's points run
 its 21-point linear grid scan (``upper_limit(data, model, scan=grid)``), with the grid
 from 0 to 1.5 times gpufit's largest limit of the point (at most the POI's upper bound,
 5, beyond which pyhf refuses to fit: a limit above it is then a bound in both); gpufit runs the same grid on
 those points too (``scan(mus=grid)``), so that the limits compare number for number.
-Prints a table and writes ``benchmarks/results/scan-cpu.json``.
+Prints a table and writes ``benchmarks/results/scan-cpu.json``. ``--repeat 2`` runs the
+whole scan twice in one process: the first includes compilation, the second is warm (what
+a scan costs where the kernels are already compiled, or in JAX's persistent cache);
+``--rows DIR`` writes the first scan's rows (``DIR/scan.json``) to compare devices point
+by point.
 """
 
 from __future__ import annotations
@@ -52,29 +57,39 @@ def main() -> None:
     parser.add_argument("--pyhf-points", type=int, default=3,
                         help="points also run with pyhf's jax backend (spread over the grid)")
     parser.add_argument("--grid-points", type=int, default=21, help="POI values of pyhf's linear scan")
+    parser.add_argument("--repeat", type=int, default=1, help="scans in one process (the first compiles)")
+    parser.add_argument("--rows", default=None, help="folder for the first scan's rows (scan.json, scan.csv)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "scan-cpu.json"))
     args = parser.parse_args()
     bkg_path, ps_path = os.path.join(LBB, "BkgOnly.json"), os.path.join(LBB, "patchset.json.gz")
 
-    start = time.perf_counter()
-    result = gpufit.scan(bkg_path, ps_path, patches=args.patches)
-    seconds = time.perf_counter() - start
-    failed = [r["name"] for r in result.points if r["error"]]
-    n = len(result.points)
-    rows = [{"what": "gpufit scan", "points": n, "seconds": seconds, "seconds_per_point": seconds / n,
-             "build_seconds": result.info["build_seconds"], "fits": result.info["fits"],
-             "rounds": result.info["rounds"], "points_with_error": failed,
-             "fits_failed": int(sum(r["n_failed"] for r in result.points)), "device": result.device}]
-    print(f"gpufit: {n} points in {seconds:.1f} s ({seconds / n:.2f} s a point, models built in "
-          f"{result.info['build_seconds']:.1f} s, {result.info['fits']} fits in {result.info['rounds']} rounds), "
-          f"{len(failed)} points with an error")
-    write_report(args.out, "scan.py", args, rows)
+    rows = []
+    for repeat in range(args.repeat):
+        start = time.perf_counter()
+        scanned = gpufit.scan(bkg_path, ps_path, patches=args.patches)
+        seconds = time.perf_counter() - start
+        failed = [r["name"] for r in scanned.points if r["error"]]
+        n = len(scanned.points)
+        rows.append({"what": "gpufit scan", "repeat": repeat, "points": n, "seconds": seconds,
+                     "seconds_per_point": seconds / n, "build_seconds": scanned.info["build_seconds"],
+                     "fits": scanned.info["fits"], "rounds": scanned.info["rounds"], "points_with_error": failed,
+                     "fits_failed": int(sum(r["n_failed"] for r in scanned.points)), "device": scanned.device})
+        print(f"gpufit ({'first' if repeat == 0 else 'again'}): {n} points in {seconds:.1f} s ({seconds / n:.2f} s "
+              f"a point, models built in {scanned.info['build_seconds']:.1f} s, {scanned.info['fits']} fits in "
+              f"{scanned.info['rounds']} rounds), {len(failed)} points with an error")
+        write_report(args.out, "scan.py", args, rows)
+        if repeat == 0:
+            result, seconds_first = scanned, seconds
+            if args.rows:
+                result.write(args.rows)
+    seconds = seconds_first
 
     pyhf.set_backend("jax")
     bkg = gpufit.Workspace.load(bkg_path)
     picks = np.linspace(0, n - 1, args.pyhf_points).round().astype(int) if args.pyhf_points else []
-    print(f"{'point':<24s} {'pyhf s':>7s} {'CLs rel diff':>12s} {'grid UL rel diff':>16s} "
-          f"{'root vs grid UL':>15s}")
+    if len(picks):
+        print(f"{'point':<24s} {'pyhf s':>7s} {'CLs rel diff':>12s} {'grid UL rel diff':>16s} "
+              f"{'root vs grid UL':>15s}")
     pyhf_seconds = 0.0
     for i in picks:
         row = result.points[i]

@@ -5,6 +5,8 @@ runs its work twice in one process, once with ``jax.default_device`` on the CPU 
 on the GPU, so that the CPU side uses the CPU's chunking and the GPU side the GPU's.
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -88,3 +90,23 @@ def test_toy_teststats_on_gpu_equal_cpu(name, request):
         # toy fits stop at edm < 1e-6: each test statistic is within ~1e-6 of its exact value
         assert np.max(np.abs(a[ok] - b[ok])) < 1e-5, (key, np.max(np.abs(a[ok] - b[ok])))
     assert abs(gpu["cls_obs"][0] - cpu["cls_obs"][0]) < 3 / 256
+
+
+@needs_gpu
+def test_scan_on_gpu_equals_cpu(lbb_ws):
+    """A few 1Lbb signal points, fitted side by side (one padded model per fit): CLs at
+    mu = 1 and the six limits of every point agree between the devices."""
+    folder = gpufit.workspace.bundled_path("atlas_1Lbb_ins1755298")
+    patchset = os.path.join(folder, "patchset.json.gz")
+
+    def run():
+        return gpufit.scan(lbb_ws, patchset, patches="C1N2_Wh_hbb_300_*").points
+
+    cpu, gpu = on(CPU, run), on(GPU, run)
+    assert [r["name"] for r in gpu] == [r["name"] for r in cpu] and len(cpu) == 5
+    for a, b in zip(gpu, cpu):
+        assert a["error"] is None and b["error"] is None
+        # fits stop at edm < 1e-8: CLs and the limits (solved to 1e-7) agree well inside 1e-5
+        assert rel([a["cls_obs"], *a["cls_exp"]], [b["cls_obs"], *b["cls_exp"]]) < 1e-5, a["name"]
+        assert rel([a["upper_limit_obs"], *a["upper_limit_exp"]],
+                   [b["upper_limit_obs"], *b["upper_limit_exp"]]) < 1e-5, a["name"]
