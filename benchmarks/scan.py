@@ -13,13 +13,16 @@ those points too (``scan(mus=grid)``), so that the limits compare number for num
 Prints a table and writes ``benchmarks/results/scan-cpu.json``. ``--repeat 2`` runs the
 whole scan twice in one process: the first includes compilation, the second is warm (what
 a scan costs where the kernels are already compiled, or in JAX's persistent cache);
-``--rows DIR`` writes the first scan's rows (``DIR/scan.json``) to compare devices point
-by point.
+``--rows DIR`` writes the first scan's rows (``DIR/scan.json``); ``--compare ROWS.json``
+compares them point by point with such a file written elsewhere (another device):
+
+    python benchmarks/scan.py --pyhf-points 3 --compare benchmarks/results/scan-gpu-h200-points.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -51,6 +54,23 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
+def compare(result, path: str) -> dict:
+    """The largest relative differences of CLs (observed, 5 expected) and limits (observed,
+    5 expected) between this scan's rows and those of ``path`` (same points by name)."""
+    with open(path) as handle:
+        other = json.load(handle)
+    theirs = {r["name"]: r for r in other["points"]}
+    common = [r for r in result.points if r["name"] in theirs and not r["error"]]
+    cls = max(rel([r["cls_obs"], *r["cls_exp"]], [theirs[r["name"]]["cls_obs"], *theirs[r["name"]]["cls_exp"]])
+              for r in common)
+    limits = max(rel([r["upper_limit_obs"], *r["upper_limit_exp"]],
+                     [theirs[r["name"]]["upper_limit_obs"], *theirs[r["name"]]["upper_limit_exp"]]) for r in common)
+    print(f"against {os.path.basename(path)} ({other['device']}): {len(common)} points, CLs max rel diff "
+          f"{cls:.1e}, limits max rel diff {limits:.1e}")
+    return {"what": "compare", "against": os.path.relpath(path, HERE), "against_device": other["device"],
+            "points": len(common), "cls_max_rel_diff": cls, "limits_max_rel_diff": limits}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patches", default="*", help="glob of the 1Lbb patches to scan")
@@ -59,6 +79,8 @@ def main() -> None:
     parser.add_argument("--grid-points", type=int, default=21, help="POI values of pyhf's linear scan")
     parser.add_argument("--repeat", type=int, default=1, help="scans in one process (the first compiles)")
     parser.add_argument("--rows", default=None, help="folder for the first scan's rows (scan.json, scan.csv)")
+    parser.add_argument("--compare", default=None,
+                        help="a scan.json written on another device: the largest differences point by point")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "scan-cpu.json"))
     args = parser.parse_args()
     bkg_path, ps_path = os.path.join(LBB, "BkgOnly.json"), os.path.join(LBB, "patchset.json.gz")
@@ -83,6 +105,9 @@ def main() -> None:
             if args.rows:
                 result.write(args.rows)
     seconds = seconds_first
+    if args.compare:
+        rows.append(compare(result, args.compare))
+        write_report(args.out, "scan.py", args, rows)
 
     pyhf.set_backend("jax")
     bkg = gpufit.Workspace.load(bkg_path)
