@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--pyhf-points", type=int, default=3,
                         help="points also run with pyhf's jax backend (spread over the grid)")
     parser.add_argument("--grid-points", type=int, default=21, help="POI values of pyhf's linear scan")
+    parser.add_argument("--build-workers", type=int, default=None,
+                        help="processes building the point models (default: gpufit's choice from the CPUs)")
     parser.add_argument("--repeat", type=int, default=1, help="scans in one process (the first compiles)")
     parser.add_argument("--rows", default=None, help="folder for the first scan's rows (scan.json, scan.csv)")
     parser.add_argument("--compare", default=None,
@@ -88,12 +90,13 @@ def main() -> None:
     rows = []
     for repeat in range(args.repeat):
         start = time.perf_counter()
-        scanned = gpufit.scan(bkg_path, ps_path, patches=args.patches)
+        scanned = gpufit.scan(bkg_path, ps_path, patches=args.patches, workers=args.build_workers)
         seconds = time.perf_counter() - start
         failed = [r["name"] for r in scanned.points if r["error"]]
         n = len(scanned.points)
         rows.append({"what": "gpufit scan", "repeat": repeat, "points": n, "seconds": seconds,
                      "seconds_per_point": seconds / n, "build_seconds": scanned.info["build_seconds"],
+                     "build_workers": args.build_workers or gpufit.workspace.build_workers(n),
                      "fits": scanned.info["fits"], "rounds": scanned.info["rounds"], "points_with_error": failed,
                      "fits_failed": int(sum(r["n_failed"] for r in scanned.points)), "device": scanned.device})
         print(f"gpufit ({'first' if repeat == 0 else 'again'}): {n} points in {seconds:.1f} s ({seconds / n:.2f} s "

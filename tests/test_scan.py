@@ -283,3 +283,39 @@ def test_a_patch_the_schema_refuses_is_named_by_the_schema(grid, tmp_path):
     [(_, err, data)] = gpufit.Workspace.load(grid["bkg"]).signal_points(str(broken), ["sig_300_0"])
     assert isinstance(err, gpufit.InvalidWorkspace) and data is None
     assert "channels[0].samples[1].modifiers[1]" in str(err)
+
+
+def test_worker_processes_build_the_points_this_process_builds(grid, tmp_path, monkeypatch):
+    """``workers=2``: the same points in the same order, the same tables to the bit, and a
+    bad point's error (type, message, JSON path) as built here."""
+    import gpufit.workspace as workspace
+
+    calls = []
+    spawned = workspace._points_in_processes
+    monkeypatch.setattr(workspace, "_points_in_processes", lambda *a: calls.append(a[-1]) or spawned(*a))
+    with open(grid["ps"]) as handle:
+        ps = json.load(handle)
+    ps["patches"][1]["patch"][0]["value"]["data"][1] = float("nan")
+    broken = tmp_path / "patchset.json"
+    broken.write_text(json.dumps(ps))
+    ws = gpufit.Workspace.load(grid["bkg"])
+    here = list(ws.signal_points(str(broken)))
+    there = list(ws.signal_points(str(broken), workers=2))
+    assert calls == [2]
+    assert [p.name for p, _, _ in there] == [p.name for p, _, _ in here] and len(here) == 5
+    for (_, a, data_a), (_, b, data_b) in zip(here, there):
+        if data_a is None:
+            assert type(b) is type(a) and str(b) == str(a) and b.path == a.path and data_b is None
+            continue
+        assert np.array_equal(data_b, data_a)
+        tables_a, tables_b = [], []
+        a.compiled_numpy.map_arrays(lambda name, x: tables_a.append((name, x)))
+        b.compiled_numpy.map_arrays(lambda name, x: tables_b.append((name, x)))
+        assert all(na == nb and np.array_equal(x, y) for (na, x), (nb, y) in zip(tables_a, tables_b))
+        pars = a.suggested_init()
+        assert float(b.logpdf(pars, data_b)) == float(a.logpdf(pars, data_a))
+        # pyhf's model of a worker's point is built here when asked for, from the point's spec
+        assert "pyhf_model" not in b.__dict__  # a grid's models hold none (many would slow the fits)
+        assert b.pyhf_model.config.par_names == a.pyhf_model.config.par_names
+        np.testing.assert_allclose(b.pyhf_model.logpdf(pars, data_b), a.logpdf(pars, data_a), rtol=1e-12)
+    assert sum(data is None for _, _, data in here) == 1

@@ -140,3 +140,29 @@ def test_bundled_examples_are_the_published_likelihoods(lbb_ws):
     assert ws.model().n_pars == 126
     with pytest.raises(gpufit.UnknownName, match="'sbottom', '1lbb', '2ljets', 'docs'"):
         gpufit.Workspace.example("1Lbb_typo")
+
+
+def test_a_pickled_model_computes_what_it_computed(sbottom):
+    """Models travel between processes (the build workers of a grid): the tables and the
+    configuration do, pyhf's model is built again from the spec when asked for."""
+    import pickle
+
+    import numpy as np
+
+    model, data = sbottom
+    back = pickle.loads(pickle.dumps(model))
+    assert "pyhf_model" not in back.__dict__  # not carried: rebuilt below
+    pars = model.suggested_init() + 0.1
+    assert np.array_equal(np.asarray(back.logpdf(pars, data)), np.asarray(model.logpdf(pars, data)))
+    assert back.parameter_names == model.parameter_names and back.poi_index == model.poi_index
+    np.testing.assert_allclose(back.pyhf_model.logpdf(pars, data), model.pyhf_model.logpdf(pars, data), rtol=1e-14)
+
+
+def test_errors_survive_pickling():
+    """A worker's error arrives as the error it was (type, message, fields)."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(gpufit.UnknownName("patch", "sig_1", ["sig_10", "sig_2"])))
+    assert isinstance(err, gpufit.UnknownName) and "Did you mean 'sig_10'" in str(err) and err.valid == ["sig_10", "sig_2"]
+    err = pickle.loads(pickle.dumps(gpufit.InvalidWorkspace("bad number", path="channels[0].data[1]", expected="number")))
+    assert str(err) == "bad number" and err.path == "channels[0].data[1]" and err.expected == "number"

@@ -3,7 +3,7 @@
 # scipy and pytest, no network). Run from the repository root, with the wheels that
 # benchmarks/gpu/fetch-wheels.sh downloaded carried in .whl:
 #
-#     bash benchmarks/gpu/run.sh [quick|full|parity|engine|parts]
+#     bash benchmarks/gpu/run.sh [quick|full|parity|engine|parts|scan]
 #
 # It installs the wheels, then runs `gpufit info`, the tests marked gpu (CPU/GPU parity)
 # and benchmarks/toys.py on the GPU, each step under its own time limit so that the whole
@@ -43,6 +43,13 @@ toys() {  # toys SECONDS DTYPE MODELS NTOYS
 if [ "$mode" = parts ]; then  # where a solver step's time goes, against the batch width: ~2 min
   step 380 "step parts" python3 benchmarks/step_parts.py --models sbottom,1lbb,gen40 --batches 1024,32768 \
     --out "$out/step-parts-gpu.json"
+  echo "done in $((SECONDS - started))s"
+  exit 0
+fi
+if [ "$mode" = scan ]; then  # the 1Lbb grid twice, its models built by the CPU's cores; float32 toys: ~3.5 min
+  step 110 "scan 1lbb" python3 benchmarks/scan.py --pyhf-points 0 --repeat 2 --out "$out/scan-gpu.json"
+  step 90 "toys float32 sbottom 1000" python3 benchmarks/toys.py --pyhf-toys 0 --dtype float32 --models sbottom \
+    --ntoys 1000 --out "$out/toys-gpu-float32-sbottom.json"
   echo "done in $((SECONDS - started))s"
   exit 0
 fi

@@ -40,6 +40,9 @@ class InvalidWorkspace(GpufitError, ValueError):
         self.path = path
         self.expected = expected
 
+    def __reduce__(self):  # pickled with its fields (errors come back from worker processes)
+        return type(self), (self.args[0], self.path, self.expected)
+
 
 class UnknownName(GpufitError, KeyError):
     """A measurement, patch, parameter, channel or sample name that does not exist."""
@@ -53,6 +56,9 @@ class UnknownName(GpufitError, KeyError):
         msg = f"unknown {kind} {name!r}.{hint} Valid {_plural(kind)}: {shown}{more}."
         super().__init__(msg)
         self.kind, self.name, self.valid = kind, name, valid
+
+    def __reduce__(self):
+        return type(self), (self.kind, self.name, self.valid)
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]

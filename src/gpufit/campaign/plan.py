@@ -52,7 +52,7 @@ def point_seed(seed: int, point: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(point)]).generate_state(1, np.uint32)[0])
 
 
-def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings) -> tuple[dict, dict, object]:
+def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings, workers) -> tuple[dict, dict, object]:
     """The points of a grid campaign (checked: each builds, each tests ``mus``), the
     patchset spec to write and the first point's model: ``({"labels", "points",
     "shapes"}, spec, model)``."""
@@ -60,7 +60,7 @@ def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings) -> t
     ps = load_patchset(spec)
     points, families, first = [], {}, None
     for index, (patch, model, _) in enumerate(ws.signal_points(ps, select_patches(ps, patches), measurement=measurement,
-                                                               modifier_settings=modifier_settings)):
+                                                               workers=workers, modifier_settings=modifier_settings)):
         if isinstance(model, Exception):
             raise CampaignError(f"point {patch.name}: {model}")
         check_poi(model, mus=mus)
@@ -76,7 +76,7 @@ def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings) -> t
 def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, test_stat: str = "qtilde",
          toy_pars: str = "profiled", measurement: str | None = None, modifier_settings: dict | None = None,
          chunk_size: int | None = None, max_failed: float = DEFAULT_MAX_FAILED, patchset=None, patches=None,
-         mu: float = 1.0, cache_dir: str | None = "cache") -> dict:
+         mu: float = 1.0, cache_dir: str | None = "cache", workers: int | None = 1) -> dict:
     """Write a campaign into ``out`` and return its ``campaign.json`` content.
 
     Args:
@@ -91,6 +91,8 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         cache_dir: JAX's persistent compilation cache of the jobs, relative to ``out``
             or absolute (a shared file system: jobs and Dask workers load what the first
             one compiled); None: the jobs' own setting.
+        workers: processes that build the grid's point models to check them (None:
+            from the CPUs; :meth:`gpufit.Workspace.signal_points`).
     """
 
     mus = [float(m) for m in np.atleast_1d(np.asarray(mus, dtype=float))]
@@ -104,7 +106,7 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
     if patchset is not None:
         if len(mus) > 1:
             check_grid(mus)
-        grid, spec, model = _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings)
+        grid, spec, model = _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings, workers)
     else:
         model = ws.model(measurement=measurement, modifier_settings=modifier_settings)  # validates the setup
         poi_range = check_poi(model, mus=mus)  # the rules of hypotest and upper_limit

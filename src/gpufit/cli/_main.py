@@ -340,11 +340,14 @@ def _plot_limit(result, path, payload) -> str | None:
               help="Folder for scan.json and scan.csv (made if missing).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write the exclusion contour in the plane of the patchset's labels (.png, .pdf, ...).")
+@click.option("--build-workers", type=click.IntRange(min=1), default=None,
+              help="Processes that build the points' models (pyhf's model build is pure Python) "
+                   "[default: the CPUs, at least 8 points each].")
 @toy_options
 @fit_options
 @output_options
 def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, level, test_stat, calculator,
-         out_dir, plot, toy_options, tol, maxiter):
+         out_dir, plot, build_workers, toy_options, tol, maxiter):
     """CLs at --mu and upper limits for every signal point of a patchset.
 
     The points are compiled once (padded to one shape) and, with the asymptotic
@@ -358,7 +361,8 @@ def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, 
     grid = parse_range(mus) if mus else None
     result = run_scan(load_workspace(workspace), patchset, patches=list(patches) or None, calculator=calculator,
                       mu=mu, level=level, test_stat=test_stat, mus=grid, measurement=measurement,
-                      modifier_settings=modifier_settings, **toy_options, **_fit_kwargs(tol, maxiter))
+                      modifier_settings=modifier_settings, workers=build_workers, **toy_options,
+                      **_fit_kwargs(tol, maxiter))
     _emit_grid(result, out_dir, plot, lambda p: (
         f"{p['info']['n_points']} points, {p['info']['n_shapes']} compiled shape(s), {p['info']['seconds']:.1f} s "
         f"on {p['device']}"))
@@ -540,11 +544,14 @@ def campaign():
 @click.option("--submit", type=click.Choice(["slurm", "htcondor", "panda"]), default=None,
               help="Also write a batch submit script into OUT/submit/.")
 @click.option("--gpu", is_flag=True, help="Ask the batch system for one GPU per job.")
+@click.option("--build-workers", type=click.IntRange(min=1), default=None,
+              help="Processes that build the points' models (pyhf's model build is pure Python) "
+                   "[default: the CPUs, at least 8 points each].")
 @click.option("--container", default=None,
               help="Container image for the submit script: NAME:TAG (pulled as docker://NAME:TAG) or a full URI.")
 @output_options
 def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_per_job, seed, test_stat, toy_pars,
-                  chunk_size, max_failed, out, cache_dir, submit, gpu, container, measurement=None,
+                  chunk_size, max_failed, out, cache_dir, submit, gpu, build_workers, container, measurement=None,
                   modifier_settings=None):
     """Write OUT/campaign.json and one OUT/jobs/job-NNNN.json per job.
 
@@ -559,7 +566,8 @@ def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_
     payload = plan(ws, out, parse_range(mus), ntoys, toys_per_job, seed, test_stat=test_stat, toy_pars=toy_pars,
                    measurement=measurement, modifier_settings=modifier_settings,
                    chunk_size=chunk_size, max_failed=max_failed,
-                   patchset=patchset, patches=list(grid_patches) or None, mu=mu, cache_dir=cache_dir or None)
+                   patchset=patchset, patches=list(grid_patches) or None, mu=mu, cache_dir=cache_dir or None,
+                   workers=build_workers)
     if submit:
         from ..executors import write_submit_script
 

@@ -123,7 +123,7 @@ def select_patches(patchset, patches=None) -> list[str]:
 
 def scan(workspace, patchset, patches=None, calculator: str = "asymptotic", mu: float = 1.0, level: float = 0.05,
          test_stat: str = "qtilde", mus=None, *, measurement: str | None = None, modifier_settings=None,
-         dtype: str = "float64", **options) -> ScanResult:
+         dtype: str = "float64", workers: int | None = 1, **options) -> ScanResult:
     """CLs at ``mu`` and upper limits on the POI for every signal point of a patchset.
 
     Args:
@@ -137,6 +137,9 @@ def scan(workspace, patchset, patches=None, calculator: str = "asymptotic", mu: 
         mus: a grid of POI values for the limits, interpolated as
             :func:`gpufit.upper_limit` does with ``mus`` (default: each limit solved
             to 1e-7; toys: the default grid of ``upper_limit``).
+        workers: processes that build the points' models (None: from the CPUs;
+            :meth:`gpufit.Workspace.signal_points`, whose note on Python's
+            ``__main__`` guard applies).
         options: the toy options of :func:`gpufit.hypotest` (toys: per point and
             hypothesis); the fit options ``tol`` and ``maxiter``.
 
@@ -164,7 +167,7 @@ def scan(workspace, patchset, patches=None, calculator: str = "asymptotic", mu: 
 
     started = time.perf_counter()
     rows, built = [], []
-    for patch, model, data in ws.signal_points(patchset, names, measurement=measurement,
+    for patch, model, data in ws.signal_points(patchset, names, measurement=measurement, workers=workers,
                                                 modifier_settings=modifier_settings, dtype=dtype):
         row = _empty_row(patch.name, list(patch.values))
         rows.append(row)

@@ -99,6 +99,31 @@ class Model:
         self.compiled = host.map_arrays(lambda name, a: ns.put(a))
         self._ns = ns
 
+    @functools.cached_property
+    def pyhf_model(self) -> pyhf.Model:
+        """pyhf's model of ``spec``: built with the model (its configuration is pyhf's),
+        and built again from ``spec`` when first asked for after unpickling."""
+        return _pyhf_model(self.spec, self.poi_name, self.modifier_settings, validate=False)
+
+    def forget_pyhf_model(self) -> "Model":
+        """Let go of pyhf's model (built again from ``spec`` when asked for): the models
+        of a grid then hold their tables only, not a pyhf model each, whose Python
+        objects the garbage collector would walk through every fit of the scan."""
+        self.__dict__.pop("pyhf_model", None)
+        return self
+
+    def __getstate__(self) -> dict:
+        """A pickle carries the NumPy tables and the configuration (a model built in a
+        worker process: :meth:`gpufit.Workspace.signal_points`), not pyhf's model nor
+        arrays on a device; unpickling puts the tables on the receiving side's default
+        device."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("pyhf_model", "compiled", "_ns")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ns = get_namespace(self.backend)
+        self.compiled = self.compiled_numpy.map_arrays(lambda name, a: self._ns.put(a))
+
     def with_tables(self, host) -> "Model":
         """The same model with other compiled tables ``host`` (NumPy arrays; e.g. padded to
         the shape of a grid, :func:`gpufit.model.pad_models`): a shallow copy."""
