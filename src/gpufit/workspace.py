@@ -175,11 +175,13 @@ def _built(ws, base, operations, measurement, model_options):
 _WORKER: dict = {}  # a build worker's workspace, its point base and the build options
 
 
-def _start_worker(spec: dict, measurement, model_options: dict) -> None:
+def _start_worker(spec_path: str, measurement, model_options: dict) -> None:
     import jax
+    import pickle
 
     jax.config.update("jax_platforms", "cpu")  # a worker builds tables; the device is the parent's
-    ws = Workspace(spec, validate=False)  # the parent checked it
+    with open(spec_path, "rb") as handle:
+        ws = Workspace(pickle.load(handle), validate=False)  # the parent checked it
     _WORKER.update(ws=ws, base=ws._point_base(), measurement=measurement, options=model_options)
 
 
@@ -196,19 +198,27 @@ def _points_in_processes(spec, base, patches: list, measurement, model_options: 
     (cheap, sharing) so that its pyhf model can be built when asked for."""
     import concurrent.futures
     import multiprocessing
+    import pickle
+    import tempfile
 
     workers = min(workers, len(patches))
     context = multiprocessing.get_context("spawn")  # fork would copy JAX's threads
     chunk = max(1, len(patches) // (4 * workers))
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                                  initargs=(dict(spec), measurement, model_options))
-    try:
-        for operations, (model, data) in zip(patches, pool.map(_worker_point, patches, chunksize=chunk)):
-            if data is not None:
-                model.spec = _point_spec(base[0], operations, measurement)[2]
-            yield model, data
-    finally:  # a caller that stops early (a bad point) does not wait for the others
-        pool.shutdown(wait=False, cancel_futures=True)
+    with tempfile.TemporaryDirectory(prefix="gpufit-points-") as folder:
+        # the workspace goes by file: a worker reads its start-up arguments only after
+        # importing gpufit, and a large argument would hold this process at each start
+        path = os.path.join(folder, "workspace.pickle")
+        with open(path, "wb") as handle:
+            pickle.dump(dict(spec), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                      initargs=(path, measurement, model_options))
+        try:
+            for operations, (model, data) in zip(patches, pool.map(_worker_point, patches, chunksize=chunk)):
+                if data is not None:
+                    model.spec = _point_spec(base[0], operations, measurement)[2]
+                yield model, data
+        finally:  # a caller that stops early (a bad point) waits for the running chunks only
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _with_arrays(spec: dict) -> dict:
