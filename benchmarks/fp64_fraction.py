@@ -7,8 +7,11 @@ Flops per toy = 4 fits x mean Gauss-Newton steps per fit x flops of one step, wh
 
 - flops of one step: XLA's own count (``compiled.cost_analysis()["flops"]``) of one
   vmapped step, evaluation (-2 log L, gradient, curvature factors) plus the damped
-  solve, divided by the batch: the work a step must do, nothing of the lockstep
-  bookkeeping (acceptance, bounds, frozen fits), the toy draws or the host;
+  solve, divided by the batch, plus the two Cholesky solves that XLA hands to
+  LAPACK/cuSOLVER and does not count (N^3/3 + 2 N^2 (1 + U) + U^3/3 + 2 U^2 for N bins
+  and U unconstrained parameters; tiny beside the rest): the work a step must do,
+  nothing of the lockstep bookkeeping (acceptance, bounds, frozen fits), the toy draws
+  or the host;
 - mean steps: the engine's fits on its own toys (``sample_toys`` at the observed
   fixed-POI fit at mu = 1, free and fixed-POI fits from there, ``tol = 1e-6`` as the
   toy fits use), counted here on the CPU (a fit takes the same steps on either device
@@ -55,7 +58,9 @@ def step_flops(model) -> float:
     data = jnp.ones((BATCH, model.n_main + model.n_aux), model.dtype)
     cost = jax.jit(jax.vmap(step)).lower(data, x).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) / BATCH
+    n, u = model.n_main, int(np.asarray(m.unconstrained).size)
+    cholesky = n ** 3 / 3 + 2 * n * n * (1 + u) + u ** 3 / 3 + 2 * u * u
+    return float(cost["flops"]) / BATCH + cholesky
 
 
 def mean_steps(model, data, ntoys: int) -> tuple[float, float]:

@@ -360,3 +360,27 @@ def test_retries_keep_the_lowest_converged_candidate():
     assert best.twice_nll.tolist() == [5.0, 3.0, 4.0, 9.0]
     assert best.converged.tolist() == [True, True, True, False]
     assert best.pars[:, 0].tolist() == [5.0, 3.0, 4.0, 9.0]
+
+
+def test_a_kernel_folder_shares_the_traced_chunk_kernel(docs_ws, tmp_path, monkeypatch):
+    """``kernel_dir``: the first calculator writes the chunk kernel (jax.export), a later
+    one (a campaign's next job: nothing in memory) reads it instead of tracing, and both
+    give the toys of a calculator without one, to the bit."""
+    from gpufit.infer import toys
+
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+
+    def run(**kwargs):
+        toys._COMPILED.clear()  # as in a new process
+        return ToyCalculator(model, data, [1.0], ntoys=40, seed=5, chunk_size=32, progress=False, **kwargs).run()
+
+    plain = run()
+    first = run(kernel_dir=str(tmp_path))
+    [written] = list(tmp_path.glob("toy-chunk-*.jax-export"))
+    monkeypatch.setattr(toys.jax.export, "export", lambda *a, **k: pytest.fail("traced again"))
+    again = run(kernel_dir=str(tmp_path))
+    for r in (first, again):
+        np.testing.assert_array_equal(r["teststat_sb"], plain["teststat_sb"])
+        np.testing.assert_array_equal(r["teststat_b"], plain["teststat_b"])
+    assert written.stat().st_size > 1000 and not list(tmp_path.glob("*.part"))

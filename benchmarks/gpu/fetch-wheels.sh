@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, here (with network), the wheels that benchmarks/gpu/run.sh installs on a GPU
 # machine without network. The GPU image has Python 3.12 with JAX (CUDA), CuPy, numpy,
-# scipy, click, rich, tqdm, pyyaml, attrs; gpufit needs pyhf and iminuit on top, and the
+# scipy, click, rich, tqdm, pyyaml, attrs; gpufit needs pyhf, iminuit and flatbuffers on top, and the
 # gpu-marked tests need pytest (there) and nothing else.
 #
 #     bash benchmarks/gpu/fetch-wheels.sh [DIR]      # default: .whl (ignored by git)
@@ -15,5 +15,5 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manyl
 done
 "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d "$dest" \
-  pyhf==0.7.6 iminuit==2.33.0 jsonpatch jsonpointer jsonschema jsonschema-specifications referencing rpds-py
+  pyhf==0.7.6 iminuit==2.33.0 flatbuffers jsonpatch jsonpointer jsonschema jsonschema-specifications referencing rpds-py
 ls -1 "$dest"

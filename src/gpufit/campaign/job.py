@@ -109,8 +109,10 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
         return {"job": job["job"], "status": "skipped", "path": final}
     started = time.perf_counter()
     campaign_dir = os.path.dirname(os.path.dirname(os.path.abspath(job_path)))
+    kernel_dir = None
     if job.get("compilation_cache"):  # before this job compiles anything
-        _device.use_compilation_cache(os.path.join(campaign_dir, job["compilation_cache"]))
+        kernel_dir = os.path.join(campaign_dir, job["compilation_cache"])
+        _device.use_compilation_cache(kernel_dir)
     ws_path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["workspace"])
     ws = Workspace.load(ws_path, validate=False)  # validated when planned: the digest says it is that one
     if ws.digest() != job["workspace_digest"]:
@@ -125,7 +127,7 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
         data = ws.data(model)
     calc = ToyCalculator(model, data, job["mus"], job["test_stat"], ntoys=1, seed=job["seed"],
                          toy_pars=job["toy_pars"], chunk_size=job.get("chunk_size"), max_failed=1.0,
-                         progress=False)
+                         progress=False, kernel_dir=kernel_dir)
     setup_seconds = time.perf_counter() - started  # reading, model, observed fits (compiles included)
     hyp, mu, toy = _rows(job)
     ts = np.full(hyp.size, np.nan)

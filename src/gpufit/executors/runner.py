@@ -81,6 +81,10 @@ def pending(directory: str, files: list[str] | None = None, broken: list | None 
     return todo
 
 
+# embedded workers import gpufit as they start, not when their first job arrives (~2 s)
+PRELOAD = ["gpufit.executors.runner"]
+
+
 def _task(path: str, require_gpu: bool = False) -> dict:
     return run_job(path, progress=False, require_gpu=require_gpu)
 
@@ -125,7 +129,7 @@ def _gpu_cluster(gpus: list[str]):
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {
-        f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
+        f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, "preload": PRELOAD,
                                              "env": {"CUDA_VISIBLE_DEVICES": g, **GPU_WORKER_ENV}}}
         for g in gpus
     }
@@ -146,7 +150,7 @@ def _run_dask(directory, todo, executor, workers, gpu, gpus, check_gpu):
             cluster = _gpu_cluster(gpus)
         else:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+                                   dashboard_address=None, silence_logs=40, preload=PRELOAD)
         client = Client(cluster)
     else:
         address = executor.replace("dask://", "tcp://", 1)

@@ -29,6 +29,8 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
+import os
 import sys
 import time
 
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _device
+from .._version import __version__
 from ..exceptions import InvalidArgument
 from ..optimize import CONVERGED, MAX_ITERATIONS, fit, minimize_batch
 from ..optimize.fit import (
@@ -262,11 +265,16 @@ class ToyCalculator:
             fits to the observed data).
         toy_tol: edm threshold of the toy fits: 1e-6 by default, which puts each toy's
             test statistic within about 1e-6 of its exact value at 20% fewer steps.
+        kernel_dir: a folder that keeps the chunk kernel serialized (``jax.export``):
+            the first calculator to need it writes it, later ones (other processes:
+            a campaign's jobs) read it instead of tracing it; with JAX's persistent
+            compilation cache in the same folder they compile nothing either.
     """
 
     def __init__(self, model, data, mus, test_stat="qtilde", *, ntoys=DEFAULT_NTOYS, seed=0,
                  toy_pars="profiled", chunk_size=None, max_failed=DEFAULT_MAX_FAILED, progress=None,
-                 init=None, bounds=None, fixed=None, tol=DEFAULT_TOL, maxiter=300, toy_tol=1e-6):
+                 init=None, bounds=None, fixed=None, tol=DEFAULT_TOL, maxiter=300, toy_tol=1e-6,
+                 kernel_dir: str | None = None):
         check_toy_options(ntoys=ntoys, seed=seed, toy_pars=toy_pars, max_failed=max_failed, chunk_size=chunk_size)
         poi = model.require_poi()
         self.model = model
@@ -285,6 +293,7 @@ class ToyCalculator:
         self.user_fixed = dict(fixed or {})
         self.fit_kwargs = dict(init=init, bounds=bounds, fixed=fixed, tol=tol, maxiter=maxiter)
         self.stats = ToyStats()
+        self.kernel_dir = kernel_dir
 
         flags, values = resolve_fixed(model, fixed, ())
         b = resolve_bounds(model, bounds)
@@ -466,7 +475,7 @@ class ToyCalculator:
             gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
             args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
                     jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol)
-            compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter)
+            compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, self.kernel_dir)
             self.stats.compile_seconds += compile_seconds
             return rows, self.mus[i][: rows.size], compiled_call(*args)
 
@@ -558,20 +567,51 @@ def _compiled_cache_key(args, *static):
 _COMPILED: dict = {}
 
 
-def _compiled(args, group, capacity, refits, maxiter):
+def _compiled(args, group, capacity, refits, maxiter, kernel_dir=None):
     """The compiled chunk function for these argument shapes, and its compile seconds
-    (0 when it was compiled before)."""
+    (0 when it was compiled before); through :func:`_exported` where ``kernel_dir``."""
     key = _compiled_cache_key(args, group, capacity, refits, maxiter)
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     start = time.perf_counter()
-    compiled = toy_chunk.lower(*args, first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group,
-                               capacity=capacity, refits=refits).compile()
+    statics = dict(first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group, capacity=capacity, refits=refits)
+    if kernel_dir is None:
+        compiled = toy_chunk.lower(*args, **statics).compile()
+    else:
+        compiled = _exported(kernel_dir, key, args, statics)
     seconds = time.perf_counter() - start
     if len(_COMPILED) > 16:
         _COMPILED.pop(next(iter(_COMPILED)))
     _COMPILED[key] = compiled
     return compiled, seconds
+
+
+def _exported(folder: str, key, args, statics: dict):
+    """The chunk kernel by way of ``jax.export``: the first process to need it traces it
+    and writes it to ``folder``; the others (a campaign's later jobs) read it back
+    instead of tracing it (~2 s of a 1Lbb job's start), and compile it, which JAX's
+    persistent compilation cache answers where it points to the same folder. Returns a
+    callable taking the chunk's arguments."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    platform = _device.platform()
+    name = hashlib.sha256(repr((key, statics, platform, jax.__version__, __version__)).encode()).hexdigest()[:24]
+    path = os.path.join(folder, f"toy-chunk-{name}.jax-export")
+    try:
+        with open(path, "rb") as handle:
+            exported = jax.export.deserialize(bytearray(handle.read()))
+    except (OSError, ValueError):  # not there yet (or torn by a killed writer): trace it
+        def flat(*leaves):
+            return toy_chunk(*jax.tree_util.tree_unflatten(tree, leaves), **statics)
+
+        exported = jax.export.export(jax.jit(flat), platforms=[platform])(*leaves)
+        blob = exported.serialize()
+        os.makedirs(folder, exist_ok=True)
+        partial = f"{path}.{os.getpid()}.part"
+        with open(partial, "wb") as handle:
+            handle.write(blob)
+        os.replace(partial, path)  # whole or not at all, for jobs reading beside this one
+    compiled = jax.jit(exported.call).lower(*leaves).compile()
+    return lambda *call_args: compiled(*jax.tree_util.tree_leaves(call_args))
 
 
 def _store(pars, f, status, rows, r):
