@@ -298,3 +298,28 @@ def test_a_minimum_at_the_edge_of_an_empty_bin_is_reached_in_few_steps(lbb_ws):
     assert result.converged and result.n_iter <= 150
     assert result.twice_nll == pytest.approx(238.217532, abs=1e-4)
     assert float(expected_main(model.compiled, jnp.asarray(result.pars))[empty[0]]) < 1e-4
+
+
+def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
+    """Every matrix product of the solver and of the toy kernel is traced at HIGHEST
+    precision: JAX's default runs float32 products in TF32 on recent NVIDIA GPUs, where
+    float32 fits then stall (a CPU computes them in full float32 either way)."""
+    import re
+
+    from gpufit.infer.toys import toy_chunk
+    from gpufit.optimize import minimize_batch
+
+    model = docs_ws.model(dtype="float32")
+    data = np.tile(docs_ws.data(model), (4, 1)).astype(np.float32)
+    x0 = np.tile(model.suggested_init(), (4, 1)).astype(np.float32)
+    lo, hi = model.suggested_bounds().astype(np.float32).T
+    free = ~model.fixed_parameters()
+    solver = minimize_batch.lower(model.compiled, data, x0, np.tile(free, (4, 1)), lo, hi, 1e-6, maxiter=5, group=4)
+    poi = np.arange(model.n_pars) == model.poi_index
+    ints = np.zeros(4, np.int64)
+    toys = toy_chunk.lower(model.compiled, np.uint32(1), ints, ints, np.arange(4), x0, np.ones(4, np.float32), poi,
+                           free, lo, hi, 1e-6, first_steps=5, maxiter=10, group=4, capacity=(4, 4), refits=(4, 4))
+    logpdf = gpufit.model._model._jitted("logpdf").lower(model.compiled, x0, data)
+    for lowered in (solver, toys, logpdf):
+        dots = re.findall(r"stablehlo\.dot_general[^\n]*", lowered.as_text())
+        assert dots and all("precision = [HIGHEST, HIGHEST]" in d for d in dots)

@@ -118,7 +118,7 @@ def _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity, 
     return pars, f, status, jnp.zeros(late.shape, bool).at[rows].set(go)
 
 
-@functools.partial(jax.jit, static_argnames=("first_steps", "maxiter", "group", "capacity"))
+@functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity"))
 def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: int, group: int,
                   capacity: tuple[int, int]):
     """Continue fits from where they stopped, as :func:`gpufit.fit` runs them: ``first_steps``
@@ -146,7 +146,7 @@ def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: i
     return pars, f, status, done
 
 
-@functools.partial(jax.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits"))
+@functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits"))
 def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol,
               first_steps: int, maxiter: int, group: int, capacity: tuple[int, int], refits: tuple[int, int]):
     """Draw a chunk of toys and fit each twice, in one compiled call.

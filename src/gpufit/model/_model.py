@@ -9,6 +9,7 @@ import numpy as np
 import pyhf
 
 from .._arrays import get_namespace
+from .._device import jit
 from ..exceptions import InvalidArgument, InvalidShape, InvalidWorkspace, UnknownName, UnspecifiedPOI
 from ..likelihood import kernels
 from ._checks import check_channel_values, check_poi_scales_something
@@ -20,11 +21,9 @@ _DTYPES = ("float64", "float32")
 
 @functools.lru_cache(maxsize=None)
 def _jitted(name: str):
-    import jax
-
     if name == "expected_data":
-        return jax.jit(kernels.expected_data, static_argnames="include_auxdata")
-    return jax.jit(getattr(kernels, name))
+        return jit(kernels.expected_data, static_argnames="include_auxdata")
+    return jit(getattr(kernels, name))
 
 
 def _pyhf_model(modelspec: dict, poi_name, modifier_settings: dict, validate: bool = True) -> pyhf.Model:

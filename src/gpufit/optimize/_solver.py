@@ -55,6 +55,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._device import jit
 from ..likelihood.derivatives import twice_nll_gradient_curvature, twice_nll_gradient_hessian, twice_nll_hessian
 from ..likelihood.kernels import expected_main, twice_nll
 from ..model import take
@@ -425,7 +426,7 @@ def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, n
     return s.x, s.f, s.status, s.n_iter, s.edm
 
 
-@functools.partial(jax.jit, static_argnames=("maxiter", "group", "newton_edm", "newton_after", "funnel"))
+@functools.partial(jit, static_argnames=("maxiter", "group", "newton_edm", "newton_after", "funnel"))
 def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: int | None = None, lam0=1e-3,
                    newton_edm: float = NEWTON_EDM, newton_after: int = NEWTON_AFTER,
                    funnel: tuple[int, ...] | None = None):
@@ -467,13 +468,13 @@ def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: in
     return tuple(o.reshape((b,) + o.shape[2:]) for o in out)
 
 
-@jax.jit
+@jit
 def hessian_batch(m, data, pars):
     """Exact Hessian of -2 log L: data [B, N + A], pars [B, P] -> [B, P, P]."""
     return jax.vmap(lambda p, d: twice_nll_hessian(m, p, d))(pars, data)
 
 
-@jax.jit
+@jit
 def value_and_grad_one(m, data, pars):
     """-2 log L and its gradient for one dataset (the iminuit fallback's objective).
 
@@ -485,7 +486,7 @@ def value_and_grad_one(m, data, pars):
     return jnp.where(jnp.any(expected_main(m, pars) < 0), jnp.inf, f), g
 
 
-@functools.partial(jax.jit, static_argnames=("group",))
+@functools.partial(jit, static_argnames=("group",))
 def minimize_points(stacked, point, data, x0, free, lo, hi, active, tol, maxiter, lam0=1e-3, group: int = 16):
     """Minimize -2 log L for B fits of the models of a stack (the signal points of a
     patchset padded to one shape, ``gpufit.model.stack``), each fit of its own point:
