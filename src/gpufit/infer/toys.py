@@ -598,8 +598,9 @@ def _exported(folder: str, key, args, statics: dict):
     path = os.path.join(folder, f"toy-chunk-{name}.jax-export")
     try:
         with open(path, "rb") as handle:
-            exported = jax.export.deserialize(bytearray(handle.read()))
-    except (OSError, ValueError):  # not there yet (or torn by a killed writer): trace it
+            blob = handle.read()
+        exported = jax.export.deserialize(bytearray(blob))
+    except Exception:  # noqa: BLE001 - not there yet, or not an export of this JAX: trace it (again)
         def flat(*leaves):
             return toy_chunk(*jax.tree_util.tree_unflatten(tree, leaves), **statics)
 
