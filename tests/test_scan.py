@@ -319,3 +319,18 @@ def test_worker_processes_build_the_points_this_process_builds(grid, tmp_path, m
         assert b.pyhf_model.config.par_names == a.pyhf_model.config.par_names
         np.testing.assert_allclose(b.pyhf_model.logpdf(pars, data_b), a.logpdf(pars, data_a), rtol=1e-12)
     assert sum(data is None for _, _, data in here) == 1
+
+
+def test_a_dead_build_worker_is_a_clear_error(grid, monkeypatch):
+    """A worker process that dies (out of memory, say) ends the build with a one-line
+    error that says how to build without workers, not a traceback of the pool."""
+    import gpufit.workspace as workspace
+
+    monkeypatch.setattr(workspace, "_worker_point", _die)
+    ws = gpufit.Workspace.load(grid["bkg"])
+    with pytest.raises(gpufit.GpufitError, match="worker process building the point models died.*--build-workers 1"):
+        list(ws.signal_points(grid["ps"], workers=2))
+
+
+def _die(operations):
+    os._exit(1)

@@ -217,6 +217,11 @@ def _points_in_processes(spec, base, patches: list, measurement, model_options: 
                 if data is not None:
                     model.spec = _point_spec(base[0], operations, measurement)[2]
                 yield model, data
+        except concurrent.futures.process.BrokenProcessPool as err:
+            raise GpufitError(
+                f"a worker process building the point models died ({err}); build them in this process "
+                "(--build-workers 1, or workers=1), or give the job more memory"
+            ) from None
         finally:  # a caller that stops early (a bad point) waits for the running chunks only
             pool.shutdown(wait=True, cancel_futures=True)
 
