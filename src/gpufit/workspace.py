@@ -8,6 +8,7 @@ patchsets) and turns its failures into :class:`~gpufit.InvalidWorkspace` or
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
 import io
 import json
@@ -154,6 +155,10 @@ def _point_spec(base: dict, operations, measurement):
     return spec, meas, {"channels": spec["channels"], "parameters": meas["config"]["parameters"]}
 
 
+def _point_modelspec(base: dict, operations, measurement) -> dict:
+    return _point_spec(base, operations, measurement)[2]
+
+
 def build_workers(n_points: int) -> int:
     """How many processes build the models of ``n_points`` signal points: the CPUs this
     process may use, with at least 8 points each (a worker's start-up, about a second
@@ -194,8 +199,8 @@ def _worker_point(operations):
 
 def _points_in_processes(spec, base, patches: list, measurement, model_options: dict, workers: int):
     """The points' ``(model, data)`` (or ``(error, None)``) in order, built by
-    ``workers`` spawned processes; each model's spec is rebuilt here from ``base``
-    (cheap, sharing) so that its pyhf model can be built when asked for."""
+    ``workers`` spawned processes; each model's spec is made again here from ``base``
+    when it is asked for (so that its pyhf model can be built)."""
     import concurrent.futures
     import multiprocessing
     import pickle
@@ -214,8 +219,8 @@ def _points_in_processes(spec, base, patches: list, measurement, model_options: 
                                                       initargs=(path, measurement, model_options))
         try:
             for operations, (model, data) in zip(patches, pool.map(_worker_point, patches, chunksize=chunk)):
-                if data is not None:
-                    model.spec = _point_spec(base[0], operations, measurement)[2]
+                if data is not None:  # its spec: made from the base when asked for (pyhf's model, a pickle)
+                    model.spec_from(functools.partial(_point_modelspec, base[0], operations, measurement))
                 yield model, data
         except concurrent.futures.process.BrokenProcessPool as err:
             raise GpufitError(

@@ -98,6 +98,25 @@ class Model:
         self.compiled = host.map_arrays(lambda name, a: ns.put(a))
         self._ns = ns
 
+    @property
+    def spec(self) -> dict:
+        """The model spec (``{"channels": ..., "parameters": ...}``); for a model whose
+        spec was left to a source (:meth:`spec_from`), made when first asked for."""
+        if self._spec is None and self._spec_source is not None:
+            self._spec, self._spec_source = self._spec_source(), None
+        return self._spec
+
+    @spec.setter
+    def spec(self, value) -> None:
+        self._spec, self._spec_source = value, None
+
+    def spec_from(self, source) -> "Model":
+        """Leave the spec to ``source()``, called when the spec is first needed (pyhf's
+        model, a pickle): a grid's point models built elsewhere then cost nothing here
+        until then."""
+        self._spec, self._spec_source = None, source
+        return self
+
     @functools.cached_property
     def pyhf_model(self) -> pyhf.Model:
         """pyhf's model of ``spec``: built with the model (its configuration is pyhf's),
@@ -116,7 +135,8 @@ class Model:
         worker process: :meth:`gpufit.Workspace.signal_points`), not pyhf's model nor
         arrays on a device; unpickling puts the tables on the receiving side's default
         device."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("pyhf_model", "compiled", "_ns")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("pyhf_model", "compiled", "_ns", "_spec_source")}
+        return state | {"_spec": self.spec, "_spec_source": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
