@@ -113,19 +113,25 @@ def test_analytic_derivatives_equal_autodiff(settings):
     ws = gpufit.Workspace(generate_workspace(seed=7))
     model = ws.model(modifier_settings=settings)
     m = model.compiled
-    for p in random_points(model, 4, scale=1.6):
-        p = jnp.asarray(p)
-        nu, jac, d2 = derivatives.expected_main_and_jacobian(m, p, second=True)
-        np.testing.assert_allclose(jac, jax.jacfwd(lambda x: kernels.expected_main(m, x))(p), rtol=1e-10, atol=1e-10)
+    data = jnp.asarray(ws.data(model))
+
+    @jax.jit  # both sides compiled once for the four points (op by op they took 20 s)
+    def both(p):
+        ours = derivatives.expected_main_and_jacobian(m, p, second=True)[1:]
+        ours += derivatives.twice_nll_gradient_curvature(m, p, data)[:2]
+        jac = jax.jacfwd(lambda x: kernels.expected_main(m, x))(p)
         hess = jax.hessian(lambda x: kernels.expected_main(m, x))(p)
-        exact_diag = jnp.diagonal(hess, axis1=1, axis2=2)
+        f, g = jax.value_and_grad(lambda x: kernels.twice_nll(m, x, data))(p)
+        return ours, (jac, jnp.diagonal(hess, axis1=1, axis2=2), f, g)
+
+    for p in random_points(model, 4, scale=1.6):
+        (jac, d2, f, g), (want_jac, want_d2, want_f, want_g) = both(jnp.asarray(p))
+        np.testing.assert_allclose(jac, want_jac, rtol=1e-10, atol=1e-10)
         # the diagonal second derivatives leave out products of two different entries
         # of one parameter; on this generated model no parameter enters a sample twice
-        np.testing.assert_allclose(d2, exact_diag, rtol=1e-8, atol=1e-8)
-        data = jnp.asarray(ws.data(model))
-        f, g, *_ = derivatives.twice_nll_gradient_curvature(m, p, data)
-        np.testing.assert_allclose(f, kernels.twice_nll(m, p, data), rtol=1e-12)
-        np.testing.assert_allclose(g, jax.grad(lambda x: kernels.twice_nll(m, x, data))(p), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(d2, want_d2, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(f, want_f, rtol=1e-12)
+        np.testing.assert_allclose(g, want_g, rtol=1e-9, atol=1e-9)
 
 
 def test_grad_is_finite_at_bounds(sbottom):
@@ -187,10 +193,11 @@ def test_exact_hessian_on_1lbb(lbb_ws):
     p = random_points(model, 1)[0]
     p[model.poi_index] = 0.0
     p = jnp.asarray(p)
-    h = np.asarray(derivatives.twice_nll_hessian(m, p, data))
+    h = np.asarray(jax.jit(derivatives.twice_nll_hessian)(m, p, data))
     grad = jax.grad(lambda x: kernels.twice_nll(m, x, data))
+    hvp = jax.jit(lambda v: jax.jvp(grad, (p,), (v,))[1])  # compiled: op by op it took 20 s
     for v in np.random.default_rng(5).normal(size=(3, model.n_pars)):
-        want = np.asarray(jax.jvp(grad, (p,), (jnp.asarray(v),))[1])
+        want = np.asarray(hvp(jnp.asarray(v)))
         np.testing.assert_allclose(h @ v, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
