@@ -176,11 +176,14 @@ def test_exact_hessian_equals_autodiff(settings):
     empty[: model.n_main : 2] = 0.0
     points = random_points(model, 3, scale=1.6)
     points[0, model.poi_index] = 0.0
+
+    @jax.jit  # compiled once for the six cases
+    def both(p, d):
+        return derivatives.twice_nll_hessian(m, p, d), jax.hessian(lambda x: kernels.twice_nll(m, x, d))(p)
+
     for p in points:
         for d in (data, empty):
-            p_, d_ = jnp.asarray(p), jnp.asarray(d)
-            h = np.asarray(derivatives.twice_nll_hessian(m, p_, d_))
-            want = np.asarray(jax.hessian(lambda x: kernels.twice_nll(m, x, d_))(p_))
+            h, want = (np.asarray(a) for a in both(jnp.asarray(p), jnp.asarray(d)))
             np.testing.assert_allclose(h, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
