@@ -7,15 +7,20 @@ patchsets) and turns its failures into :class:`~gpufit.InvalidWorkspace` or
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import functools
 import gzip
 import io
 import json
+import multiprocessing
 import os
+import pickle
 import sys
+import tempfile
 from typing import Any, Iterable, Mapping
 
+import jax
 import jsonpatch
 import numpy as np
 import pyhf
@@ -181,9 +186,6 @@ _WORKER: dict = {}  # a build worker's workspace, its point base and the build o
 
 
 def _start_worker(spec_path: str, measurement, model_options: dict) -> None:
-    import jax
-    import pickle
-
     jax.config.update("jax_platforms", "cpu")  # a worker builds tables; the device is the parent's
     with open(spec_path, "rb") as handle:
         ws = Workspace(pickle.load(handle), validate=False)  # the parent checked it
@@ -201,11 +203,6 @@ def _points_in_processes(spec, base, patches: list, measurement, model_options: 
     """The points' ``(model, data)`` (or ``(error, None)``) in order, built by
     ``workers`` spawned processes; each model's spec is made again here from ``base``
     when it is asked for (so that its pyhf model can be built)."""
-    import concurrent.futures
-    import multiprocessing
-    import pickle
-    import tempfile
-
     workers = min(workers, len(patches))
     context = multiprocessing.get_context("spawn")  # fork would copy JAX's threads
     chunk = max(1, len(patches) // (4 * workers))
@@ -407,7 +404,7 @@ class Workspace:
         names = list(names if names is not None else by_name)
         base = self._point_base()
         workers = build_workers(len(names)) if workers is None else int(workers)
-        if workers > 1 and len(names) > 1 and model_options.get("backend", "jax") != "cupy":
+        if workers > 1 and len(names) > 1:
             built = _points_in_processes(self._pyhf, base, [by_name[n].patch for n in names], measurement,
                                          model_options, workers)
         else:
