@@ -110,3 +110,23 @@ def test_scan_on_gpu_equals_cpu(lbb_ws):
         assert rel([a["cls_obs"], *a["cls_exp"]], [b["cls_obs"], *b["cls_exp"]]) < 1e-5, a["name"]
         assert rel([a["upper_limit_obs"], *a["upper_limit_exp"]],
                    [b["upper_limit_obs"], *b["upper_limit_exp"]]) < 1e-5, a["name"]
+
+
+@needs_gpu
+def test_a_kernel_folder_on_the_gpu_gives_the_same_toys(sbottom, tmp_path):
+    """The serialized chunk kernel of a campaign (jax.export for the GPU's runtime) gives
+    the toys of the traced one, written and read back on the GPU."""
+    from gpufit.infer import toys
+
+    model, data = sbottom
+
+    def run(**kwargs):
+        toys._COMPILED.clear()  # as in a new process
+        return ToyCalculator(model, data, [1.0], ntoys=128, seed=3, progress=False, max_failed=1.0, **kwargs).run()
+
+    plain, first, again = (on(GPU, lambda k=k: run(**k)) for k in ({}, {"kernel_dir": str(tmp_path)},
+                                                                    {"kernel_dir": str(tmp_path)}))
+    assert list(tmp_path.glob("toy-chunk-*.jax-export"))
+    for r in (first, again):
+        np.testing.assert_array_equal(r["teststat_sb"], plain["teststat_sb"])
+        np.testing.assert_array_equal(r["teststat_b"], plain["teststat_b"])

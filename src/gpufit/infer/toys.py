@@ -593,7 +593,8 @@ def _exported(folder: str, key, args, statics: dict):
     persistent compilation cache answers where it points to the same folder. Returns a
     callable taking the chunk's arguments."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    platform = _device.platform()
+    # jax.export names GPUs by their runtime (cuda, rocm); the CPU beside a GPU is "cpu"
+    platform = "cpu" if _device.platform() == "cpu" else jax.export.default_export_platform()
     name = hashlib.sha256(repr((key, statics, platform, jax.__version__, __version__)).encode()).hexdigest()[:24]
     path = os.path.join(folder, f"toy-chunk-{name}.jax-export")
     try:
