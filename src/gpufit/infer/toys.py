@@ -564,7 +564,9 @@ def _compiled_cache_key(args, *static):
     return (tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves)) + static
 
 
-_COMPILED: dict = {}
+# compiled chunk kernels by argument shapes, shared by every calculator of the process
+# (a toy limit's mus, a grid's points): the 16 most recently used are kept
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
 
 
 def _compiled(args, group, capacity, refits, maxiter, kernel_dir=None):
@@ -572,6 +574,7 @@ def _compiled(args, group, capacity, refits, maxiter, kernel_dir=None):
     (0 when it was compiled before); through :func:`_exported` where ``kernel_dir``."""
     key = _compiled_cache_key(args, group, capacity, refits, maxiter)
     if key in _COMPILED:
+        _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
     start = time.perf_counter()
     statics = dict(first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group, capacity=capacity, refits=refits)
@@ -580,9 +583,9 @@ def _compiled(args, group, capacity, refits, maxiter, kernel_dir=None):
     else:
         compiled = _exported(kernel_dir, key, args, statics)
     seconds = time.perf_counter() - start
-    if len(_COMPILED) > 16:
-        _COMPILED.pop(next(iter(_COMPILED)))
     _COMPILED[key] = compiled
+    if len(_COMPILED) > 16:
+        _COMPILED.popitem(last=False)
     return compiled, seconds
 
 
