@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._arrays import get_namespace
 from .interpolation import histosys, normsys
+from .kernels import normal_logpdf, poisson_logpmf
 
 
 def _exclusive_products(g):
@@ -107,12 +109,11 @@ def twice_nll_gradient_curvature(m, pars, data):
         interpolations) plus the exact curvature of the constraint terms (the Poisson
         one falls back to its expectation ``tau/gamma`` where the auxiliary datum is 0).
     """
-    from jax.scipy.special import gammaln, xlogy
-
+    ns = get_namespace("jax")
     n = data[: m.n_main]
     aux = data[m.n_main :]
     nu, jac, d2 = expected_main_and_jacobian(m, pars, second=True)
-    main = jnp.sum(xlogy(n, nu) - nu - gammaln(n + 1.0))
+    main = jnp.sum(poisson_logpmf(ns, n, nu))
     ratio = jnp.where(n == 0, 0.0, n / nu)
     grad = -2.0 * (jac.T @ (ratio - 1.0))
     w = 1.0 / jnp.maximum(nu, jnp.finfo(nu.dtype).tiny)
@@ -123,11 +124,9 @@ def twice_nll_gradient_curvature(m, pars, data):
     a = jnp.concatenate([aux, jnp.zeros(1, aux.dtype)])[m.con_aux]  # [P]
     is_g, is_p = m.con_gauss, m.con_pois
     inv_var = 1.0 / (m.con_sigma * m.con_sigma)
-    z = (a - pars) / m.con_sigma
-    gauss = -jnp.sum(is_g * (0.5 * z * z + jnp.log(m.con_sigma) + 0.9189385332046727))
+    gauss = jnp.sum(is_g * normal_logpdf(jnp, a, pars, m.con_sigma))
     rate = pars * m.con_tau
-    safe_rate = jnp.where(is_p > 0, rate, 1.0)
-    pois = jnp.sum(is_p * (xlogy(a, safe_rate) - rate - gammaln(a + 1.0)))
+    pois = jnp.sum(is_p * poisson_logpmf(ns, a, jnp.where(is_p > 0, rate, 1.0)))
     safe_gamma = jnp.where(is_p > 0, pars, 1.0)
     grad = grad - 2.0 * is_g * (a - pars) * inv_var
     grad = grad - 2.0 * is_p * (jnp.where(a == 0, 0.0, a / safe_gamma) - m.con_tau)

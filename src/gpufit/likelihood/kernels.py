@@ -61,6 +61,19 @@ def expected_data(m, pars, include_auxdata: bool = True):
     return xp.concatenate([main, expected_aux(m, pars)], axis=-1)
 
 
+def poisson_logpmf(ns, n, rate):
+    """log Poisson(n | rate), continuous in n as pyhf's: n log rate - rate - lgamma(n + 1)
+    (0 log 0 = 0); ``ns`` the array namespace (:func:`gpufit._arrays.namespace_of`). The
+    one formula of the main bins and the Poisson constraints, here and in the derivatives."""
+    return ns.xlogy(n, rate) - rate - ns.gammaln(n + 1.0)
+
+
+def normal_logpdf(xp, a, mean, sigma):
+    """log N(a | mean, sigma), normalized (the Gaussian constraints)."""
+    z = (a - mean) / sigma
+    return -0.5 * z * z - xp.log(sigma) - _HALF_LOG_2PI
+
+
 def logpdf(m, pars, data):
     """log L(pars | data): pars [..., P], data [..., N + A] -> [...] (broadcasting)."""
     ns = namespace_of(m.nominal)
@@ -68,16 +81,15 @@ def logpdf(m, pars, data):
     n = data[..., : m.n_main]
     aux = data[..., m.n_main :]
     nu = expected_main(m, pars)
-    main = xp.sum(ns.xlogy(n, nu) - nu - ns.gammaln(n + 1.0), axis=-1)
+    main = xp.sum(poisson_logpmf(ns, n, nu), axis=-1)
 
     theta = xp.take(pars, m.gauss_par, axis=-1)
     a_g = xp.take(aux, m.gauss_aux, axis=-1)
-    z = (a_g - theta) / m.gauss_sigma
-    gauss = xp.sum(-0.5 * z * z - xp.log(m.gauss_sigma) - _HALF_LOG_2PI, axis=-1)
+    gauss = xp.sum(normal_logpdf(xp, a_g, theta, m.gauss_sigma), axis=-1)
 
     rate = xp.take(pars, m.pois_par, axis=-1) * m.pois_tau
     a_p = xp.take(aux, m.pois_aux, axis=-1)
-    pois = xp.sum(ns.xlogy(a_p, rate) - rate - ns.gammaln(a_p + 1.0), axis=-1)
+    pois = xp.sum(poisson_logpmf(ns, a_p, rate), axis=-1)
     return main + gauss + pois
 
 
