@@ -10,6 +10,12 @@ import platform
 THREADS = "gpufit and pyhf run in one process, each with every core XLA and BLAS see"
 
 
+def command_line(script: str, args) -> str:
+    """The command line that reproduces a benchmark run (every option spelled out)."""
+    return f"python benchmarks/{script} " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+
+
 def write_report(path: str, script: str, args, rows: list, threads: str = THREADS) -> None:
     """Write ``rows`` with the device and versions (called after every row, so that an
     interrupted run keeps what it measured)."""
@@ -23,8 +29,7 @@ def write_report(path: str, script: str, args, rows: list, threads: str = THREAD
         "machine": platform.machine(), "cpus": os.cpu_count(),
         "threads": threads,
         "gpufit": gpufit.__version__, "pyhf": pyhf.__version__, "jax": jax.__version__,
-        "command": f"python benchmarks/{script} " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "command": command_line(script, args),
         # the environment that changes what XLA compiles belongs to the command line
         "environment": {k: os.environ[k] for k in ("XLA_FLAGS", "JAX_ENABLE_X64", "OMP_NUM_THREADS")
                         if k in os.environ},

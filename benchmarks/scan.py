@@ -30,7 +30,7 @@ import numpy as np
 import pyhf
 
 import gpufit
-from _report import write_report
+from _report import command_line, write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LBB = gpufit.workspace.bundled_path("atlas_1Lbb_ins1755298")
@@ -106,7 +106,7 @@ def main() -> None:
         if repeat == 0:
             result, seconds_first = scanned, seconds
             if args.rows:
-                result.write(args.rows)
+                result.write(args.rows, command=command_line("scan.py", args))
     seconds = seconds_first
     if args.compare:
         rows.append(compare(result, args.compare))

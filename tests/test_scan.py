@@ -205,7 +205,10 @@ def test_cli_scan_prints_rows_writes_files_and_the_contour(grid, tmp_path):
     for row in payload["points"]:
         assert set(ROW_KEYS) <= set(row) and len(row["cls_exp"]) == 5 and len(row["upper_limit_exp"]) == 5
     assert payload["device"] and payload["labels"] == ["m1", "m2"]
-    assert json.loads((out / "scan.json").read_text())["points"] == payload["points"]
+    written = json.loads((out / "scan.json").read_text())
+    assert written["points"] == payload["points"]
+    assert written["command"] == f"gpufit scan {grid['bkg']} --patchset {grid['ps']} --patches 'sig_[345]*' " \
+        f"--patches sig_700_200 --out {out} --plot {plot} --json"
     assert (out / "scan.csv").exists() and plot.stat().st_size > 10_000
 
 

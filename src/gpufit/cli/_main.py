@@ -368,12 +368,18 @@ def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, 
         f"on {p['device']}"))
 
 
+def _command_line(fallback: tuple = ()) -> str:
+    """This invocation's command line (``gpufit ...``), for the files that record it."""
+    argv = (click.get_current_context().find_root().obj or {}).get("argv", list(fallback))
+    return shlex.join(["gpufit", *argv])
+
+
 def _emit_grid(result, out_dir, plot, summary) -> None:
     """Print a grid's rows (``gpufit scan``, a merged grid campaign), write them into
     ``out_dir`` and the contour to ``plot``; exit 3 after them where a point has none."""
     from ..plotting import contour_plot
 
-    payload = result.to_dict() | {"files": result.write(out_dir)}
+    payload = result.to_dict() | {"files": result.write(out_dir, command=_command_line())}
     plot_error = _write_plot(lambda path: contour_plot(result, path), plot, payload)
 
     def table(p):
@@ -420,9 +426,8 @@ def info(check, ntoys):
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    argv = (click.get_current_context().find_root().obj or {}).get("argv", ["info"])
     payload = {
-        "command": shlex.join(["gpufit", *argv]),
+        "command": _command_line(fallback=("info",)),
         "gpufit": __version__,
         "python": sys.version.split()[0],
         "jax_backend": jax.default_backend(),

@@ -77,13 +77,14 @@ class ScanResult:
                              row["error"] or ""])
         return out.getvalue()
 
-    def write(self, directory) -> dict:
+    def write(self, directory, command: str | None = None) -> dict:
         """Write ``scan.json`` and ``scan.csv`` into ``directory`` (made if missing);
-        returns their paths."""
+        returns their paths. ``command``: the command line that computed the rows,
+        recorded in ``scan.json``."""
         os.makedirs(directory, exist_ok=True)
         paths = {"json": os.path.join(directory, "scan.json"), "csv": os.path.join(directory, "scan.csv")}
         with open(paths["json"], "w") as handle:
-            json.dump(self.to_dict(), handle, indent=1)
+            json.dump(({"command": command} if command else {}) | self.to_dict(), handle, indent=1)
         with open(paths["csv"], "w", newline="") as handle:
             handle.write(self.to_csv())
         return paths
