@@ -54,6 +54,16 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
+def cls_values(row) -> list:
+    """A row's CLs: observed, then the 5 expected."""
+    return [row["cls_obs"], *row["cls_exp"]]
+
+
+def limit_values(row) -> list:
+    """A row's upper limits: observed, then the 5 expected."""
+    return [row["upper_limit_obs"], *row["upper_limit_exp"]]
+
+
 def compare(result, path: str) -> dict:
     """The largest relative differences of CLs (observed, 5 expected) and limits (observed,
     5 expected) between this scan's rows and those of ``path`` (same points by name)."""
@@ -61,10 +71,8 @@ def compare(result, path: str) -> dict:
         other = json.load(handle)
     theirs = {r["name"]: r for r in other["points"]}
     common = [r for r in result.points if r["name"] in theirs and not r["error"]]
-    cls = max(rel([r["cls_obs"], *r["cls_exp"]], [theirs[r["name"]]["cls_obs"], *theirs[r["name"]]["cls_exp"]])
-              for r in common)
-    limits = max(rel([r["upper_limit_obs"], *r["upper_limit_exp"]],
-                     [theirs[r["name"]]["upper_limit_obs"], *theirs[r["name"]]["upper_limit_exp"]]) for r in common)
+    cls = max(rel(cls_values(r), cls_values(theirs[r["name"]])) for r in common)
+    limits = max(rel(limit_values(r), limit_values(theirs[r["name"]])) for r in common)
     print(f"against {os.path.basename(path)} ({other['device']}): {len(common)} points, CLs max rel diff "
           f"{cls:.1e}, limits max rel diff {limits:.1e}")
     return {"what": "compare", "against": os.path.relpath(path, HERE), "against_device": other["device"],
@@ -121,7 +129,7 @@ def main() -> None:
     pyhf_seconds = 0.0
     for i in picks:
         row = result.points[i]
-        top = min(1.5 * max(row["upper_limit_obs"], *row["upper_limit_exp"]), 5.0)  # mu_SIG's bounds: [0, 5]
+        top = min(1.5 * max(limit_values(row)), 5.0)  # mu_SIG's bounds: [0, 5]
         grid = np.linspace(0.0, top, args.grid_points)
         ours = gpufit.scan(bkg_path, ps_path, patches=row["name"], mus=grid).points[0]
         theirs = pyhf_point(bkg, ps_path, row["name"], grid)
@@ -129,11 +137,10 @@ def main() -> None:
         out = {"what": "pyhf jax point", "point": row["name"], "pyhf_seconds": theirs["seconds"],
                "grid": grid.tolist(), "pyhf": theirs,
                "gpufit_cls_obs": row["cls_obs"], "gpufit_cls_exp": row["cls_exp"],
-               "gpufit_grid_limits": [ours["upper_limit_obs"], *ours["upper_limit_exp"]],
-               "gpufit_limits": [row["upper_limit_obs"], *row["upper_limit_exp"]],
-               "cls_max_rel_diff": rel([row["cls_obs"], *row["cls_exp"]], [theirs["cls_obs"], *theirs["cls_exp"]]),
-               "grid_limits_max_rel_diff": rel([ours["upper_limit_obs"], *ours["upper_limit_exp"]],
-                                               theirs["limits"])}
+               "gpufit_grid_limits": limit_values(ours),
+               "gpufit_limits": limit_values(row),
+               "cls_max_rel_diff": rel(cls_values(row), cls_values(theirs)),
+               "grid_limits_max_rel_diff": rel(limit_values(ours), theirs["limits"])}
         out["root_vs_grid_limits_max_rel_diff"] = rel(out["gpufit_limits"], theirs["limits"])
         rows.append(out)
         print(f"{row['name']:<24s} {theirs['seconds']:7.1f} {out['cls_max_rel_diff']:12.2e} "

@@ -398,10 +398,10 @@ class Workspace:
         except pyhf.exceptions.PatchSetVerificationError as err:
             raise InvalidWorkspace(f"patchset does not belong to this workspace: {err}") from err
         by_name = {p.name: p for p in patchset.patches}
-        for name in names if names is not None else list(by_name):
+        names = list(names if names is not None else by_name)
+        for name in names:
             if name not in by_name:
                 raise UnknownName("patch", name, list(by_name))
-        names = list(names if names is not None else by_name)
         base = self._point_base()
         workers = build_workers(len(names)) if workers is None else int(workers)
         if workers > 1 and len(names) > 1:
