@@ -589,6 +589,19 @@ def _compiled(args, group, capacity, refits, maxiter, kernel_dir=None):
     return compiled, seconds
 
 
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """A digest of gpufit's own source: a serialized kernel is the traced program, so a
+    changed source (a development install, same version string) must not reuse it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
 def _exported(folder: str, key, args, statics: dict):
     """The chunk kernel by way of ``jax.export``: the first process to need it traces it
     and writes it to ``folder``; the others (a campaign's later jobs) read it back
@@ -598,7 +611,8 @@ def _exported(folder: str, key, args, statics: dict):
     leaves, tree = jax.tree_util.tree_flatten(args)
     # jax.export names GPUs by their runtime (cuda, rocm); the CPU beside a GPU is "cpu"
     platform = "cpu" if _device.platform() == "cpu" else jax.export.default_export_platform()
-    name = hashlib.sha256(repr((key, statics, platform, jax.__version__, __version__)).encode()).hexdigest()[:24]
+    name = hashlib.sha256(repr((key, statics, platform, jax.__version__, __version__, _source_digest())).encode())
+    name = name.hexdigest()[:24]
     path = os.path.join(folder, f"toy-chunk-{name}.jax-export")
     try:
         with open(path, "rb") as handle:
