@@ -11,7 +11,7 @@ toy count runs twice (other seeds), the first compiling what it needs (its compi
 and wall time are reported), the second timed (the seconds it still spends compiling, a
 retry kernel the first call did not need, are reported beside it). pyhf with its jax
 backend and scipy (its fastest set-up) on ``--pyhf-toys`` toys after a warm-up call, with the numpy>=2.4 percentile shim
-(:func:`gpufit.testing.patch_pyhf_percentile`). pyhf's jax runs can abort on a failed
+(:func:`gpufit.testing.pyhf_percentile_shim`). pyhf's jax runs can abort on a failed
 fit (1Lbb); such a row says so instead of a rate.
 """
 
@@ -27,7 +27,7 @@ import pyhf
 
 import gpufit
 from _report import write_report  # benchmarks/_report.py
-from gpufit.testing import generate_workspace, patch_pyhf_percentile
+from gpufit.testing import generate_workspace, pyhf_percentile_shim
 
 GENERATED = {  # name: generate_workspace arguments (parameter count printed in the table)
     "gen10": dict(seed=1, n_channels=1, n_bins=2, n_normsys=2, n_histosys=1),
@@ -51,13 +51,13 @@ def load(name, dtype="float64"):
 
 def time_pyhf(model, data, ntoys, mu=1.0):
     """pyhf toys/s (jax backend + scipy), or an error message."""
-    patch_pyhf_percentile()
     pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
     pm = model.pyhf_model
     try:
-        pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=2, track_progress=False)  # warm-up
-        start = time.perf_counter()
-        pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=ntoys, track_progress=False)
+        with pyhf_percentile_shim():
+            pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=2, track_progress=False)  # warm-up
+            start = time.perf_counter()
+            pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=ntoys, track_progress=False)
         return ntoys / (time.perf_counter() - start), None
     except Exception as err:  # noqa: BLE001 - a failed pyhf fit ends its run; report it
         return None, f"{type(err).__name__}: {str(err)[:120]}"

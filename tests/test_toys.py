@@ -16,7 +16,7 @@ from gpufit.cli import main
 from gpufit.infer import sampling
 from gpufit.infer.toy_pvalues import toy_pvalues
 from gpufit.infer.toys import ToyCalculator
-from gpufit.testing import generate_workspace
+from gpufit.testing import generate_workspace, pyhf_percentile_shim
 
 
 def _within(a, b, n_a, n_b, sigmas=4.0):
@@ -47,6 +47,18 @@ def test_toys_agree_with_pyhf(case):
     assert stats.ks_2samp(ours.teststat_sb, ref["sb"]).pvalue > 1e-3
     assert stats.ks_2samp(ours.teststat_b, ref["b"]).pvalue > 1e-3
     _assert_band_consistent(ours, ref)
+
+
+def test_the_pyhf_shim_is_undone_on_exit():
+    """pyhf's toys run on today's numpy inside the shim, and pyhf is as it was after it
+    (gpufit.testing must not change pyhf for the rest of a user's process)."""
+    from pyhf.tensor import numpy_backend
+
+    before = numpy_backend.numpy_backend.percentile
+    pyhf.set_backend("numpy")
+    with pyhf_percentile_shim():
+        assert pyhf.tensorlib.percentile(np.arange(5.0), 50) == 2.0
+    assert numpy_backend.numpy_backend.percentile is before
 
 
 def _band_noise(sb, b, obs, rng, n_boot=200):

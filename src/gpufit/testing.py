@@ -2,11 +2,13 @@
 
 ``generate_workspace`` writes random but physical HistFactory workspaces that use every
 modifier type together, of any size (``n_parameters`` gives the parameter count of a
-call). ``patch_pyhf_percentile`` lets pyhf 0.7.6's toy calculator run on numpy >= 2.4
-and jax >= 0.10 (fixed upstream after 0.7.6).
+call). Within ``with pyhf_percentile_shim():`` pyhf 0.7.6's toy calculator runs on
+numpy >= 2.4 and jax >= 0.10 (fixed upstream after 0.7.6).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -75,26 +77,34 @@ def n_parameters(spec: dict) -> int:
     return pyhf.Workspace(spec).model().config.npars
 
 
-def patch_pyhf_percentile() -> None:
-    """Make pyhf 0.7.6's ``percentile`` call numpy/jax with ``method=``.
+@contextlib.contextmanager
+def pyhf_percentile_shim():
+    """Within the block, pyhf 0.7.6's ``percentile`` calls numpy/jax with ``method=``.
 
     pyhf 0.7.6 passes ``interpolation=`` to ``numpy.percentile`` and ``jax.numpy.percentile``,
     a keyword numpy >= 2.4 and jax >= 0.10 no longer take, so its ``ToyCalculator``
-    raises TypeError. Idempotent; does nothing on newer pyhf.
+    raises TypeError (fixed upstream after 0.7.6). pyhf's backends are restored on exit:
+    nothing outlives the block.
+
+    >>> with pyhf_percentile_shim():
+    ...     calc.distributions(1.0)  # doctest: +SKIP
     """
-    from pyhf.tensor import numpy_backend
+    from pyhf.tensor import jax_backend, numpy_backend
 
     def numpy_percentile(self, tensor_in, q, axis=None, interpolation="linear"):
         return np.percentile(tensor_in, q, axis=axis, method=interpolation)
 
-    numpy_backend.numpy_backend.percentile = numpy_percentile
-    try:
-        import jax.numpy as jnp
-        from pyhf.tensor import jax_backend
-    except ImportError:  # pragma: no cover - jax is a dependency of gpufit
-        return
-
     def jax_percentile(self, tensor_in, q, axis=None, interpolation="linear"):
+        import jax.numpy as jnp
+
         return jnp.percentile(tensor_in, q, axis=axis, method=interpolation)
 
+    classes = (numpy_backend.numpy_backend, jax_backend.jax_backend)
+    originals = [cls.__dict__["percentile"] for cls in classes]
+    numpy_backend.numpy_backend.percentile = numpy_percentile
     jax_backend.jax_backend.percentile = jax_percentile
+    try:
+        yield
+    finally:
+        for cls, original in zip(classes, originals):
+            cls.percentile = original

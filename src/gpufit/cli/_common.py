@@ -10,20 +10,20 @@ import sys
 import click
 import numpy as np
 
+from .. import _device
+from ..workspace import EXAMPLES, Workspace
+
+
 def enable_compilation_cache() -> None:
     """Keep compiled kernels between runs (JAX's persistent cache) unless disabled."""
     if os.environ.get("GPUFIT_NO_COMPILATION_CACHE"):
         return
-    from .._device import use_compilation_cache
-
-    use_compilation_cache(os.environ.get("GPUFIT_CACHE_DIR") or os.path.join(
+    _device.use_compilation_cache(os.environ.get("GPUFIT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpufit", "jax"))
 
 
 def load_workspace(source: str):
     """``WS``: a workspace file, ``-`` (stdin), or ``example:NAME`` (a bundled example)."""
-    from ..workspace import EXAMPLES, Workspace
-
     if source.startswith("example:"):
         name = source.split(":", 1)[1]
         if name not in EXAMPLES:
@@ -190,9 +190,7 @@ def require_gpu_option(func):
     @functools.wraps(func)
     def wrapper(require_gpu, **kwargs):
         if require_gpu:
-            from .._device import require_gpu as check
-
-            check()
+            _device.require_gpu()
         return func(**kwargs)
 
     return wrapper
@@ -230,7 +228,6 @@ def check_plot(path: str | None, option: str = "--plot") -> None:
     if not path:
         return
     try:
-        import matplotlib  # noqa: F401
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise click.UsageError(f"{option} needs matplotlib: pip install 'gpufit[plot]'") from None

@@ -5,6 +5,9 @@ any work; 3 a computed result that is not trustworthy (a fit that did not conver
 more failed toys than ``--max-failed``); 1 an internal error (a bug: please report it,
 ``GPUFIT_DEBUG=1`` shows the traceback). Under ``--json`` errors are one JSON object
 ``{"error": ..., "type": ..., "exit_code": ...}`` on stdout as well.
+
+``gpufit.plotting`` needs matplotlib (the optional ``plot`` extra), so it is imported
+where a plot is drawn: every command runs without it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,23 @@ import shlex
 import sys
 import time
 import warnings
+from importlib import metadata
 
 import click
+import jax
 import numpy as np
 
+from .._device import describe
 from .._version import __version__
+from ..campaign import merge as merge_campaign, plan as plan_campaign, run_job
 from ..exceptions import GpufitError, LimitOutsideGrid, ToyFitsFailed
+from ..executors import run as run_jobs, write_submit_script
+from ..infer import hypotest as run_hypotest, upper_limit
+from ..infer.device_check import TOLERANCE, check_devices
+from ..infer.intervals import UpperLimitResult
+from ..infer.scan import ScanResult, scan as run_scan
+from ..optimize import fit as run_fit
+from ..workspace import inspect_workspace, load_patchset
 from ._common import (
     check_plot,
     check_writable,
@@ -132,8 +146,6 @@ def _fit_kwargs(tol, maxiter) -> dict:
 @output_options
 def fit(ws, model, data, fixed, no_hesse, plot, correlation_plot, tol, maxiter):
     """Maximum-likelihood fit: parameters, twice_nll, converged (exit 3 if it did not)."""
-    from ..optimize import fit as run_fit
-
     for path, option in ((plot, "--plot"), (correlation_plot, "--correlation-plot")):
         check_plot(path, option)
         if path and no_hesse:
@@ -187,13 +199,11 @@ def hypotest(ws, model, data, mu, test_stat, calculator, plot, toy_options, tol,
 
     The JSON also carries pyhf's keys (CLs_obs, CLs_exp), and p0/Z for q0.
     """
-    from ..infer import hypotest as run
-
     check_plot(plot)
     if plot and calculator != "toys":
         raise click.UsageError("--plot draws the toys' distributions: add --calculator toys")
     start = time.perf_counter()
-    result = run(model, data, mu=mu, test_stat=test_stat, calculator=calculator, **toy_options,
+    result = run_hypotest(model, data, mu=mu, test_stat=test_stat, calculator=calculator, **toy_options,
                  **_fit_kwargs(tol, maxiter))
     payload = result.to_dict() | {"seconds": time.perf_counter() - start,
                                   "CLs_obs": result.cls_obs, "CLs_exp": np.asarray(result.cls_exp).tolist()}
@@ -203,7 +213,7 @@ def hypotest(ws, model, data, mu, test_stat, calculator, plot, toy_options, tol,
 
         # the asymptotic distributions need the Asimov statistic: a few fits more (inside
         # the plot, whose failure keeps the toys' result)
-        asymptotic = run(model, data, mu=mu, test_stat=test_stat, **_fit_kwargs(tol, maxiter)) \
+        asymptotic = run_hypotest(model, data, mu=mu, test_stat=test_stat, **_fit_kwargs(tol, maxiter)) \
             if test_stat in ("q", "qtilde") else None
         teststat_plot(result, asymptotic, path)
 
@@ -264,8 +274,6 @@ def limit(ws, model, data, mus, level, test_stat, calculator, plot, toy_options,
     default grid is 11 points up to 1.5 times the largest asymptotic limit. A limit the
     scan does not bracket is printed as a bound ("> 2.0") with a warning.
     """
-    from ..infer import upper_limit
-
     check_plot(plot)
     grid = parse_range(mus) if mus else None
     start = time.perf_counter()
@@ -354,8 +362,6 @@ def scan(workspace, patchset, patches, measurement, modifier_settings, mu, mus, 
     calculator, fitted together. Rows go to OUT/scan.json and OUT/scan.csv; a point
     whose model or fits fail is a row with its error (exit status 3 after the rest).
     """
-    from ..infer.scan import scan as run_scan
-
     check_plot(plot)
     check_writable(os.path.abspath(out_dir), "--out")
     grid = parse_range(mus) if mus else None
@@ -414,12 +420,6 @@ def info(check, ntoys):
 
     Exits with status 3 when a device disagrees with the CPU (test statistics beyond 1e-9).
     """
-    from importlib import metadata
-
-    import jax
-
-    from .._device import describe
-
     versions = {}
     for package in ("jax", "jaxlib", "numpy", "scipy", "pyhf", "iminuit", "distributed", "matplotlib"):
         try:
@@ -437,8 +437,6 @@ def info(check, ntoys):
         "versions": versions,
     }
     if check:
-        from ..infer.device_check import TOLERANCE, check_devices
-
         ws = load_workspace("example:sbottom")
         model = ws.model()
         payload["check"] = {"model": "example:sbottom (RegionA, 1300_205_60)", "tolerance": TOLERANCE,
@@ -471,8 +469,6 @@ def info(check, ntoys):
 @output_options
 def inspect(workspace, measurement):
     """Channels, samples, modifiers, parameters and measurements of a workspace (as pyhf inspect)."""
-    from ..workspace import inspect_workspace
-
     payload = inspect_workspace(load_workspace(workspace), measurement)
 
     def table(p):
@@ -482,7 +478,7 @@ def inspect(workspace, measurement):
         click.echo(f"modifiers ({len(p['modifiers'])}):")
         for m in p["modifiers"]:
             click.echo(f"  {m['name']:40s} {m['type']}")
-        click.echo(f"measurements: " + ", ".join(f"{m['name']} (POI {m['poi']})" for m in p["measurements"]))
+        click.echo("measurements: " + ", ".join(f"{m['name']} (POI {m['poi']})" for m in p["measurements"]))
         click.echo(f"parameters of measurement {p['measurement']!r} ({len(p['parameters'])} groups):")
         for par in p["parameters"]:
             bounds = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in par["bounds"][:1])
@@ -502,8 +498,6 @@ def patchset():
 @output_options
 def patchset_inspect(patchset_file):
     """Names and labelled values of every patch (as pyhf patchset inspect)."""
-    from ..workspace import load_patchset
-
     ps = load_patchset(patchset_file)
     payload = {
         "description": ps.description,
@@ -564,18 +558,14 @@ def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_
     campaign is a signal grid: (point x mu x toys) jobs, merged into one row per point
     and the exclusion contour, as 'gpufit scan' writes them.
     """
-    from ..campaign import plan
-
     if model is not None:
         measurement, modifier_settings = model.measurement, model.modifier_settings
-    payload = plan(ws, out, parse_range(mus), ntoys, toys_per_job, seed, test_stat=test_stat, toy_pars=toy_pars,
+    payload = plan_campaign(ws, out, parse_range(mus), ntoys, toys_per_job, seed, test_stat=test_stat, toy_pars=toy_pars,
                    measurement=measurement, modifier_settings=modifier_settings,
                    chunk_size=chunk_size, max_failed=max_failed,
                    patchset=patchset, patches=list(grid_patches) or None, mu=mu, cache_dir=cache_dir or None,
                    workers=build_workers)
     if submit:
-        from ..executors import write_submit_script
-
         payload["submit_script"] = write_submit_script(out, submit, payload["n_jobs"], gpu=gpu, container=container)
 
     def table(p):
@@ -595,8 +585,6 @@ def campaign_plan(ws, model, data, patchset, grid_patches, mu, mus, ntoys, toys_
 @output_options
 def campaign_run_job(job, quiet):
     """Run one job file (the container entry point); resumes from its checkpoint."""
-    from ..campaign import run_job
-
     payload = run_job(job, progress=False if quiet else None)
     emit(payload, lambda p: click.echo(_job_line(p)))
 
@@ -621,10 +609,8 @@ def _job_line(p: dict) -> str:
 @output_options
 def campaign_run(directory, executor, workers, gpu):
     """Run the jobs whose results are missing or broken (saying which)."""
-    from ..executors import run
-
     start = time.perf_counter()
-    payload = run(directory, executor=executor, workers=workers, gpu=gpu) | {"seconds": time.perf_counter() - start}
+    payload = run_jobs(directory, executor=executor, workers=workers, gpu=gpu) | {"seconds": time.perf_counter() - start}
 
     def table(p):
         for path in p["broken_redone"]:
@@ -650,13 +636,9 @@ def campaign_run(directory, executor, workers, gpu):
 def campaign_merge(directory, allow_partial, level, max_failed, plot):
     """Check and combine the results: hypotest keys (one mu) or limit keys (several);
     a signal grid's rows as 'gpufit scan' prints and writes them (DIR/merged/)."""
-    from ..campaign import merge
-
     check_plot(plot)
-    payload = merge(directory, allow_partial=allow_partial, level=level, max_failed=max_failed)
+    payload = merge_campaign(directory, allow_partial=allow_partial, level=level, max_failed=max_failed)
     if "points" in payload:
-        from ..infer.scan import ScanResult
-
         info = {"n_points": len(payload["points"]), "toys": payload["toys"], "devices": payload["devices"]}
         result = ScanResult(points=payload["points"], labels=payload["labels"], calculator="toys",
                             test_stat=payload["test_stat"], mu=payload["mu"], level=level, device=payload["device"],
@@ -669,8 +651,6 @@ def campaign_merge(directory, allow_partial, level, max_failed, plot):
         return
     plot_error = None
     if plot and "observed" in payload:
-        from ..infer.intervals import UpperLimitResult
-
         plot_error = _plot_limit(UpperLimitResult.from_dict(payload, level=level), plot, payload)
     if "observed" not in payload:
         payload |= {"CLs_obs": payload["cls_obs"], "CLs_exp": payload["cls_exp"]}
