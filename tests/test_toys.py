@@ -236,10 +236,13 @@ def test_building_a_calculator_fits_nothing(docs_ws, monkeypatch):
 
 
 def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypatch):
-    """A tight tolerance leaves many fits unconverged after the first pass. With the chunk
-    call's room for continuing them cut to one lockstep group, most continue from the host
-    instead: the same kernel, so the same test statistics (to rounding) and the same
-    accounting."""
+    """A tight tolerance leaves many fits unconverged after a first pass. Stepping as on
+    an accelerator (the chunk one lockstep group: a first pass of FIRST_PASS_STEPS, then
+    the stragglers continued in the call as far as it has room), with that room cut to
+    16 fits most continue from the host instead: the same kernel, so the same test
+    statistics (to rounding) and the same accounting. A CPU's queue, which runs every
+    fit to its end in the call, reaches the same test statistics."""
+    import gpufit._device as device
     import gpufit.infer.toys as toys
 
     ws = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6))
@@ -250,16 +253,20 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
         calc = ToyCalculator(model, data, [1.0], ntoys=256, seed=5, chunk_size=512, progress=False, toy_tol=1e-11)
         return calc.run()
 
+    queued = run()
+    monkeypatch.setattr(device, "platform", lambda: "gpu")
     roomy = run()
-    monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (group, group))
+    monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (16, 16))
     cramped = run()
     assert roomy["stats"]["continued"] > 16  # more than the cramped call has room for
     assert cramped["stats"]["continued"] == roomy["stats"]["continued"]
     # local minima are refitted in the chunk call (or on the host) alike
     assert cramped["stats"]["local_minima"] == roomy["stats"]["local_minima"] > 0
-    assert cramped["n_failed"] == roomy["n_failed"] == 0
+    assert cramped["n_failed"] == roomy["n_failed"] == queued["n_failed"] == 0
     for key in ("teststat_sb", "teststat_b"):
         np.testing.assert_allclose(cramped[key], roomy[key], rtol=0, atol=1e-9)
+        # the queue steps on where the accelerator's first pass stops and starts again
+        np.testing.assert_allclose(queued[key], roomy[key], rtol=0, atol=1e-6)
 
 
 def test_continuation_room_scales_with_the_chunk_where_the_chunk_is_one_group():
@@ -403,3 +410,15 @@ def test_a_kernel_folder_shares_the_traced_chunk_kernel(docs_ws, tmp_path, monke
         np.testing.assert_array_equal(r["teststat_sb"], plain["teststat_sb"])
         np.testing.assert_array_equal(r["teststat_b"], plain["teststat_b"])
     assert written.stat().st_size > 1000 and not list(tmp_path.glob("*.part"))
+
+
+def test_float32_toys_agree_with_float64_on_sbottom(sbottom_ws):
+    """float32 toys on sbottom (same seed): none fail, and CLs, CLsb and CLb lie within
+    the binomial error of float64's."""
+    m64, m32 = sbottom_ws.model(), sbottom_ws.model(dtype="float32")
+    data = sbottom_ws.data(m64)
+    r64 = gpufit.hypotest(m64, data, 1.0, calculator="toys", ntoys=1000, seed=3, progress=False)
+    r32 = gpufit.hypotest(m32, data.astype(np.float32), 1.0, calculator="toys", ntoys=1000, seed=3, progress=False)
+    assert r32.n_failed == 0 and np.isfinite(r32.teststat_sb).all() and np.isfinite(r32.teststat_b).all()
+    for key in ("cls_obs", "clsb_obs", "clb_obs"):
+        assert _within(getattr(r32, key), getattr(r64, key), 1000, 1000), key

@@ -6,8 +6,8 @@ Two sizes matter:
   fit's temporaries live at once, so it is set from the device's memory;
 * the **lockstep group**: fits that step together in one vmapped ``while_loop``. A group
   runs as long as its slowest member, and on a CPU a group's temporaries should stay in
-  cache, so CPUs use small groups (run one after another with ``lax.map`` inside the
-  compiled call) and accelerators the whole chunk.
+  cache, so CPUs use small groups (slots that take the chunk's fits from a queue, one
+  after another, inside the compiled call) and accelerators the whole chunk.
 """
 
 from __future__ import annotations

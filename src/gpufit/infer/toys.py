@@ -146,16 +146,20 @@ def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: i
     return pars, f, status, done
 
 
-@functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits"))
+@functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits", "queue"))
 def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol,
-              first_steps: int, maxiter: int, group: int, capacity: tuple[int, int], refits: tuple[int, int]):
+              first_steps: int, maxiter: int, group: int, capacity: tuple[int, int], refits: tuple[int, int],
+              queue: bool = False):
     """Draw a chunk of toys and fit each twice, in one compiled call.
 
-    Every fit gets ``first_steps`` steps in lockstep; then those that did not converge
-    (as many as ``capacity`` has room for) continue (:func:`continue_fits`), and free fits
-    caught in a local minimum (:func:`local_minimum`; as many as ``refits`` has room for)
-    are refitted from their fixed-POI twin, kept where that converges lower: all without
-    a trip to the host.
+    With ``queue`` (a CPU), every fit runs to its end in the solver's queue of ``group``
+    lockstep slots (no lockstep tail: a slot takes the next fit when its own finishes).
+    Without (an accelerator, whose chunk is one wide lockstep group), every fit gets
+    ``first_steps`` steps in lockstep, then those that did not converge (as many as
+    ``capacity`` has room for) continue (:func:`continue_fits`). Then free fits caught in
+    a local minimum (:func:`local_minimum`; on an accelerator as many as ``refits`` has
+    room for) are refitted from their fixed-POI twin, kept where that converges lower:
+    all without a trip to the host.
 
     Args:
         m: compiled model; seed: [] uint32.
@@ -165,8 +169,10 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
 
     Returns:
         data [C, N + A]; then for the free fits and the fixed-POI fits: pars [C, P],
-        twice_nll [C], status [C], continued [C] bool (eight arrays); then refitted [C]
-        bool: free fits whose refit from the twin converged here (lower or not).
+        twice_nll [C], status [C], continued [C] bool (eight arrays; continued: ran
+        beyond ``first_steps`` steps here, so that the host continues none of them
+        again); then refitted [C] bool: free fits whose refit from the twin converged
+        here (lower or not).
     """
     keys = toy_keys(seed, hypothesis, mu_index, toy_index)
     data = sample_toys(m, gen_pars, keys)
@@ -174,22 +180,33 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
     c = data.shape[0]
     both_free = jnp.concatenate([jnp.broadcast_to(free, gen_pars.shape), jnp.broadcast_to(free & ~poi_mask, gen_pars.shape)])
     both_data = jnp.concatenate([data, data])
-    pars, f, status, _, _ = minimize_batch(
-        m, both_data, jnp.concatenate([gen_pars, x_fixed]), both_free, lo, hi, tol, maxiter=first_steps, group=group,
-    )
-    late = status != CONVERGED
-    rows = jnp.argsort(~late, stable=True)[: capacity[0]]  # the stragglers first
-    p2, f2, s2, done = continue_fits(m, both_data[rows], pars[rows], both_free[rows], lo, hi, tol,
-                                     first_steps=first_steps, maxiter=maxiter, group=group, capacity=capacity)
-    go = late[rows] & done  # the others continue from the host, from their first pass
-    pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
-    continued = jnp.zeros(2 * c, bool).at[rows].set(go)
+    both_x0 = jnp.concatenate([gen_pars, x_fixed])
+    if queue:
+        pars, f, status, n_iter, _ = minimize_batch(m, both_data, both_x0, both_free, lo, hi, tol, maxiter=maxiter,
+                                                    group=group, queue=True)
+        continued = n_iter > first_steps
+    else:
+        pars, f, status, _, _ = minimize_batch(m, both_data, both_x0, both_free, lo, hi, tol, maxiter=first_steps,
+                                               group=group)
+        late = status != CONVERGED
+        rows = jnp.argsort(~late, stable=True)[: capacity[0]]  # the stragglers first
+        p2, f2, s2, done = continue_fits(m, both_data[rows], pars[rows], both_free[rows], lo, hi, tol,
+                                         first_steps=first_steps, maxiter=maxiter, group=group, capacity=capacity)
+        go = late[rows] & done  # the others continue from the host, from their first pass
+        pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
+        continued = jnp.zeros(2 * c, bool).at[rows].set(go)
 
     pf, ff, sf, px, fx, sx = pars[:c], f[:c], status[:c], pars[c:], f[c:], status[c:]
     worse = local_minimum(ff, fx, sf, sx, tol)
-    rows = jnp.argsort(~worse, stable=True)[: refits[0]]
-    p3, f3, s3, done = continue_fits(m, data[rows], px[rows], both_free[:c][rows], lo, hi, tol,
-                                     first_steps=first_steps, maxiter=maxiter, group=group, capacity=refits)
+    if queue:  # the queue runs only the local minima: room for all of them
+        rows = jnp.argsort(~worse, stable=True)
+        p3, f3, s3, _, _ = minimize_batch(m, data[rows], px[rows], both_free[:c][rows], lo, hi, tol, maxiter=maxiter,
+                                          group=group, queue=True, count=jnp.sum(worse))
+        done = worse[rows]
+    else:
+        rows = jnp.argsort(~worse, stable=True)[: refits[0]]
+        p3, f3, s3, done = continue_fits(m, data[rows], px[rows], both_free[:c][rows], lo, hi, tol,
+                                         first_steps=first_steps, maxiter=maxiter, group=group, capacity=refits)
     refitted = worse[rows] & done & (s3 == CONVERGED)  # a refit that did not converge: the host's (iminuit)
     better = refitted & (f3 < ff[rows])
     pf, ff = _put(pf, rows, p3, better), _put(ff, rows, f3, better)
@@ -203,7 +220,7 @@ class ToyStats:
 
     toys: int = 0
     fits: int = 0
-    continued: int = 0
+    continued: int = 0  # fits that needed more than FIRST_PASS_STEPS steps (or a second start)
     restarted: int = 0
     minuit: int = 0
     local_minima: int = 0
@@ -465,6 +482,7 @@ class ToyCalculator:
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
         free, poi_mask = jnp.asarray(self.free), jnp.asarray(self.poi_mask)
         capacity, refits = continuation_capacity(chunk, group), refit_capacity(chunk, group)
+        queue = _device.platform() == "cpu"  # lockstep slots refilled from a queue (toy_chunk)
         started = time.perf_counter()
 
         def dispatch(start):
@@ -475,7 +493,8 @@ class ToyCalculator:
             gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
             args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
                     jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol)
-            compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, self.kernel_dir)
+            compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, queue,
+                                                       self.kernel_dir)
             self.stats.compile_seconds += compile_seconds
             return rows, self.mus[i][: rows.size], compiled_call(*args)
 
@@ -569,15 +588,16 @@ def _compiled_cache_key(args, *static):
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 
 
-def _compiled(args, group, capacity, refits, maxiter, kernel_dir=None):
+def _compiled(args, group, capacity, refits, maxiter, queue, kernel_dir=None):
     """The compiled chunk function for these argument shapes, and its compile seconds
     (0 when it was compiled before); through :func:`_exported` where ``kernel_dir``."""
-    key = _compiled_cache_key(args, group, capacity, refits, maxiter)
+    key = _compiled_cache_key(args, group, capacity, refits, maxiter, queue)
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
     start = time.perf_counter()
-    statics = dict(first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group, capacity=capacity, refits=refits)
+    statics = dict(first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group, capacity=capacity, refits=refits,
+                   queue=queue)
     if kernel_dir is None:
         compiled = toy_chunk.lower(*args, **statics).compile()
     else:

@@ -2,9 +2,10 @@
 
 One fit's step is written for one dataset and vmapped; a group of fits loops in
 lockstep while any is still active, freezing the finished ones (their status is the
-per-fit mask). A wide group (a GPU's chunk) runs as a funnel of ever narrower passes
-that carry the stragglers' state (:func:`_minimize_group`), so that it does not step as
-long as its slowest fit. A fit runs in two phases, each a loop of the same four readable
+per-fit mask). A lockstep group runs as long as its slowest fit, unless: a narrow
+group (a CPU's 16) is a queue of slots, each refilled with the next fit as soon as its
+own finishes (:func:`_minimize_queue`); a wide group (a GPU's chunk) runs as a funnel
+of ever narrower passes that carry the stragglers' state (:func:`_minimize_group`). A fit runs in two phases, each a loop of the same four readable
 pieces (step, acceptance, damping, termination):
 
 1. **Gauss-Newton** (far from the minimum). Curvature ``2 J^T diag(n/nu^2) J`` with the
@@ -280,20 +281,27 @@ def _pick(ok, new: _State, old: _State) -> _State:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
-def _gn_init(m, data, x0, lam0):
-    """The Gauss-Newton state of ONE fit at its start x0 [P]."""
-    f0, g0, j0, w0, c0 = twice_nll_gradient_curvature(m, x0, data)
-    dtype = x0.dtype
+def _gn_start(x, f, g, jac, w, c, lam0):
+    """The Gauss-Newton state of ONE fit at its start x [P], from the evaluation there
+    (:func:`~gpufit.likelihood.derivatives.twice_nll_gradient_curvature`)."""
+    dtype = x.dtype
     return _State(
-        x=x0, f=f0, g=g0, curvature=(j0, w0, c0, jnp.ones(w0.shape, dtype)),
+        x=x, f=f, g=g, curvature=(jac, w, c, jnp.ones(w.shape, dtype)),
         lam=jnp.asarray(lam0, dtype), edm=jnp.asarray(jnp.inf, dtype),
-        n_iter=jnp.asarray(0), status=jnp.where(jnp.isfinite(f0), RUNNING, NOT_FINITE),
+        n_iter=jnp.asarray(0), status=jnp.where(jnp.isfinite(f), RUNNING, NOT_FINITE),
     )
 
 
-def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after):
+def _gn_init(m, data, x0, lam0):
+    """The Gauss-Newton state of ONE fit at its start x0 [P]."""
+    return _gn_start(x0, *twice_nll_gradient_curvature(m, x0, data), lam0)
+
+
+def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after, fresh=None, lam0=None):
     """One Gauss-Newton step of ONE running fit: the step, its acceptance, the damping
-    and the status after it."""
+    and the status after it. ``fresh`` [] bool (the queue, :func:`_minimize_queue`): the
+    slot holds a new fit at ``s.x`` whose evaluation this step makes instead of a step
+    (the same one evaluation, so refilling a slot costs nothing extra)."""
     empty = data[: m.n_main] == 0
     jac, w, c, kappa = s.curvature
     w_model = jnp.where(empty, kappa * w, w)
@@ -302,6 +310,8 @@ def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
     nu = 1.0 / w  # in empty bins
     limits = _edge_limits(jac @ delta, nu, empty)
     delta = delta * jnp.minimum(1.0, jnp.min(limits))
+    if fresh is not None:
+        delta = jnp.where(fresh, 0.0, delta)
     x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
     step = x_try - s.x
     f_try, g_try, j_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
@@ -313,7 +323,11 @@ def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
     status = _terminate(s.lam, s.f, edm, lam, n_iter, tol, maxiter, handoff, handoff_after)
     new = _State(x_try, f_try, g_try, (j_try, w_try, c_try, kappa), lam, edm, n_iter, status)
     picked = _pick(ok, new, s)
-    return picked._replace(lam=lam, edm=edm, n_iter=n_iter, status=status, curvature=picked.curvature[:3] + (kappa,))
+    stepped = picked._replace(lam=lam, edm=edm, n_iter=n_iter, status=status,
+                              curvature=picked.curvature[:3] + (kappa,))
+    if fresh is None:
+        return stepped
+    return _pick(fresh, _gn_start(x_try, f_try, g_try, j_try, w_try, c_try, lam0), stepped)
 
 
 def _gn_loop(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after, running_at_most, per_fit=None):
@@ -330,6 +344,49 @@ def _gn_loop(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
         return jax.vmap(_pick)(s.status == RUNNING, step(m, data, s, free, lo, hi), s)
 
     return jax.lax.while_loop(lambda s: jnp.sum(s.status == RUNNING) > running_at_most, body, s)
+
+
+def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count):
+    """Gauss-Newton fits of a batch [B] through ``slots`` lockstep slots, each of which
+    takes the next fit as soon as its own has finished: the batch costs its fits' total
+    steps / ``slots`` (plus the last fits' tail), not the slowest fit of every group.
+    Measured on 512 1Lbb toys (2-core CPU, 16 slots): 2.3 ms a fit against 4.8 ms in
+    groups of 16 that each run as long as their slowest fit, the same minima to the bit.
+
+    Only the first ``count`` fits (traced) are run; the others keep their start, with
+    twice_nll inf, status MAX_ITERATIONS and no steps. A fit's steps depend on its own
+    row alone, so it ends where it would in any lockstep group of ``slots``.
+
+    Args:
+        data [B, N + A], x0 [B, P], free [B, P] bool, lo and hi [P]; count [] int.
+
+    Returns:
+        pars [B, P], twice_nll [B], status [B], n_iter [B], edm [B].
+    """
+    b = x0.shape[0]
+    row = jnp.arange(slots)
+    row = jnp.where(row < count, row, b)  # the fit in each slot; b: none
+    s = jax.vmap(lambda d, x: _gn_init(m, d, x, lam0))(data[jnp.minimum(row, b - 1)], x0[jnp.minimum(row, b - 1)])
+    out = (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS, s.status.dtype),
+           jnp.zeros(b, s.n_iter.dtype), jnp.full(b, jnp.inf, x0.dtype))
+    step = jax.vmap(lambda d, st, fr, new: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, 0.0, None, new, lam0))
+
+    def body(carry):
+        s, row, after, out, fresh = carry
+        at = jnp.minimum(row, b - 1)
+        s = jax.vmap(_pick)((s.status == RUNNING) | fresh, step(data[at], s, free[at], fresh), s)
+        done = (s.status != RUNNING) & (row < b)
+        out = tuple(o.at[jnp.where(done, row, b)].set(v, mode="drop")  # row b: nothing written
+                    for o, v in zip(out, (s.x, s.f, s.status, s.n_iter, s.edm)))
+        following = after + jnp.cumsum(done) - 1  # the next fits, one per finished slot
+        row = jnp.where(done, jnp.where(following < count, following, b), row)
+        fresh = done & (row < b)
+        s = s._replace(x=jnp.where(fresh[:, None], x0[jnp.minimum(row, b - 1)], s.x),
+                       status=jnp.where(fresh, RUNNING, s.status))
+        return s, row, after + jnp.sum(done), out, fresh
+
+    carry = (s, row, jnp.asarray(slots), out, jnp.zeros(slots, bool))
+    return jax.lax.while_loop(lambda c: jnp.any(c[1] < b), body, carry)[3]
 
 
 def funnel_widths(batch: int, group: int | None) -> tuple[int, ...]:
@@ -426,10 +483,10 @@ def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, n
     return s.x, s.f, s.status, s.n_iter, s.edm
 
 
-@functools.partial(jit, static_argnames=("maxiter", "group", "newton_edm", "newton_after", "funnel"))
+@functools.partial(jit, static_argnames=("maxiter", "group", "newton_edm", "newton_after", "funnel", "queue"))
 def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: int | None = None, lam0=1e-3,
                    newton_edm: float = NEWTON_EDM, newton_after: int = NEWTON_AFTER,
-                   funnel: tuple[int, ...] | None = None):
+                   funnel: tuple[int, ...] | None = None, queue: bool = False, count=None):
     """Minimize -2 log L for B datasets at once.
 
     Args:
@@ -451,16 +508,36 @@ def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: in
         funnel: widths of the later passes of a group's Gauss-Newton phase
             (:func:`_minimize_group`); None: :func:`funnel_widths`; (): one pass. The
             results do not depend on it (to rounding).
+        queue: Gauss-Newton fits (no Newton phase) run through ``group`` lockstep slots,
+            each refilled with the next fit as soon as its own finishes
+            (:func:`_minimize_queue`; B need not be a multiple): for a CPU, whose groups
+            are narrow and run one after another.
+        count: [] int (traced), fit only the first ``count`` datasets; the others keep
+            their start, with twice_nll inf, status MAX_ITERATIONS and no steps. None: all.
 
     Returns:
         pars [B, P], twice_nll [B], status [B] int, n_iter [B] int, edm [B].
     """
     b = data.shape[0]
+    free = jnp.broadcast_to(free, x0.shape)
+    if queue:
+        if newton_edm > 0 or newton_after > 0 or group is None:
+            raise ValueError("a queue runs Gauss-Newton fits through `group` slots")
+        return _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, min(group, b),
+                               b if count is None else count)
+    if count is not None:
+        if group is not None and group < b:
+            raise ValueError("count needs a queue or one lockstep group")
+        active = jnp.arange(b) < count
+        pars, f, status, n_iter, edm = _minimize_group(
+            m, data, x0, free, lo, hi, maxiter=maxiter, tol=tol, lam0=lam0, newton_edm=newton_edm,
+            newton_after=newton_after, funnel=funnel_widths(b, group) if funnel is None else funnel, active=active)
+        return (pars, jnp.where(active, f, jnp.inf), jnp.where(active, status, MAX_ITERATIONS),
+                jnp.where(active, n_iter, 0), jnp.where(active, edm, jnp.inf))
     if funnel is None:
         funnel = funnel_widths(b, group)
     one_group = functools.partial(_minimize_group, m, lo=lo, hi=hi, maxiter=maxiter, tol=tol, lam0=lam0,
                                   newton_edm=newton_edm, newton_after=newton_after, funnel=funnel)
-    free = jnp.broadcast_to(free, x0.shape)
     if group is None or group >= b:
         return one_group(data, x0, free)
     groups = tuple(a.reshape((b // group, group) + a.shape[1:]) for a in (data, x0, free))

@@ -16,7 +16,9 @@ from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, m
 
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
-FIRST_PASS_STEPS = 30  # lockstep steps before the stragglers continue alone (fit and toys alike)
+# on an accelerator (one lockstep group a chunk), steps before the stragglers continue in a
+# smaller batch (fit and toys alike); a CPU's queue of lockstep slots has no tail to cut
+FIRST_PASS_STEPS = 30
 POINT_FITS_MAX = 2048  # fits of a grid's points per compiled call on an accelerator (not yet run on one)
 
 
@@ -221,13 +223,17 @@ def fit(
     def solve(rows, starts, steps):
         """Run the solver on datasets ``rows`` from ``starts``, in padded chunks."""
         size = padded_size(len(rows), chunk)
+        group = _device.lockstep_group(size)
         return _in_chunks(rows, starts, size, lambda take, x, _: minimize_batch(
             compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
             jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
-            group=_device.lockstep_group(size), lam0=damping, newton_edm=float("inf") if newton else 0.0,
+            group=group, lam0=damping, newton_edm=float("inf") if newton else 0.0, queue=queue and group < size,
         ))
 
-    first = min(maxiter, FIRST_PASS_STEPS) if n > 1 and not newton else maxiter  # Newton: the few hard fits
+    # a CPU's narrow lockstep groups take their fits from a queue (no lockstep tail): one
+    # pass; so do Newton fits (the few hard ones)
+    queue = _device.platform() == "cpu" and not newton
+    first = maxiter if n == 1 or newton or queue else min(maxiter, FIRST_PASS_STEPS)
     pars, twice_nll, status, n_iter, edm = _two_passes(solve, flat_x0, first, maxiter)
     by_minuit = np.zeros(n, bool)
     if retry:
