@@ -3,9 +3,11 @@ error naming what is wrong, a non-zero exit, no traceback, and nothing computed 
 Results that the input does not support are flagged (limits outside the scan), and the
 edge cases pyhf answers (mu = 0, in-grid limits) agree with pyhf."""
 
+import importlib.util
 import json
 import os
 import stat
+import subprocess
 import sys
 
 import numpy as np
@@ -91,11 +93,7 @@ def test_cli_refuses_bad_arguments_with_json_errors(tmp_path, never_computes):
     garbage = tmp_path / "garbage.json"
     garbage.write_bytes(os.urandom(64) + b"\xff\xfe")
     refused(cli("fit", garbage), "not a JSON text file")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:  # the plot extra is not installed: --plot says so, before any work
-        refused(cli("limit", "example:docs", "--plot", tmp_path / "brazil.png"), "--plot needs matplotlib")
-    else:
+    if importlib.util.find_spec("matplotlib"):  # without it: test_without_the_optional_extras
         refused(cli("limit", "example:docs", "--plot", tmp_path / "no" / "such" / "dir.png"), "does not exist")
         refused(cli("limit", "example:docs", "--plot", tmp_path / "brazil.txt"), "image suffix")
     refused(cli("fit", "example:docs", "--output-file", tmp_path / "no" / "out.json"), "does not exist")
@@ -335,3 +333,33 @@ def test_cli_toy_failures_speak_cli(tmp_path, monkeypatch):
     message = refused(cli("hypotest", file, "--calculator", "toys", "--ntoys", 8, "--quiet"),
                       "16 of 16 toys (100.00%) have a fit that failed", code=3)
     assert "--max-failed" in message and "err.result" not in message and "tol" not in message
+
+
+def test_without_the_optional_extras(tmp_path):
+    """A plain ``pip install gpufit`` (no matplotlib, no dask: the plot and dask extras):
+    limits run and print; ``--plot`` and the dask executor refuse before any work with a
+    one-line message that names the extra to install, and no traceback."""
+    blocked = ("import sys\n"
+               "for name in ('matplotlib', 'dask', 'distributed'):\n"
+               "    sys.modules[name] = None  # import fails as if not installed\n"
+               "from gpufit.cli import main\n"
+               "main()\n")
+
+    def plain(*args):
+        return subprocess.run([sys.executable, "-c", blocked, *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+
+    result = plain("limit", "example:docs", "--mus", "0:5:6", "--json")
+    assert result.returncode == 0, result.stderr
+    assert strict_json(result.stdout)["observed"] > 0
+
+    def one_error(result, needle):
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(errors) == 1 and needle in errors[0], result.stderr
+
+    one_error(plain("limit", "example:docs", "--plot", tmp_path / "brazil.png"), "pip install 'gpufit[plot]'")
+    out = tmp_path / "camp"
+    assert plain("campaign", "plan", "example:docs", "--mus", "1", "--ntoys", 8, "--toys-per-job", 8,
+                 "--out", out).returncode == 0
+    one_error(plain("campaign", "run", out, "--executor", "dask"), "pip install 'gpufit[dask]'")

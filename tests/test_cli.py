@@ -39,14 +39,30 @@ def test_hypotest_json_matches_validation():
     assert len(payload["cls_exp"]) == 5
 
 
-def test_limit_json_and_plot(tmp_path):
+def test_limit_json_is_the_api_limit():
+    """``gpufit limit --json`` prints what ``gpufit.upper_limit`` computes on the same grid."""
+    import numpy as np
+
+    import gpufit
+
+    result = run("limit", "example:docs", "--mus", "0:5:11", "--json")
+    assert result.exit_code == 0, result.output
+    payload = strict_json(result.stdout)
+    ws = gpufit.Workspace.example("docs")
+    model = ws.model()
+    api = gpufit.upper_limit(model, ws.data(model), mus=np.linspace(0, 5, 11))
+    np.testing.assert_allclose(payload["mus"], api.mus, rtol=0, atol=1e-12)
+    assert payload["observed"] == pytest.approx(api.observed, rel=1e-9)
+    np.testing.assert_allclose(payload["expected"], api.expected, rtol=1e-9)
+    np.testing.assert_allclose(payload["cls_obs"], api.cls_obs, rtol=1e-9)
+
+
+def test_limit_plot(tmp_path):
     pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     plot = tmp_path / "brazil.png"
     result = run("limit", "example:docs", "--mus", "0:5:11", "--json", "--plot", str(plot))
     assert result.exit_code == 0, result.output
-    payload = strict_json(result.stdout)
-    assert set(payload) >= {"observed", "expected", "mus", "cls_obs", "cls_exp"}
-    assert len(payload["mus"]) == 11 and len(payload["expected"]) == 5
+    assert strict_json(result.stdout)["plot"] == str(plot)
     assert plot.stat().st_size > 1000
 
 

@@ -1,6 +1,5 @@
 """gpufit.scan: every point of a patchset, compiled once, against each point alone and pyhf."""
 
-import copy
 import json
 import os
 import warnings

@@ -235,6 +235,15 @@ def test_building_a_calculator_fits_nothing(docs_ws, monkeypatch):
     assert calc.teststat_obs[0] == pytest.approx(reference.teststat, abs=1e-6)
 
 
+def test_a_rows_only_calculator_refuses_to_run_without_ntoys(docs_ws):
+    """A campaign's job builds its calculator without ntoys (it computes given rows):
+    run() then says what is missing instead of inventing a number of toys."""
+    model = docs_ws.model()
+    calc = ToyCalculator(model, docs_ws.data(model), [1.0], ntoys=None, progress=False)
+    with pytest.raises(gpufit.InvalidArgument, match="ntoys=None"):
+        calc.run()
+
+
 def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypatch):
     """A tight tolerance leaves many fits unconverged after a first pass. Stepping as on
     an accelerator (the chunk one lockstep group: a first pass of FIRST_PASS_STEPS, then

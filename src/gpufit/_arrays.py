@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import types
 
+import jax
+import jax.numpy as jnp
+import jax.scipy.special as jss
 import numpy as np
+import scipy.special as ss
 
 from .exceptions import InvalidArgument
 
@@ -17,10 +21,6 @@ BACKENDS = ("jax", "numpy")
 
 
 def _jax_namespace() -> types.SimpleNamespace:
-    import jax
-    import jax.numpy as jnp
-    import jax.scipy.special as jss
-
     # put: a host array onto the device as it is (jnp.asarray compiles a conversion per shape)
     return types.SimpleNamespace(
         name="jax", xp=jnp, gammaln=jss.gammaln, xlogy=jss.xlogy, asarray=jnp.asarray, put=jax.device_put
@@ -28,8 +28,6 @@ def _jax_namespace() -> types.SimpleNamespace:
 
 
 def _numpy_namespace() -> types.SimpleNamespace:
-    import scipy.special as ss
-
     return types.SimpleNamespace(
         name="numpy", xp=np, gammaln=ss.gammaln, xlogy=ss.xlogy, asarray=np.asarray, put=np.asarray
     )

@@ -16,6 +16,11 @@ import functools
 import math
 import os
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+
+from .exceptions import BackendUnavailable
+
 CPU_LOCKSTEP = 16
 _CPU_BUDGET = 512 * 2**20  # bytes per chunk on a CPU (inputs, outputs, one group's temporaries)
 _ACCELERATOR_FRACTION = 0.4  # of the device memory that JAX may use
@@ -28,8 +33,6 @@ def platform() -> str:
     JAX's default backend, unless ``jax.default_device(...)`` points elsewhere (how
     ``gpufit info`` and the GPU tests run the same work on the CPU beside a GPU).
     """
-    import jax
-
     device = jax.config.jax_default_device
     if device is None:
         return jax.default_backend()
@@ -40,10 +43,6 @@ def require_gpu(where: str = "--require-gpu") -> None:
     """Raise :class:`~gpufit.BackendUnavailable` unless JAX computes on a GPU here (a job
     that asked for one and landed on a CPU, or a JAX without CUDA); ``where`` names the
     option or place that asked."""
-    import jax
-
-    from .exceptions import BackendUnavailable
-
     if platform() != "gpu":
         devices = ", ".join(f"{d.platform}:{d.id}" for d in jax.devices())
         raise BackendUnavailable(
@@ -60,8 +59,6 @@ def describe(device) -> str:
 def device_memory_bytes(device=None) -> int | None:
     """Memory JAX may use on ``device`` (default: its first), or None where it does not
     say (CPUs)."""
-    import jax
-
     try:
         stats = (device or jax.devices()[0]).memory_stats() or {}
     except Exception:  # noqa: BLE001 - backends without memory_stats
@@ -115,9 +112,6 @@ def use_compilation_cache(path: str) -> bool:
     this process and from now on: a later process, job or Dask worker pointed at the same
     folder (a shared file system) loads them instead of compiling again. Returns False
     where the folder cannot be made (a read-only home: compile every time)."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
     path = os.path.abspath(path)
     try:
         os.makedirs(path, exist_ok=True)
@@ -141,7 +135,6 @@ def jit(fun=None, **options):
     ``@functools.partial(jit, static_argnames=...)``."""
     if fun is None:
         return functools.partial(jit, **options)
-    import jax
 
     @functools.wraps(fun)
     def traced(*args, **kwargs):

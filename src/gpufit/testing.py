@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 
+import jax.numpy as jnp
 import numpy as np
+import pyhf
+from pyhf.tensor import jax_backend, numpy_backend
 
 
 def generate_workspace(seed: int = 0, n_channels: int = 2, n_bins: int = 4, n_samples: int = 3,
@@ -72,8 +75,6 @@ def generate_workspace(seed: int = 0, n_channels: int = 2, n_bins: int = 4, n_sa
 
 def n_parameters(spec: dict) -> int:
     """Number of model parameters of a generated workspace (as pyhf counts them)."""
-    import pyhf
-
     return pyhf.Workspace(spec).model().config.npars
 
 
@@ -89,14 +90,10 @@ def pyhf_percentile_shim():
     >>> with pyhf_percentile_shim():
     ...     calc.distributions(1.0)  # doctest: +SKIP
     """
-    from pyhf.tensor import jax_backend, numpy_backend
-
     def numpy_percentile(self, tensor_in, q, axis=None, interpolation="linear"):
         return np.percentile(tensor_in, q, axis=axis, method=interpolation)
 
     def jax_percentile(self, tensor_in, q, axis=None, interpolation="linear"):
-        import jax.numpy as jnp
-
         return jnp.percentile(tensor_in, q, axis=axis, method=interpolation)
 
     classes = (numpy_backend.numpy_backend, jax_backend.jax_backend)

@@ -125,9 +125,10 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
     else:
         model = ws.model(measurement=job["measurement"], modifier_settings=job["modifier_settings"])
         data = ws.data(model)
-    calc = ToyCalculator(model, data, job["mus"], job["test_stat"], ntoys=1, seed=job["seed"],
+    calc = ToyCalculator(model, data, job["mus"], job["test_stat"], ntoys=None, seed=job["seed"],
                          toy_pars=job["toy_pars"], chunk_size=job.get("chunk_size"), max_failed=1.0,
                          progress=False, kernel_dir=kernel_dir)
+    teststat_obs = calc.teststat_obs[job["mu_indices"]]  # the observed fits run here: part of the set-up
     setup_seconds = time.perf_counter() - started  # reading, model, observed fits (compiles included)
     hyp, mu, toy = _rows(job)
     ts = np.full(hyp.size, np.nan)
@@ -157,13 +158,13 @@ def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int 
             if done < hyp.size:
                 sb, b = _split(ts, job)
                 write_result(checkpoint, meta | {"rows_done": done}, sb, b,
-                             {"teststat_obs": calc.teststat_obs[job["mu_indices"]]})
+                             {"teststat_obs": teststat_obs})
                 if stop_after_blocks is not None and blocks >= stop_after_blocks:
                     return {"job": job["job"], "status": "stopped", "rows_done": done, **resumed}
     sb, b = _split(ts, job)
     meta |= {"rows_done": int(hyp.size), "n_failed": int(np.isnan(ts).sum()), "seconds": time.perf_counter() - started,
              "setup_seconds": setup_seconds, "stats": calc.stats.to_dict()}
-    write_result(final, meta, sb, b, {"teststat_obs": calc.teststat_obs[job["mu_indices"]]})
+    write_result(final, meta, sb, b, {"teststat_obs": teststat_obs})
     if os.path.exists(checkpoint):
         os.unlink(checkpoint)
     return {"job": job["job"], "status": "done", "path": final, "n_failed": meta["n_failed"], **resumed}

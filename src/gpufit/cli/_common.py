@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from .. import _device
+from ..model import DEFAULT_MODIFIER_SETTINGS, HISTOSYS_CODES, NORMSYS_CODES
 from ..workspace import EXAMPLES, Workspace
 
 
@@ -32,21 +33,24 @@ def load_workspace(source: str):
     return Workspace.load(source)
 
 
+_DEFAULT_CODE = {mtype: setting["interpcode"] for mtype, setting in DEFAULT_MODIFIER_SETTINGS.items()}
+
+
 def model_options(func):
     """``--measurement``, ``--normsys-code``, ``--histosys-code`` -> ``measurement``,
     ``modifier_settings``."""
 
     @click.option("--measurement", default=None, help="Measurement name (default: the first).")
-    @click.option("--normsys-code", type=click.Choice(["code1", "code4"]), default=None,
-                  help="normsys interpolation (pyhf default: code4).")
-    @click.option("--histosys-code", type=click.Choice(["code0", "code2", "code4p"]), default=None,
-                  help="histosys interpolation (pyhf default: code4p).")
+    @click.option("--normsys-code", type=click.Choice(NORMSYS_CODES), default=None,
+                  help=f"normsys interpolation (pyhf default: {_DEFAULT_CODE['normsys']}).")
+    @click.option("--histosys-code", type=click.Choice(HISTOSYS_CODES), default=None,
+                  help=f"histosys interpolation (pyhf default: {_DEFAULT_CODE['histosys']}).")
     @functools.wraps(func)
     def wrapper(normsys_code, histosys_code, **kwargs):
         settings = None
         if normsys_code or histosys_code:  # the one not given keeps pyhf's default
-            settings = {"normsys": {"interpcode": normsys_code or "code4"},
-                        "histosys": {"interpcode": histosys_code or "code4p"}}
+            settings = {"normsys": {"interpcode": normsys_code or _DEFAULT_CODE["normsys"]},
+                        "histosys": {"interpcode": histosys_code or _DEFAULT_CODE["histosys"]}}
         return func(modifier_settings=settings, **kwargs)
 
     return wrapper

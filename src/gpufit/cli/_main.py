@@ -6,8 +6,8 @@ more failed toys than ``--max-failed``); 1 an internal error (a bug: please repo
 ``GPUFIT_DEBUG=1`` shows the traceback). Under ``--json`` errors are one JSON object
 ``{"error": ..., "type": ..., "exit_code": ...}`` on stdout as well.
 
-``gpufit.plotting`` needs matplotlib (the optional ``plot`` extra), so it is imported
-where a plot is drawn: every command runs without it.
+``--plot`` needs matplotlib (the optional ``plot`` extra, imported by ``gpufit.plotting``
+only when it draws): every command runs without it, and ``--plot`` says what to install.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..infer.device_check import TOLERANCE, check_devices
 from ..infer.intervals import UpperLimitResult
 from ..infer.scan import ScanResult, scan as run_scan
 from ..optimize import fit as run_fit
+from ..plotting import brazil_plot, contour_plot, correlation_plot as draw_correlations, pulls_plot, teststat_plot
 from ..workspace import inspect_workspace, load_patchset
 from ._common import (
     check_plot,
@@ -155,8 +156,6 @@ def fit(ws, model, data, fixed, no_hesse, plot, correlation_plot, tol, maxiter):
     payload = result.to_dict()
     if result.correlations is not None:
         payload["correlation"] = {"parameters": list(result.parameter_names), "matrix": result.correlations}
-    from ..plotting import correlation_plot as draw_correlations, pulls_plot
-
     plot_error = _write_plot(lambda p: pulls_plot(result, model, p), plot, payload)
     plot_error = _write_plot(lambda p: draw_correlations(result, p), correlation_plot, payload,
                              "correlation_plot") or plot_error
@@ -209,8 +208,6 @@ def hypotest(ws, model, data, mu, test_stat, calculator, plot, toy_options, tol,
                                   "CLs_obs": result.cls_obs, "CLs_exp": np.asarray(result.cls_exp).tolist()}
 
     def draw(path):
-        from ..plotting import teststat_plot
-
         # the asymptotic distributions need the Asimov statistic: a few fits more (inside
         # the plot, whose failure keeps the toys' result)
         asymptotic = run_hypotest(model, data, mu=mu, test_stat=test_stat, **_fit_kwargs(tol, maxiter)) \
@@ -329,8 +326,6 @@ def _plot_failed(plot_error: str | None) -> None:
 
 def _plot_limit(result, path, payload) -> str | None:
     """Write the Brazil plot."""
-    from ..plotting import brazil_plot
-
     return _write_plot(lambda p: brazil_plot(result, p), path, payload)
 
 
@@ -383,8 +378,6 @@ def _command_line(fallback: tuple = ()) -> str:
 def _emit_grid(result, out_dir, plot, summary) -> None:
     """Print a grid's rows (``gpufit scan``, a merged grid campaign), write them into
     ``out_dir`` and the contour to ``plot``; exit 3 after them where a point has none."""
-    from ..plotting import contour_plot
-
     payload = result.to_dict() | {"files": result.write(out_dir, command=_command_line())}
     plot_error = _write_plot(lambda path: contour_plot(result, path), plot, payload)
 

@@ -11,6 +11,7 @@ from ..exceptions import InvalidArgument, InvalidModel
 from ..optimize import resolve_bounds
 from .asymptotics import AsymptoticScan
 from .test_statistics import normalize_test_stat
+from .toys import ToyCalculator
 
 CALCULATORS = ("asymptotic", "toys")
 TOY_OPTIONS = ("ntoys", "seed", "toy_pars", "chunk_size", "max_failed", "progress", "toy_tol")
@@ -211,8 +212,6 @@ def _result(r: dict, test_stat: str, calculator: str, **extra) -> HypoTestResult
 
 
 def _toy_hypotest(model, data, mu, test_stat, toy_options, **fit_options) -> HypoTestResult:
-    from .toys import ToyCalculator
-
     calc = ToyCalculator(model, data, [mu], test_stat, **toy_options, **fit_options)
     r = calc.run()
     return _result(

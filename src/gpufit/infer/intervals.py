@@ -12,6 +12,7 @@ from ..exceptions import InvalidArgument, LimitOutsideGrid
 from .asymptotics import AsymptoticScan
 from .hypotest import check_poi, normalize_calculator, split_toy_options, toy_info
 from .test_statistics import normalize_test_stat
+from .toys import ToyCalculator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +171,7 @@ def upper_limit(
         values = curves(mus)
         limits = [crossing(mus, values[:, j], level, interpolate="pyhf") for j in range(6)]
     else:
-        low, high = max(poi_range[0], 0.0), poi_range[1]
+        low, high = _default_scan_range(poi_range)
         grid = np.linspace(low, high, 11)
         values = curves(grid)
         while np.any(values[-1] > level) and high < 1e6:  # widen until every curve crosses
@@ -227,21 +228,24 @@ def _limit_result(limits, mus, values, level, test_stat, calculator, n_failed, i
     )
 
 
+def _default_scan_range(poi_range) -> tuple[float, float]:
+    """Where a limit scan without ``mus`` starts and may end: the POI's range, from 0 at
+    the lowest (an upper limit on a signal strength is sought among mu >= 0)."""
+    return max(poi_range[0], 0.0), poi_range[1]
+
+
 def toy_grid(model, data, level=0.05, test_stat="qtilde", points=11, bounds=None, **fit_options) -> np.ndarray:
     """Default grid of a toy scan: from the POI's lower bound (at least 0) to 1.5 times
     the largest asymptotic limit (observed or +2 sigma expected)."""
-    low, high = check_poi(model, fit_options.get("fixed"), bounds)
+    low, high = _default_scan_range(check_poi(model, fit_options.get("fixed"), bounds))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LimitOutsideGrid)  # a bound still sizes the grid
         asy = upper_limit(model, data, level=level, test_stat=test_stat, bounds=bounds, **fit_options)
     top = 1.5 * max(asy.observed, *asy.expected)
-    low = max(low, 0.0)
     return np.linspace(low, max(min(top, high), low + 1e-3), points)
 
 
 def _toy_upper_limit(model, data, mus, level, test_stat, toy_options, **fit_options) -> UpperLimitResult:
-    from .toys import ToyCalculator
-
     if mus is None:
         mus = toy_grid(model, data, level, test_stat, **fit_options)
     mus = np.asarray(mus, dtype=float)

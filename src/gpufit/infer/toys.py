@@ -37,6 +37,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import _device
 from .._version import __version__
@@ -263,13 +264,16 @@ class ToyCalculator:
     """Toy-based p-values at POI values ``mus`` for one observed dataset.
 
     Building one checks the options and fits nothing; the fits to the observed data run
-    once, when a result first needs them.
+    once, when a result first needs them. The compiled chunk kernels are shared by every
+    calculator of the process (a limit's mus, a grid's points, a notebook's reruns): the
+    16 most recently used argument shapes are kept (the least recently used goes first).
 
     Args:
         model, data: the model and the observed data [N + A].
         mus: tested POI values [M].
         test_stat: ``"qtilde"``, ``"q"``, ``"q0"``, ``"t"`` or ``"ttilde"``.
-        ntoys: toys per hypothesis and mu.
+        ntoys: toys per hypothesis and mu, for :meth:`run`; None for a calculator that
+            only computes the rows it is given (:meth:`teststats`: a campaign's job).
         seed: campaign seed, 0 <= seed < 2**32; the toys depend only on
             (seed, hypothesis, mu index, toy index).
         toy_pars: ``"profiled"``: nuisance parameters at their conditional fit to the
@@ -300,7 +304,7 @@ class ToyCalculator:
         self.mus = np.atleast_1d(np.asarray(mus, dtype=model.dtype))
         if test_stat == "q0":
             self.mus = np.zeros_like(self.mus)
-        self.ntoys = int(ntoys)
+        self.ntoys = None if ntoys is None else int(ntoys)
         self.seed = int(seed)
         self.toy_pars = toy_pars
         self.max_failed = float(max_failed)
@@ -545,6 +549,8 @@ class ToyCalculator:
         """All toys of every mu: ``teststat_sb``, ``teststat_b`` [M, ntoys] and p-values;
         ``stats`` counts this run alone (:meth:`teststats` adds to them, call by call)."""
         self.stats = ToyStats()
+        if self.ntoys is None:
+            raise InvalidArgument("this calculator was built with ntoys=None (rows only): give ntoys to run() its toys")
         m, n = len(self.mus), self.ntoys
         hyp = np.repeat([SIGNAL_PLUS_BACKGROUND, BACKGROUND_ONLY], n)
         hypothesis = np.tile(hyp, m)
@@ -679,6 +685,4 @@ def progress_bar(progress, total):
     """A tqdm bar over ``total`` toys on stderr (see :func:`show_progress`), or a no-op."""
     if not show_progress(progress):
         return _NoBar()
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="toy", desc="toys", leave=False, smoothing=0.1)

@@ -8,7 +8,7 @@
 The products over "all factors but one" divide the product by each factor, counting
 exact zeros apart (so a normfactor at 0 is fine), and the sums over entries that share a
 (main bin, parameter) pair are gathered through precomputed tables into the [N, P]
-Jacobian (``model/_solver_tables.py``; no scatter, which is slow on CPUs). One call costs
+Jacobian (``model/_tables.py``; no scatter, which is slow on CPUs). One call costs
 a few forward passes, independent of P, where ``jax.jacfwd`` costs P of them and
 ``jax.jacrev`` N.
 

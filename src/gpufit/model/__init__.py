@@ -4,6 +4,6 @@ from ._checks import check_channel_values
 from ._compiled import CompiledModel
 from ._model import Model
 from ._stack import pad_models, pad_shape, pad_to, stack, stack_key, take
-from .interpolation import DEFAULT_MODIFIER_SETTINGS
+from .interpolation import DEFAULT_MODIFIER_SETTINGS, HISTOSYS_CODES, NORMSYS_CODES
 
-__all__ = ["Model", "CompiledModel", "DEFAULT_MODIFIER_SETTINGS", "check_channel_values", "stack", "stack_key", "take", "pad_models", "pad_shape", "pad_to"]
+__all__ = ["Model", "CompiledModel", "DEFAULT_MODIFIER_SETTINGS", "NORMSYS_CODES", "HISTOSYS_CODES", "check_channel_values", "stack", "stack_key", "take", "pad_models", "pad_shape", "pad_to"]

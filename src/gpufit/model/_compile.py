@@ -14,7 +14,7 @@ import numpy as np
 
 from ..exceptions import InvalidWorkspace
 from ._compiled import CompiledModel
-from ._solver_tables import constraint_tables, jacobian_tables, sample_bin_tables, solve_partition
+from ._tables import constraint_partition, constraint_tables, jacobian_tables, sample_bin_tables
 from .interpolation import code4_coefficients
 
 _PER_BIN = ("staterror", "shapesys", "shapefactor")
@@ -169,7 +169,7 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
     con_aux, con_gauss, con_pois, con_sigma, con_tau = constraint_tables(
         npars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par, pois_aux, pois_tau
     )
-    unconstrained, constrained, solve_inverse = solve_partition(npars, (con_gauss + con_pois) > 0)
+    unconstrained, constrained, partition_inverse = constraint_partition(npars, (con_gauss + con_pois) > 0)
 
     def ints(values):
         return np.asarray(values, dtype=np.int32)
@@ -207,7 +207,7 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         con_tau=floats(con_tau),
         unconstrained=unconstrained,
         constrained=constrained,
-        solve_inverse=solve_inverse,
+        partition_inverse=partition_inverse,
         normsys_code=modifier_settings["normsys"]["interpcode"],
         histosys_code=modifier_settings["histosys"]["interpcode"],
         n_main=int(n_main),

@@ -25,7 +25,8 @@ ARRAY_FIELDS = (
     "pois_aux",  # [Q] int
     "pois_tau",  # [Q]
     "aux_order",  # [A] int, position of aux datum a in concat(gauss [G], pois [Q])
-    # derived tables for the solver (see model/_solver_tables.py)
+    # derived from the layout (model/_tables.py): the analytic derivatives' index tables,
+    # the constraints per parameter, the parameters without and with a constraint term
     "jac_entries",  # [Z, L] int, Jacobian contributions summed into each (bin, par) pair
     "jac_index",  # [N * P] int, pair of each Jacobian entry (Z: identically zero)
     "factor_of",  # [K, P, Lf] int, factor entries of parameter p in sample-bin k (exact Hessian)
@@ -37,7 +38,7 @@ ARRAY_FIELDS = (
     "con_tau",  # [P] Poisson scale factor (1.0 elsewhere)
     "unconstrained",  # [U] int, parameters solved through the Schur complement
     "constrained",  # [C] int, parameters solved through the Woodbury identity
-    "solve_inverse",  # [P] int, concat(x[unconstrained], x[constrained])[solve_inverse] == x
+    "partition_inverse",  # [P] int, concat(x[unconstrained], x[constrained])[partition_inverse] == x
 )
 STATIC_FIELDS = ("normsys_code", "histosys_code", "n_main")
 
@@ -79,7 +80,7 @@ class CompiledModel:
     con_tau: object
     unconstrained: object
     constrained: object
-    solve_inverse: object
+    partition_inverse: object
     normsys_code: str
     histosys_code: str
     n_main: int

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from ._compiled import ARRAY_FIELDS, CompiledModel
-from ._solver_tables import jacobian_tables, sample_bin_tables
+from ._tables import jacobian_tables, sample_bin_tables
 
 # arrays that must agree in shape (not in value) for points to be stacked
 _SHAPE_FIXED = ("gauss_par", "pois_par", "aux_order", "con_aux", "unconstrained", "constrained", "jac_index")
@@ -41,7 +41,7 @@ def _pad(a, shape, value):
 def _padded(m: CompiledModel, k: int, width_f: int, width_d: int, n_norm: int, n_hist: int) -> CompiledModel:
     """One model's base tables padded to K = ``k`` sample-bins, ``width_f`` factor and
     ``width_d`` histosys entries per sample-bin, ``n_norm`` and ``n_hist`` terms; the
-    derived solver tables rebuilt from them (the rules of ``_solver_tables``)."""
+    derived tables rebuilt from them (the rules of ``_tables``)."""
     n_pars = m.con_aux.shape[0]
     old_f, old_d = n_pars + m.normsys_par.shape[0], m.histosys_par.shape[0]  # their trailing 1.0 and 0.0
     factor_index = np.where(m.factor_index == old_f, n_pars + n_norm, m.factor_index)

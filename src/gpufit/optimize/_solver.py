@@ -139,7 +139,7 @@ def solve_damped(m, jac, w, c, g, lam, active):
     delta_u = _cho_solve(ju.T @ b_ju + jnp.diag(d[u]), r[u] - ju.T @ b_s)  # [U]
     y = b_s + b_ju @ delta_u
     delta_c = (r[k] - jc.T @ y) / dc
-    return jnp.concatenate([delta_u, delta_c])[m.solve_inverse]
+    return jnp.concatenate([delta_u, delta_c])[m.partition_inverse]
 
 
 def solve_newton(hessian, gauss_newton, g, lam, active, *, scale):

@@ -8,6 +8,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from iminuit import Minuit
 
 from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
@@ -105,8 +106,6 @@ def resolve_bounds(model, bounds) -> np.ndarray:
 
 def _minuit_refit(model, data, x0, free, bounds, tol, strategy=0):
     """Careful single fit with iminuit (MIGRAD with the exact JAX gradient)."""
-    from iminuit import Minuit
-
     compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
     # MIGRAD calls back once per point: on an accelerator each call would be a round
     # trip to the device, so the callbacks run on the host's CPU device

@@ -1,7 +1,10 @@
-"""Index tables for the analytic derivatives and the structured Newton solve.
+"""Index tables derived from the compiled model's layout: where each entry of the
+analytic derivatives comes from (read by :mod:`gpufit.likelihood.derivatives`), the
+constraint terms laid out per parameter, and which parameters carry a constraint term
+(the split the optimizer's structured solve is built on).
 
-Built once in NumPy from the compiled model's layout, so that the jitted kernels only
-gather (XLA's scatters are slow on CPUs, and a batch of them slower still).
+Built once in NumPy, so that the jitted kernels only gather (XLA's scatters are slow on
+CPUs, and a batch of them slower still).
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ def constraint_tables(n_pars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par
     return con_aux, con_gauss, con_pois, con_sigma, con_tau
 
 
-def solve_partition(n_pars, constrained_mask):
-    """Split the parameters for the structured solve.
+def constraint_partition(n_pars, constrained_mask):
+    """Split the parameters into those without and those with a constraint term.
 
     The Newton matrix is ``J^T W J + diag(d)`` with few main bins N: its constrained
     block has ``d > 0`` and is inverted through the N x N Woodbury identity, the few
