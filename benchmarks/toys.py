@@ -1,7 +1,7 @@
 """Toys per second: gpufit's batched toy calculator against pyhf's ToyCalculator, same run.
 
     python benchmarks/toys.py [--models gen10,gen40,gen100,gen300,sbottom,1lbb]
-                              [--ntoys 100,1000,10000] [--pyhf-toys 10]
+                              [--ntoys 100,1000,10000] [--pyhf-toys 10] [--pyhf-seconds 30]
                               [--out benchmarks/results/toys-cpu.json]
 
 A "toy" is one signal+background and one background-only pseudo-experiment at one mu
@@ -10,7 +10,8 @@ A "toy" is one signal+background and one background-only pseudo-experiment at on
 toy count runs twice (other seeds), the first compiling what it needs (its compile time
 and wall time are reported), the second timed (the seconds it still spends compiling, a
 retry kernel the first call did not need, are reported beside it). pyhf with its jax
-backend and scipy (its fastest set-up) on ``--pyhf-toys`` toys after a warm-up call, with the numpy>=2.4 percentile shim
+backend and scipy (its fastest set-up) after a warm-up call, on ``--pyhf-toys`` toys or as many as
+``--pyhf-seconds`` of its work take (sized from a 2-toy run), with the numpy>=2.4 percentile shim
 (:func:`gpufit.testing.pyhf_percentile_shim`). pyhf's jax runs can abort on a failed
 fit (1Lbb); such a row says so instead of a rate.
 """
@@ -23,6 +24,7 @@ import time
 
 import fits  # benchmarks/fits.py: the sbottom and 1Lbb models
 import jax
+import numpy as np
 import pyhf
 
 import gpufit
@@ -49,18 +51,27 @@ def load(name, dtype="float64"):
     return model, ws.data(model)
 
 
-def time_pyhf(model, data, ntoys, mu=1.0):
-    """pyhf toys/s (jax backend + scipy), or an error message."""
+def time_pyhf(model, data, ntoys, mu=1.0, seconds=0.0):
+    """pyhf toys/s (jax backend + scipy), the toys and seconds timed, or an error message:
+    ``ntoys`` toys, or more where a 2-toy run after the warm-up says that ``seconds`` of
+    pyhf's work need more."""
     pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
     pm = model.pyhf_model
+
+    def run(n):
+        start = time.perf_counter()
+        pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=n, track_progress=False)
+        return time.perf_counter() - start
+
     try:
         with pyhf_percentile_shim():
-            pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=2, track_progress=False)  # warm-up
-            start = time.perf_counter()
-            pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=ntoys, track_progress=False)
-        return ntoys / (time.perf_counter() - start), None
+            run(2)  # warm-up (jit)
+            if seconds > 0:
+                ntoys = max(ntoys, int(np.ceil(seconds / (run(2) / 2))))
+            elapsed = run(ntoys)
+        return ntoys / elapsed, ntoys, elapsed, None
     except Exception as err:  # noqa: BLE001 - a failed pyhf fit ends its run; report it
-        return None, f"{type(err).__name__}: {str(err)[:120]}"
+        return None, ntoys, None, f"{type(err).__name__}: {str(err)[:120]}"
     finally:
         pyhf.set_backend("numpy")
 
@@ -90,6 +101,8 @@ def main():
     parser.add_argument("--models", default="gen10,gen40,gen100,gen300,sbottom,1lbb")
     parser.add_argument("--ntoys", default="100,1000,10000")
     parser.add_argument("--pyhf-toys", type=int, default=10, help="0: no pyhf rows (e.g. on a GPU machine)")
+    parser.add_argument("--pyhf-seconds", type=float, default=30.0,
+                        help="at least this many seconds of pyhf's work per model (more toys than --pyhf-toys)")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--mu", type=float, default=1.0)
     parser.add_argument("--chunk-size", type=int, default=None, help="toys per compiled call (default: the device's)")
@@ -102,7 +115,9 @@ def main():
 
     for name in args.models.split(","):
         model, data = load(name, args.dtype)
-        ref, ref_error = time_pyhf(model, data, args.pyhf_toys, args.mu) if args.pyhf_toys else (None, "not run")
+        ref, ref_toys, ref_seconds, ref_error = (
+            time_pyhf(model, data, args.pyhf_toys, args.mu, args.pyhf_seconds) if args.pyhf_toys
+            else (None, 0, None, "not run"))
         for ntoys in (int(n) for n in args.ntoys.split(",")):
             # the first call compiles the chunk and the retry shapes it meets; time the second
             first = time.perf_counter()
@@ -117,7 +132,7 @@ def main():
                 "gpufit_fits_per_s": 4 * rate, "compile_seconds": compiling,
                 "timed_call_compile_seconds": timed_compiling, "gpufit_toys_per_s_without_compiles": steady,
                 "first_call_seconds": first_call, "pyhf_jax_toys_per_s": ref, "pyhf_error": ref_error,
-                "pyhf_toys_timed": args.pyhf_toys, "ratio_vs_pyhf_jax": rate / ref if ref else None,
+                "pyhf_toys_timed": ref_toys, "pyhf_seconds": ref_seconds, "ratio_vs_pyhf_jax": rate / ref if ref else None,
                 "n_failed": r.n_failed, "retried": info["continued"] + info["restarted"] + info["local_minima"],
                 "minuit": info["minuit"], "cls_obs": r.cls_obs, "cls_obs_err": r.cls_obs_err,
                 "toy_seconds": info["seconds"], "device_wait_seconds": info["device_wait_seconds"],
