@@ -53,8 +53,8 @@ def load(name, dtype="float64"):
 
 def time_pyhf(model, data, ntoys, mu=1.0, seconds=0.0):
     """pyhf toys/s (jax backend + scipy), the toys and seconds timed, or an error message:
-    ``ntoys`` toys, or more where a 2-toy run after the warm-up says that ``seconds`` of
-    pyhf's work need more."""
+    ``ntoys`` toys, or as many as ``seconds`` of pyhf's work take (sized from a 2-toy run
+    after the warm-up, then enlarged until one timed run lasts that long)."""
     pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
     pm = model.pyhf_model
 
@@ -69,6 +69,11 @@ def time_pyhf(model, data, ntoys, mu=1.0, seconds=0.0):
             if seconds > 0:
                 ntoys = max(ntoys, int(np.ceil(seconds / (run(2) / 2))))
             elapsed = run(ntoys)
+            for _ in range(3):  # a call's fixed cost made the 2-toy run look slow: more toys
+                if elapsed >= seconds:
+                    break
+                ntoys = int(np.ceil(1.2 * ntoys * seconds / elapsed))
+                elapsed = run(ntoys)
         return ntoys / elapsed, ntoys, elapsed, None
     except Exception as err:  # noqa: BLE001 - a failed pyhf fit ends its run; report it
         return None, ntoys, None, f"{type(err).__name__}: {str(err)[:120]}"

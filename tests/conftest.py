@@ -1,6 +1,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pyhf
 import pytest
@@ -17,6 +18,11 @@ VALIDATION = os.path.join(WS, "pyhf_validation")
 
 def pytest_configure(config):
     pyhf.set_backend("numpy")
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # .ci/run: one cache for the run's processes
+        # every kernel, not only those compiling in over a second (JAX's default): the test
+        # workers, notebook kernels, Dask workers and CLI subprocesses share them all
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture(scope="session")

@@ -236,7 +236,8 @@ def test_a_queue_of_lockstep_slots_takes_the_same_steps_as_lockstep_groups():
     model = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6)).model()
     args = _solver_args(model, 96, seed=5)
     groups = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16)]
-    queued = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, queue=True)]
+    queued = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, queue=True,
+                                                            count=jnp.asarray(96))]
     assert np.all(groups[2] == _solver.CONVERGED) and np.ptp(groups[3]) > 5  # slots refill at different steps
     np.testing.assert_array_equal(queued[2], groups[2])
     np.testing.assert_array_equal(queued[3], groups[3])
