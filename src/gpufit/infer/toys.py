@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .. import _device
 from .._version import __version__
 from ..exceptions import InvalidArgument
-from ..optimize import CONVERGED, MAX_ITERATIONS, fit, minimize_batch
+from ..optimize import CONVERGED, MAX_ITERATIONS, fit, minimize_batch, padded_chunks
 from ..optimize.fit import (
     DEFAULT_TOL,
     FIRST_PASS_STEPS,
@@ -401,9 +401,7 @@ class ToyCalculator:
         batch = _retry_batch()
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
         out = [np.empty_like(pars), np.empty(len(pars), pars.dtype), np.empty(len(pars), np.int32)]
-        for start in range(0, len(pars), batch):
-            rows = np.arange(start, min(start + batch, len(pars)))
-            take = np.concatenate([rows, np.repeat(rows[:1], batch - rows.size)])
+        for rows, take in padded_chunks(len(pars), batch):
             res = continue_fits(self.model.compiled, jnp.asarray(data[take]), jnp.asarray(pars[take]),
                                 jnp.broadcast_to(jnp.asarray(free), (batch, free.size)), lo, hi, self.tol,
                                 first_steps=FIRST_PASS_STEPS, maxiter=self.maxiter, group=min(group, batch),
@@ -489,10 +487,8 @@ class ToyCalculator:
         queue = _device.platform() == "cpu"  # lockstep slots refilled from a queue (toy_chunk)
         started = time.perf_counter()
 
-        def dispatch(start):
-            """Start the chunk call of rows start.. (JAX returns before it has run)."""
-            rows = np.arange(start, min(start + chunk, hypothesis.size))
-            take = np.concatenate([rows, np.repeat(rows[:1], chunk - rows.size)])  # pad to the chunk
+        def dispatch(rows, take):
+            """Start the chunk call of ``rows`` (JAX returns before it has run)."""
             h, i, t = hypothesis[take], mu_index[take], toy_index[take]
             gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
             args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
@@ -522,15 +518,15 @@ class ToyCalculator:
         # The host's retries (iminuit above all: seconds a fit) run in a thread of their
         # own, chunk after chunk, while this one keeps the device busy with the next
         # chunks; a chunk's retries depend on its rows only, so the answer is the same.
-        starts = list(range(0, hypothesis.size, chunk))
-        pending = dispatch(starts[0]) if starts else None
+        chunks = list(padded_chunks(hypothesis.size, chunk))
+        pending = dispatch(*chunks[0]) if chunks else None
         retries = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufit-retries")
         try:
             queued = collections.deque()
-            for k in range(len(starts)):
+            for k in range(len(chunks)):
                 rows, mu_test, outputs = pending
                 # the next chunk runs on the device while the host reads and repairs this one
-                pending = dispatch(starts[k + 1]) if k + 1 < len(starts) else None
+                pending = dispatch(*chunks[k + 1]) if k + 1 < len(chunks) else None
                 waited = time.perf_counter()
                 data, pf, ff, sf, cf, px, fx, sx, cx, refitted = (np.asarray(a)[: rows.size].copy() for a in outputs)
                 self.stats.device_wait_seconds += time.perf_counter() - waited

@@ -42,6 +42,16 @@ def padded_size(n: int, chunk: int) -> int:
     return size
 
 
+def padded_chunks(n: int, size: int):
+    """The chunks of ``n`` rows for compiled calls of exactly ``size`` rows (one compiled
+    shape): ``(rows [k], take [size])`` per chunk, ``take`` its rows padded by repeating
+    the first (the calls' outputs past ``k`` are padding). Every batched caller (fits,
+    toy chunks, host continuations) chunks through here."""
+    for start in range(0, n, size):
+        rows = np.arange(start, min(start + size, n))
+        yield rows, np.concatenate([rows, np.repeat(rows[:1], size - rows.size)])
+
+
 def resolve_fixed(model, fixed, batch_shape):
     """Fixed flags [P] and values: the measurement's fixed parameters plus ``fixed``
     (a mapping of names to values, scalars or arrays broadcastable to ``batch_shape``)."""
@@ -272,12 +282,8 @@ def _in_chunks(rows, starts, size, call):
     chunk padded by repeating its first row, ``real`` of them not padding. Returns the
     outputs of ``call`` for the n rows, concatenated (each a fresh array)."""
     outs = []
-    for start in range(0, len(rows), size):
-        stop = min(start + size, len(rows))
-        pad = size - (stop - start)
-        take = np.concatenate([rows[start:stop], np.repeat(rows[start:start + 1], pad)])
-        x = np.concatenate([starts[start:stop], np.repeat(starts[start:start + 1], pad, 0)])
-        outs.append([np.asarray(r)[: stop - start] for r in call(take, x, stop - start)])
+    for chunk, take in padded_chunks(len(rows), size):
+        outs.append([np.asarray(r)[: chunk.size] for r in call(rows[take], starts[take], chunk.size)])
     return [np.concatenate(parts).copy() for parts in zip(*outs)]
 
 
