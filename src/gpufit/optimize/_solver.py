@@ -5,8 +5,9 @@ lockstep while any is still active, freezing the finished ones (their status is 
 per-fit mask). A lockstep group runs as long as its slowest fit, unless: a narrow
 group (a CPU's 16) is a queue of slots, each refilled with the next fit as soon as its
 own finishes (:func:`_minimize_queue`); a wide group (a GPU's chunk) runs as a funnel
-of ever narrower passes that carry the stragglers' state (:func:`_minimize_group`). A fit runs in two phases, each a loop of the same four readable
-pieces (step, acceptance, damping, termination):
+of ever narrower passes that carry the stragglers' state (:func:`_minimize_group`). A
+fit runs in two phases, each a loop of the same four readable pieces (step, acceptance,
+damping, termination):
 
 1. **Gauss-Newton** (far from the minimum). Curvature ``2 J^T diag(n/nu^2) J`` with the
    analytic ``J = d nu / d theta`` [N, P] (:mod:`gpufit.likelihood.derivatives`), plus
@@ -367,6 +368,7 @@ def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count)
     row = jnp.arange(slots)
     row = jnp.where(row < count, row, b)  # the fit in each slot; b: none
     s = jax.vmap(lambda d, x: _gn_init(m, d, x, lam0))(data[jnp.minimum(row, b - 1)], x0[jnp.minimum(row, b - 1)])
+    s = s._replace(status=jnp.where(row < b, s.status, CONVERGED))  # a slot without a fit stays frozen
     out = (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS, s.status.dtype),
            jnp.zeros(b, s.n_iter.dtype), jnp.full(b, jnp.inf, x0.dtype))
     step = jax.vmap(lambda d, st, fr, new: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, 0.0, None, new, lam0))
