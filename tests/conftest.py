@@ -16,6 +16,12 @@ LBB = os.path.join(WS, "atlas_1Lbb_ins1755298")
 VALIDATION = os.path.join(WS, "pyhf_validation")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: the test workers then finish together, instead of one
+    running a minute-long test alone at the end while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_configure(config):
     pyhf.set_backend("numpy")
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # .ci/run: one cache for the run's processes

@@ -90,6 +90,7 @@ def test_jobs_one_by_one_and_reruns_are_no_ops(docs, local_run, tmp_path):
     assert len(limit["mus"]) == 2 and len(limit["expected"]) == 5
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_equals_local(docs, local_run, tmp_path):
     _plan(docs, tmp_path)
     summary = executors.run(str(tmp_path), executor="dask", workers=2)
@@ -97,6 +98,7 @@ def test_dask_local_cluster_equals_local(docs, local_run, tmp_path):
     _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
 
 
+@pytest.mark.slow
 def test_dask_gpu_workers_run_the_campaign(docs, local_run, tmp_path, monkeypatch):
     """``--gpu`` on the embedded cluster: one worker per GPU, each declaring GPU=1 and
     seeing its own GPU alone, memory on demand. Two fake GPU ids on this CPU: the tasks ask
@@ -139,6 +141,7 @@ def test_gpu_runs_refuse_a_machine_without_one(docs, tmp_path, monkeypatch):
     assert not glob.glob(str(tmp_path / "results" / "*"))  # nothing ran
 
 
+@pytest.mark.slow
 def test_killed_dask_worker_changes_nothing(docs, local_run, tmp_path):
     from distributed import Client, LocalCluster
 
@@ -270,6 +273,7 @@ def test_cli_campaign_and_submit_scripts(tmp_path):
     assert res.exit_code == 2 and "already holds a campaign" in res.output
 
 
+@pytest.mark.slow
 def test_merge_gives_the_verdict_of_hypotest_on_failed_toys(monkeypatch, tmp_path):
     """The same toys get the same verdict: where every fit fails, hypotest raises
     ToyFitsFailed, and so does the merge of a campaign of those toys (max_failed as

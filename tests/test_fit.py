@@ -47,6 +47,7 @@ def test_sbottom_fits_match_pyhf(sbottom):
     assert fixed.twice_nll <= pyhf_twice_nll(model, data, fixed_mu=1.0) + 1e-4
 
 
+@pytest.mark.slow
 def test_1lbb_fits_match_pyhf(lbb_ws):
     model = lbb_ws.model()
     data = lbb_ws.data(model)
@@ -197,6 +198,7 @@ def _solver_args(model, n, seed):
             jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), 1e-8)
 
 
+@pytest.mark.slow
 def test_newton_phase_reaches_the_gauss_newton_minima_in_fewer_steps(sbottom):
     """Exact-Hessian steps (newton_edm=inf) find the same minima as Gauss-Newton alone on
     sbottom toys, with no more steps per fit on average (quadratic end game)."""
@@ -208,6 +210,7 @@ def test_newton_phase_reaches_the_gauss_newton_minima_in_fewer_steps(sbottom):
     assert nt[3].mean() < gn[3].mean()
 
 
+@pytest.mark.slow
 def test_a_funnel_of_narrower_passes_takes_the_same_steps_as_one_pass():
     """A wide lockstep group (a GPU's) gathers its stragglers into narrower passes that go
     on from their state: every fit takes the same steps to the same minimum as in one
@@ -226,6 +229,7 @@ def test_a_funnel_of_narrower_passes_takes_the_same_steps_as_one_pass():
     np.testing.assert_allclose(funnel[0], one[0], rtol=0, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_a_queue_of_lockstep_slots_takes_the_same_steps_as_lockstep_groups():
     """A CPU's queue (16 lockstep slots, each refilled with the next fit as soon as its own
     finishes) takes every fit through the steps it takes in a lockstep group of 16 (which
@@ -341,7 +345,8 @@ def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
     poi = np.arange(model.n_pars) == model.poi_index
     ints = np.zeros(4, np.int64)
     toys = toy_chunk.lower(model.compiled, np.uint32(1), ints, ints, np.arange(4), x0, np.ones(4, np.float32), poi,
-                           free, lo, hi, 1e-6, first_steps=5, maxiter=10, group=4, capacity=(4, 4), refits=(4, 4))
+                           free, lo, hi, 1e-6, np.int64(4), first_steps=5, maxiter=10, group=4, capacity=(4, 4),
+                           refits=(4, 4))
     logpdf = gpufit.model._model._jitted("logpdf").lower(model.compiled, x0, data)
     for lowered in (solver, toys, logpdf):
         dots = re.findall(r"stablehlo\.dot_general[^\n]*", lowered.as_text())

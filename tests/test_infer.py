@@ -53,6 +53,7 @@ def _pyhf_hypotest(model, data, mu, test_stat="qtilde"):
     return float(cls), float(clsb), float(clb), np.asarray([float(e) for e in exp])
 
 
+@pytest.mark.slow
 def test_1lbb_against_pyhf(lbb_ws):
     model = lbb_ws.model()
     data = lbb_ws.data(model)
@@ -64,6 +65,7 @@ def test_1lbb_against_pyhf(lbb_ws):
     np.testing.assert_allclose(r.cls_exp, exp, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_generated_against_pyhf_every_stat():
     from gpufit.testing import generate_workspace
 

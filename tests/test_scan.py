@@ -119,6 +119,7 @@ def test_padded_points_have_the_likelihood_of_each_point_alone(grid):
         assert abs(together.twice_nll[i] - alone.twice_nll) < 1e-9
 
 
+@pytest.mark.slow
 def test_scan_rows_equal_each_point_tested_alone(grid, result):
     """CLs at mu = 1 and the six limits of every point, from one batched scan, equal
     gpufit.hypotest and gpufit.upper_limit (TOMS 748) on the point compiled alone."""
@@ -262,6 +263,7 @@ def test_a_grid_campaign_merges_to_each_points_toy_hypotest(grid, tmp_path):
     assert row["cls_obs"] == direct.cls_obs and row["cls_exp"] == direct.cls_exp.tolist()
 
 
+@pytest.mark.slow
 def test_a_toy_scan_runs_each_point_as_hypotest_does(grid):
     """calculator="toys": a point's row holds gpufit.hypotest's toy CLs on the point
     compiled alone (same seed), its limits from the toy scan over ``mus``."""

@@ -98,6 +98,7 @@ def test_toys_converge_to_asymptotics_at_large_counts():
     np.testing.assert_allclose(toys.cls_exp[:3], asy.cls_exp[:3], atol=0.03)
 
 
+@pytest.mark.slow
 def test_sampling_moments_match_the_model(sbottom):
     """Main data Poisson(nu), Gaussian aux Normal(theta, sigma), as pyhf samples them."""
     model, data = sbottom
@@ -209,6 +210,7 @@ def test_toy_pars_init_and_q0(docs_ws):
         gpufit.hypotest(model, data, 1.0, calculator="toys", seed=-1)
 
 
+@pytest.mark.slow
 def test_hard_toys_are_retried_not_dropped():
     """Toys with empty signal-region bins (where pyhf's jax runs abort) all end converged,
     some after the retry chain; an unreachable tolerance sends fits through every stage."""
@@ -244,6 +246,7 @@ def test_a_rows_only_calculator_refuses_to_run_without_ntoys(docs_ws):
         calc.run()
 
 
+@pytest.mark.slow
 def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypatch):
     """A tight tolerance leaves many fits unconverged after a first pass. Stepping as on
     an accelerator (the chunk one lockstep group: a first pass of FIRST_PASS_STEPS, then
@@ -258,15 +261,16 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
     model = ws.model()
     data = ws.data(model)
 
-    def run():
-        calc = ToyCalculator(model, data, [1.0], ntoys=256, seed=5, chunk_size=512, progress=False, toy_tol=1e-11)
+    def run(ntoys, chunk_size):
+        calc = ToyCalculator(model, data, [1.0], ntoys=ntoys, seed=5, chunk_size=chunk_size, progress=False,
+                             toy_tol=1e-11)
         return calc.run()
 
-    queued = run()
+    queued = run(256, 512)  # the chunk kernel of the retry-thread tests too: one compilation
     monkeypatch.setattr(device, "platform", lambda: "gpu")
-    roomy = run()
+    roomy = run(128, 256)  # the same seed: the first 128 toys of the queued run
     monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (16, 16))
-    cramped = run()
+    cramped = run(128, 256)
     assert roomy["stats"]["continued"] > 16  # more than the cramped call has room for
     assert cramped["stats"]["continued"] == roomy["stats"]["continued"]
     # local minima are refitted in the chunk call (or on the host) alike
@@ -275,7 +279,7 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
     for key in ("teststat_sb", "teststat_b"):
         np.testing.assert_allclose(cramped[key], roomy[key], rtol=0, atol=1e-9)
         # the queue steps on where the accelerator's first pass stops and starts again
-        np.testing.assert_allclose(queued[key], roomy[key], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(queued[key][:, :128], roomy[key], rtol=0, atol=1e-6)
 
 
 def test_continuation_room_scales_with_the_chunk_where_the_chunk_is_one_group():
@@ -317,6 +321,7 @@ def test_host_retries_compute_on_the_callers_device(monkeypatch):
     assert seen and all(device == cpu for device in seen)
 
 
+@pytest.mark.slow
 def test_an_error_in_the_retry_thread_reaches_the_caller(monkeypatch):
     """The host's retries run in their own thread: an exception there must surface in
     the call, not vanish with the thread (and leave NaN test statistics behind)."""
@@ -333,6 +338,7 @@ def test_an_error_in_the_retry_thread_reaches_the_caller(monkeypatch):
         calc.run()
 
 
+@pytest.mark.slow
 def test_failed_fits_are_counted_and_raise_above_threshold(monkeypatch):
     ws = broken_workspace(monkeypatch)
     model = ws.model()
@@ -358,6 +364,7 @@ def test_toy_upper_limit(docs_ws):
     assert np.all(np.diff(toys.expected) >= 0)
 
 
+@pytest.mark.slow
 def test_cli_toys(tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["hypotest", "example:docs", "--calculator", "toys", "--ntoys", "300", "--seed", "4", "--json"])
@@ -397,6 +404,7 @@ def test_retries_keep_the_lowest_converged_candidate():
     assert best.pars[:, 0].tolist() == [5.0, 3.0, 4.0, 9.0]
 
 
+@pytest.mark.slow
 def test_a_kernel_folder_shares_the_traced_chunk_kernel(docs_ws, tmp_path, monkeypatch):
     """``kernel_dir``: the first calculator writes the chunk kernel (jax.export), a later
     one (a campaign's next job: nothing in memory) reads it instead of tracing, and both
@@ -421,6 +429,7 @@ def test_a_kernel_folder_shares_the_traced_chunk_kernel(docs_ws, tmp_path, monke
     assert written.stat().st_size > 1000 and not list(tmp_path.glob("*.part"))
 
 
+@pytest.mark.slow
 def test_float32_toys_agree_with_float64_on_sbottom(sbottom_ws):
     """float32 toys on sbottom (same seed): none fail, and CLs, CLsb and CLb lie within
     the binomial error of float64's."""

@@ -41,7 +41,7 @@ def run(device, model, data, ntoys, seed):
         rows = 2 * n  # one chunk, in one lockstep group (as on a GPU)
         first = toy_chunk(model.compiled, jnp.asarray(seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i),
                           jnp.asarray(t), jnp.asarray(gen), jnp.asarray(mu_test), jnp.asarray(calc.poi_mask),
-                          jnp.asarray(calc.free), lo, hi, calc.tol, first_steps=FIRST_PASS_STEPS,
+                          jnp.asarray(calc.free), lo, hi, calc.tol, jnp.asarray(rows), first_steps=FIRST_PASS_STEPS,
                           maxiter=calc.maxiter, group=rows, capacity=continuation_capacity(rows, rows),
                           refits=refit_capacity(rows, rows))
         first = [np.asarray(a) for a in first]

@@ -148,13 +148,14 @@ def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: i
 
 
 @functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits", "queue"))
-def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol,
+def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol, n_real,
               first_steps: int, maxiter: int, group: int, capacity: tuple[int, int], refits: tuple[int, int],
               queue: bool = False):
     """Draw a chunk of toys and fit each twice, in one compiled call.
 
-    With ``queue`` (a CPU), every fit runs to its end in the solver's queue of ``group``
-    lockstep slots (no lockstep tail: a slot takes the next fit when its own finishes).
+    With ``queue`` (a CPU), every fit of the first ``n_real`` toys runs to its end in the
+    solver's queue of ``group`` lockstep slots (no lockstep tail: a slot takes the next
+    fit when its own finishes; the padding of a short chunk is not fitted).
     Without (an accelerator, whose chunk is one wide lockstep group), every fit gets
     ``first_steps`` steps in lockstep, then those that did not converge (as many as
     ``capacity`` has room for) continue (:func:`continue_fits`). Then free fits caught in
@@ -166,7 +167,8 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
         m: compiled model; seed: [] uint32.
         hypothesis, mu_index, toy_index: [C] int, the rows.
         gen_pars: [C, P] generating parameters; mu_test: [C] tested POI values.
-        poi_mask: [P] bool (the POI); free: [P] bool; lo, hi: [P]; tol: [].
+        poi_mask: [P] bool (the POI); free: [P] bool; lo, hi: [P]; tol: [];
+        n_real: [] int, the toys that are not padding (the first ones; used by the queue).
 
     Returns:
         data [C, N + A]; then for the free fits and the fixed-POI fits: pars [C, P],
@@ -182,9 +184,12 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
     both_free = jnp.concatenate([jnp.broadcast_to(free, gen_pars.shape), jnp.broadcast_to(free & ~poi_mask, gen_pars.shape)])
     both_data = jnp.concatenate([data, data])
     both_x0 = jnp.concatenate([gen_pars, x_fixed])
-    if queue:
-        pars, f, status, n_iter, _ = minimize_batch(m, both_data, both_x0, both_free, lo, hi, tol, maxiter=maxiter,
-                                                    group=group, queue=True)
+    if queue:  # the real toys' fits first (both kinds), then the padding, which is not run
+        real = jnp.arange(c) < n_real
+        order = jnp.argsort(~jnp.concatenate([real, real]), stable=True)
+        out = minimize_batch(m, both_data[order], both_x0[order], both_free[order], lo, hi, tol, maxiter=maxiter,
+                             group=group, queue=True, count=2 * n_real)
+        pars, f, status, n_iter, _ = (a[jnp.argsort(order)] for a in out)
         continued = n_iter > first_steps
     else:
         pars, f, status, _, _ = minimize_batch(m, both_data, both_x0, both_free, lo, hi, tol, maxiter=first_steps,
@@ -492,7 +497,8 @@ class ToyCalculator:
             h, i, t = hypothesis[take], mu_index[take], toy_index[take]
             gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
             args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
-                    jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol)
+                    jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol,
+                    jnp.asarray(rows.size))
             compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, queue,
                                                        self.kernel_dir)
             self.stats.compile_seconds += compile_seconds

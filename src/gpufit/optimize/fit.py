@@ -233,10 +233,12 @@ def fit(
         """Run the solver on datasets ``rows`` from ``starts``, in padded chunks."""
         size = padded_size(len(rows), chunk)
         group = _device.lockstep_group(size)
-        return _in_chunks(rows, starts, size, lambda take, x, _: minimize_batch(
+        queued = queue and group < size  # the queue leaves a chunk's padding unfitted
+        return _in_chunks(rows, starts, size, lambda take, x, real: minimize_batch(
             compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
             jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
-            group=group, lam0=damping, newton_edm=float("inf") if newton else 0.0, queue=queue and group < size,
+            group=group, lam0=damping, newton_edm=float("inf") if newton else 0.0, queue=queued,
+            count=jnp.asarray(real) if queued else None,
         ))
 
     # a CPU's narrow lockstep groups take their fits from a queue (no lockstep tail): one
