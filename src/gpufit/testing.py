@@ -90,6 +90,7 @@ def pyhf_percentile_shim():
     >>> with pyhf_percentile_shim():
     ...     calc.distributions(1.0)  # doctest: +SKIP
     """
+
     def numpy_percentile(self, tensor_in, q, axis=None, interpolation="linear"):
         return np.percentile(tensor_in, q, axis=axis, method=interpolation)
 
