@@ -189,7 +189,8 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
         order = jnp.argsort(~jnp.concatenate([real, real]), stable=True)
         out = minimize_batch(m, both_data[order], both_x0[order], both_free[order], lo, hi, tol, maxiter=maxiter,
                              group=group, queue=True, count=2 * n_real)
-        pars, f, status, n_iter, _ = (a[jnp.argsort(order)] for a in out)
+        back = jnp.argsort(order)
+        pars, f, status, n_iter, _ = (a[back] for a in out)
         continued = n_iter > first_steps
     else:
         pars, f, status, _, _ = minimize_batch(m, both_data, both_x0, both_free, lo, hi, tol, maxiter=first_steps,

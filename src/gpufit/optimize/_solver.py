@@ -514,8 +514,9 @@ def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: in
             each refilled with the next fit as soon as its own finishes
             (:func:`_minimize_queue`; B need not be a multiple): for a CPU, whose groups
             are narrow and run one after another.
-        count: [] int (traced), fit only the first ``count`` datasets; the others keep
-            their start, with twice_nll inf, status MAX_ITERATIONS and no steps. None: all.
+        count: [] int (traced, with ``queue``), fit only the first ``count`` datasets; the
+            others keep their start, with twice_nll inf, status MAX_ITERATIONS and no
+            steps. None: all.
 
     Returns:
         pars [B, P], twice_nll [B], status [B] int, n_iter [B] int, edm [B].
@@ -528,14 +529,7 @@ def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: in
         return _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, min(group, b),
                                b if count is None else count)
     if count is not None:
-        if group is not None and group < b:
-            raise ValueError("count needs a queue or one lockstep group")
-        active = jnp.arange(b) < count
-        pars, f, status, n_iter, edm = _minimize_group(
-            m, data, x0, free, lo, hi, maxiter=maxiter, tol=tol, lam0=lam0, newton_edm=newton_edm,
-            newton_after=newton_after, funnel=funnel_widths(b, group) if funnel is None else funnel, active=active)
-        return (pars, jnp.where(active, f, jnp.inf), jnp.where(active, status, MAX_ITERATIONS),
-                jnp.where(active, n_iter, 0), jnp.where(active, edm, jnp.inf))
+        raise ValueError("count needs queue=True")
     if funnel is None:
         funnel = funnel_widths(b, group)
     one_group = functools.partial(_minimize_group, m, lo=lo, hi=hi, maxiter=maxiter, tol=tol, lam0=lam0,

@@ -257,8 +257,8 @@ def fit(
         late = np.flatnonzero((status != CONVERGED) & np.all(np.isfinite(pars), axis=1) & np.isfinite(twice_nll))
         if late.size:
             p2, f2, s2, i2, e2 = solve(late, pars[late], maxiter, exact=True)
-            done = late[s2 == CONVERGED]  # Newton steps only go down: never above the start
-            keep = s2 == CONVERGED
+            keep = s2 == CONVERGED  # Newton steps only go down: never above the start
+            done = late[keep]
             pars[done], twice_nll[done], status[done], edm[done] = p2[keep], f2[keep], s2[keep], e2[keep]
             n_iter[done] += i2[keep]
     if retry:
