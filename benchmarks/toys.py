@@ -111,6 +111,10 @@ def main():
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--mu", type=float, default=1.0)
     parser.add_argument("--chunk-size", type=int, default=None, help="toys per compiled call (default: the device's)")
+    parser.add_argument("--warmup-toys", type=int, default=None,
+                        help="toys of the first, compiling call (default: as many as the timed one; at least a "
+                             "chunk's worth compiles the same chunk kernel, and a retry kernel the smaller call "
+                             "did not meet compiles in the timed call: timed_call_compile_seconds)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "toys-cpu.json"))
     args = parser.parse_args()
     rows = []
@@ -126,7 +130,8 @@ def main():
         for ntoys in (int(n) for n in args.ntoys.split(",")):
             # the first call compiles the chunk and the retry shapes it meets; time the second
             first = time.perf_counter()
-            _, r0, compiling = time_gpufit(model, data, ntoys, args.mu, seed=12345, chunk_size=args.chunk_size)
+            warmup = ntoys if args.warmup_toys is None else min(ntoys, args.warmup_toys)
+            _, r0, compiling = time_gpufit(model, data, warmup, args.mu, seed=12345, chunk_size=args.chunk_size)
             first_call = time.perf_counter() - first
             rate, r, timed_compiling = time_gpufit(model, data, ntoys, args.mu, chunk_size=args.chunk_size)
             steady = ntoys / (ntoys / rate - timed_compiling)  # the same call without its compiles

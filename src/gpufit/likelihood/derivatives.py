@@ -42,16 +42,35 @@ def _exclusive_products(g):
     return jnp.where(small, jnp.where(zeros == 1, prod_nz, 0.0), jnp.where(zeros == 0, prod_nz / safe, 0.0))
 
 
-def _assemble(m, c_factor, c_delta):
-    """Sum per-entry contributions [K, M] and [K, H] into the dense [N, P] matrix.
+def _assemble(m, c_factor, c_hist):
+    """Sum per-entry contributions into dense [N, P, R] matrices: c_factor [K, M, R] (one
+    per factor entry), c_hist [Th, R] (one per histosys term); R derivatives at once.
 
-    Two gathers through the precomputed tables (``m.jac_entries``, ``m.jac_index``);
-    no scatter.
+    Two gathers through the precomputed tables (``m.jac_entries``, ``m.jac_index``),
+    each moving R numbers per index; no scatter.
     """
-    flat = jnp.concatenate([c_factor.ravel(), c_delta.ravel(), jnp.zeros(1, c_factor.dtype)])
-    sums = jnp.sum(flat[m.jac_entries], axis=-1)  # [Z]
-    dense = jnp.concatenate([sums, jnp.zeros(1, sums.dtype)])[m.jac_index]
-    return dense.reshape(m.n_main, -1)
+    r = c_factor.shape[-1]
+    zero = jnp.zeros((1, r), c_factor.dtype)
+    flat = jnp.concatenate([c_factor.reshape(-1, r), c_hist, zero])
+    sums = jnp.sum(flat[m.jac_entries], axis=-2)  # [Z, R]
+    dense = jnp.concatenate([sums, zero])[m.jac_index]
+    return dense.reshape(m.n_main, -1, r)
+
+
+def _interpolated(m, pars, order):
+    """Every factor and histosys shift with its derivatives in its own parameter, for
+    ONE parameter vector [P]: ``order + 1`` factor arrays [P + Tn + 1] (the parameters
+    themselves, normfactor, lumi and gammas being factor = theta; the normsys factors;
+    a trailing 1, 0, 0 for padding) and ``order + 1`` shift arrays [Th + 1] (a trailing 0)."""
+    code_n, code_h = m.normsys_code, m.histosys_code
+    norm = normsys(jnp, code_n, pars[m.normsys_par], m.normsys_log_hi, m.normsys_log_lo, m.normsys_coef, order)
+    hist = histosys(jnp, code_h, pars[m.histosys_par], m.histosys_up, m.histosys_down, order)
+    one, zero = jnp.ones(1, pars.dtype), jnp.zeros(1, pars.dtype)
+    linear = (pars, jnp.ones_like(pars), jnp.zeros_like(pars))
+    pads = (one, zero, zero)
+    factors = [jnp.concatenate([linear[i], norm[i], pads[i]]) for i in range(order + 1)]
+    shifts = [jnp.concatenate([hist[i], zero]) for i in range(order + 1)]
+    return factors, shifts
 
 
 def _entries(m, pars, order):
@@ -61,14 +80,9 @@ def _entries(m, pars, order):
     derivatives in its own parameter (1, 0, 0 for padding); ddelta (and d2delta) [K, H]:
     each histosys entry's derivatives; base [K] = nominal + shifts; factor [K] = product.
     """
-    code_n, code_h = m.normsys_code, m.histosys_code
-    norm = normsys(jnp, code_n, pars[m.normsys_par], m.normsys_log_hi, m.normsys_log_lo, m.normsys_coef, order)
-    hist = histosys(jnp, code_h, pars[m.histosys_par], m.histosys_up, m.histosys_down, order)
-    one, zero = jnp.ones(1, pars.dtype), jnp.zeros(1, pars.dtype)
-    linear = (pars, jnp.ones_like(pars), jnp.zeros_like(pars))  # normfactor, lumi, gammas: factor = theta
-    pads = (one, zero, zero)
-    f = [jnp.concatenate([linear[i], norm[i], pads[i]])[m.factor_index] for i in range(order + 1)]  # [K, M]
-    d = [jnp.concatenate([hist[i], zero])[m.delta_index] for i in range(order + 1)]  # [K, H]
+    factors, shifts = _interpolated(m, pars, order)
+    f = [a[m.factor_index] for a in factors]  # [K, M] each
+    d = [a[m.delta_index] for a in shifts]  # [K, H] each
     base = m.nominal + jnp.sum(d[0], axis=-1)
     return f, d, base, jnp.prod(f[0], axis=-1)
 
@@ -85,13 +99,20 @@ def expected_main_and_jacobian(m, pars, second: bool = False):
     Returns:
         nu [N], jac [N, P] (and d2 [N, P] when ``second``).
     """
-    f, d, base, factor = _entries(m, pars, 2 if second else 1)
+    order = 2 if second else 1
+    factors, shifts = _interpolated(m, pars, order)
+    f = [a[m.factor_index] for a in factors]  # [K, M] each
+    base = m.nominal + jnp.sum(shifts[0][m.delta_index], axis=-1)
+    factor = jnp.prod(f[0], axis=-1)
     nu = (base * factor) @ m.bin_matrix
     others = base[:, None] * _exclusive_products(f[0])  # [K, M]
-    jac = _assemble(m, others * f[1], factor[:, None] * d[1])
-    if not second:
-        return nu, jac
-    return nu, jac, _assemble(m, others * f[2], factor[:, None] * d[2])
+    # both orders in one pass through the tables (on 1Lbb a quarter of a step's
+    # evaluation); a histosys term shifts one sample-bin: its derivatives times that
+    # sample-bin's factors, without the [K, H] layout
+    c_factor = jnp.stack([others * a for a in f[1:]], axis=-1)  # [K, M, order]
+    c_hist = factor[m.histosys_bin][:, None] * jnp.stack([a[:-1] for a in shifts[1:]], axis=-1)  # [Th, order]
+    dense = _assemble(m, c_factor, c_hist)
+    return (nu,) + tuple(dense[..., i] for i in range(order))
 
 
 def twice_nll_gradient_curvature(m, pars, data):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..exceptions import InvalidWorkspace
 from ._compiled import CompiledModel
-from ._tables import constraint_partition, constraint_tables, jacobian_tables, sample_bin_tables
+from ._tables import constraint_partition, constraint_tables, histosys_sample_bins, jacobian_tables, sample_bin_tables
 from .interpolation import code4_coefficients
 
 _PER_BIN = ("staterror", "shapesys", "shapefactor")
@@ -189,6 +189,7 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         histosys_par=ints(hist_par),
         histosys_up=floats(hist_up),
         histosys_down=floats(hist_down),
+        histosys_bin=histosys_sample_bins(delta_index, len(hist_par)),
         gauss_par=ints(gauss_par),
         gauss_aux=ints(gauss_aux),
         gauss_sigma=floats(gauss_sigma),

@@ -18,6 +18,7 @@ ARRAY_FIELDS = (
     "histosys_par",  # [Th] int
     "histosys_up",  # [Th] hi - nominal
     "histosys_down",  # [Th] nominal - lo
+    "histosys_bin",  # [Th] int, the sample-bin each term shifts
     "gauss_par",  # [G] int, parameter of each Gaussian constraint
     "gauss_aux",  # [G] int, its auxiliary datum
     "gauss_sigma",  # [G]
@@ -62,6 +63,7 @@ class CompiledModel:
     histosys_par: object
     histosys_up: object
     histosys_down: object
+    histosys_bin: object
     gauss_par: object
     gauss_aux: object
     gauss_sigma: object

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from ._compiled import ARRAY_FIELDS, CompiledModel
-from ._tables import jacobian_tables, sample_bin_tables
+from ._tables import histosys_sample_bins, jacobian_tables, sample_bin_tables
 
 # arrays that must agree in shape (not in value) for points to be stacked
 _SHAPE_FIXED = ("gauss_par", "pois_par", "aux_order", "con_aux", "unconstrained", "constrained", "jac_index")
@@ -69,6 +69,7 @@ def _padded(m: CompiledModel, k: int, width_f: int, width_d: int, n_norm: int, n
         histosys_par=histosys_par,
         histosys_up=_pad(m.histosys_up, (n_hist,), 0.0),
         histosys_down=_pad(m.histosys_down, (n_hist,), 0.0),
+        histosys_bin=histosys_sample_bins(delta_index, n_hist),
         jac_entries=jac_entries,
         jac_index=jac_index,
         factor_of=factor_of,
@@ -114,7 +115,7 @@ def pad_to(m: CompiledModel, shape: dict) -> CompiledModel:
     z, n_pars = shape["z"], m.con_aux.shape[0]
     return dataclasses.replace(
         padded,
-        jac_entries=_pad(padded.jac_entries, (z, shape["width_z"]), k * width_f + k * width_d),
+        jac_entries=_pad(padded.jac_entries, (z, shape["width_z"]), k * width_f + shape["n_hist"]),
         # a pair with no entries indexes past the sums, into the zero _assemble appends;
         # keep it there now that there are more (all-zero) sums
         jac_index=np.where(padded.jac_index == padded.jac_entries.shape[0], z, padded.jac_index).astype(np.int32),

@@ -40,8 +40,9 @@ def _group(pairs, pad):
 def jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, histosys_par, n_main):
     """Where each entry of the Jacobian ``d nu_b / d theta_p`` [N, P] comes from.
 
-    The kernel forms one contribution per factor entry [K, M] and per histosys entry
-    [K, H], flattened into ``c = concat(c_factor.ravel(), c_delta.ravel(), [0])``.
+    The kernel forms one contribution per factor entry [K, M] and one per histosys term
+    [Th] (each term shifts one sample-bin: its contribution needs no [K, H] layout),
+    flattened into ``c = concat(c_factor.ravel(), c_histosys, [0])``.
 
     Returns:
         entries [Z, L] int: for each of the Z (bin, parameter) pairs that can be
@@ -53,10 +54,25 @@ def jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, hist
     pair_f = np.where(pf >= 0, bins[:, None] * n_pars + pf, -1).ravel()
     pair_d = np.where(pd >= 0, bins[:, None] * n_pars + pd, -1).ravel()
     pairs = np.concatenate([pair_f, pair_d])
-    keys, entries = _group(pairs, pad=pairs.size)  # pairs.size: the trailing zero in c
+    keys, entries = _group(pairs, pad=pairs.size)  # positions among the pairs; pairs.size: none
+    # a pair's position in c: factor entries in place, histosys entries at their term
+    n_f = pair_f.size
+    position = np.concatenate([np.arange(n_f), n_f + np.asarray(delta_index, dtype=np.int64).ravel(),
+                               [n_f + len(histosys_par)]])
+    entries = position[entries].astype(np.int32)
     index = np.full(n_main * n_pars, max(keys.size, 1), dtype=np.int32)
     index[keys] = np.arange(keys.size, dtype=np.int32)
     return entries, index
+
+
+def histosys_sample_bins(delta_index, n_hist):
+    """The sample-bin [Th] of each histosys term (0 for a term no sample-bin lists: the
+    padding of a stacked model)."""
+    rows = np.broadcast_to(np.arange(delta_index.shape[0])[:, None], delta_index.shape)
+    out = np.zeros(n_hist, dtype=np.int32)
+    real = delta_index < n_hist
+    out[delta_index[real]] = rows[real]
+    return out
 
 
 def sample_bin_tables(factor_index, delta_index, n_pars, normsys_par, histosys_par):
