@@ -327,6 +327,30 @@ def test_a_minimum_at_the_edge_of_an_empty_bin_is_reached_in_few_steps(lbb_ws):
     assert float(expected_main(model.compiled, jnp.asarray(result.pars))[empty[0]]) < 1e-4
 
 
+def test_a_fit_stopped_at_the_edge_of_an_empty_bin_gets_a_new_start(lbb_ws):
+    """A 1Lbb background-only toy (``tests/data/1lbb_edge_toy.json``): from its generating
+    point Gauss-Newton reaches the edge nu_b = 0 of an empty bin at -2 log L = 221.422
+    and stops there, converged by its edm (MIGRAD, strategy 1, from that point, from the
+    generating point and from the suggested init stops there too). The minimum, 0.29
+    lower, is found from the suggested init; ``fit``'s retry gives fits that end at the
+    edge (``gpufit.optimize.at_edge``) that new start."""
+    import json
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "data", "1lbb_edge_toy.json")) as handle:
+        toy = json.load(handle)
+    model = lbb_ws.model()
+    data, start = np.asarray(toy["data"]), np.asarray(toy["start"])
+    stopped = gpufit.fit(model, data, init=start, retry=False, hesse=False)
+    assert stopped.converged and stopped.twice_nll == pytest.approx(221.4221, abs=1e-3)
+    assert gpufit.optimize.at_edge(model, data, stopped.pars)
+    result = gpufit.fit(model, data, init=start, hesse=False)
+    assert result.converged and result.twice_nll == pytest.approx(221.1328, abs=1e-3)
+    # a point of the model, not of the region beyond its edge: pyhf's likelihood there
+    assert float(-2.0 * model.pyhf_model.logpdf(result.pars, data)[0]) == pytest.approx(float(result.twice_nll),
+                                                                                       rel=1e-9)
+
+
 def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
     """Every matrix product of the solver and of the toy kernel is traced at HIGHEST
     precision: JAX's default runs float32 products in TF32 on recent NVIDIA GPUs, where

@@ -12,11 +12,14 @@ dispatched before the host reads this one. Then, only for the rows that need it,
 host, in a thread of its own so that the device goes on with the next chunks:
 
 1. continues the stragglers the call had no room for, with the same kernel;
-2. restarts what still failed from the model's suggested initial values (exact Newton
-   steps, and heavily damped Gauss-Newton), keeping the lower converged minimum;
-3. hands the rest to iminuit (MIGRAD with the exact gradient, on the CPU: strategy 0,
+2. refits the fits that ended at the model's edge (an empty bin's expected count at 0:
+   :func:`gpufit.optimize.at_edge`) from the model's suggested initial values (heavily
+   damped Gauss-Newton), keeping the lower minimum;
+3. restarts what still failed from the suggested initial values (exact Newton steps,
+   and heavily damped Gauss-Newton), keeping the lower converged minimum;
+4. hands the rest to iminuit (MIGRAD with the exact gradient, on the CPU: strategy 0,
    then strategy 1 from two starts, :func:`gpufit.fit`'s ``retry``);
-4. refits the local minima left (no room, or a refit that did not converge there).
+5. refits the local minima left (no room, or a refit that did not converge there).
 
 What still fails is counted: its test statistic is NaN, it is left out of the p-values,
 and more than ``max_failed`` (a fraction) raises :class:`gpufit.ToyFitsFailed` carrying
@@ -42,7 +45,7 @@ from tqdm.auto import tqdm
 from .. import _device
 from .._version import __version__
 from ..exceptions import InvalidArgument
-from ..optimize import CONVERGED, MAX_ITERATIONS, fit, minimize_batch, padded_chunks
+from ..optimize import CONVERGED, MAX_ITERATIONS, at_edge, fit, minimize_batch, padded_chunks
 from ..optimize.fit import (
     DEFAULT_TOL,
     FIRST_PASS_STEPS,
@@ -291,7 +294,8 @@ class ToyCalculator:
         init, bounds, fixed, tol, maxiter: as for :func:`gpufit.fit` (``tol`` for the
             fits to the observed data).
         toy_tol: edm threshold of the toy fits: 1e-6 by default, which puts each toy's
-            test statistic within about 1e-6 of its exact value at 20% fewer steps.
+            test statistic within about 2e-5 of its value at 1e-8, in half the time
+            (1,000 1Lbb toys; benchmarks/README.md, "What the toys' tolerance buys").
         kernel_dir: a folder that keeps the chunk kernel serialized (``jax.export``):
             the first calculator to need it writes it, later ones (other processes:
             a campaign's jobs) read it instead of tracing it; with JAX's persistent
@@ -434,15 +438,25 @@ class ToyCalculator:
             if late.size:
                 stats.continued += late.size
                 pars[late], f[late], status[late] = self._continue(kind, data[late], pars[late], group)
+            start = np.repeat(self.model.suggested_init()[None], len(f), axis=0)
+            if kind == "fixed":
+                start[:, self.model.poi_index] = mu_test
+            # 2. minima at the model's edge (optimize.at_edge): a new start from the
+            # suggested init (heavily damped Gauss-Newton), the lower minimum kept
+            converged = status == CONVERGED
+            edge = np.flatnonzero(converged & drawn & at_edge(self.model, data, np.where(converged[:, None], pars, 0.0)))
+            if edge.size:
+                stats.restarted += edge.size
+                r = self._refit(kind, data[edge], mu_test[edge], init=start[edge], retry=False, damping=1.0)
+                lower = r.converged & (r.twice_nll < f[edge])
+                _store(pars, f, status, edge[lower], _select(r, lower))
             still = np.flatnonzero((status != CONVERGED) & drawn)
             if still.size == 0:
                 continue
-            # 2. new starts from the suggested init, Newton and heavily damped Gauss-Newton:
+            # 3. new starts from the suggested init, Newton and heavily damped Gauss-Newton:
             # hard toys have several minima (empty bins, the POI at its bound), and the
-            # lower converged one is kept; 3. iminuit where neither converged
-            start = np.repeat(self.model.suggested_init()[None], still.size, axis=0)
-            if kind == "fixed":
-                start[:, self.model.poi_index] = mu_test[still]
+            # lower converged one is kept; 4. iminuit where neither converged
+            start = start[still]
             stats.restarted += still.size
             candidates = [self._refit(kind, data[still], mu_test[still], init=start, retry=False, newton=True),
                           self._refit(kind, data[still], mu_test[still], init=start, retry=False, damping=1.0)]

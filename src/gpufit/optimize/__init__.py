@@ -4,7 +4,7 @@ toy calculator), with its status codes."""
 
 from ._result import FitResult
 from ._solver import CONVERGED, MAX_ITERATIONS, STATUS, minimize_batch
-from .fit import fit, fit_points, padded_chunks, resolve_bounds
+from .fit import at_edge, fit, fit_points, padded_chunks, resolve_bounds
 
-__all__ = ["fit", "fit_points", "FitResult", "STATUS", "CONVERGED", "MAX_ITERATIONS", "minimize_batch", "padded_chunks",
+__all__ = ["at_edge", "fit", "fit_points", "FitResult", "STATUS", "CONVERGED", "MAX_ITERATIONS", "minimize_batch", "padded_chunks",
            "resolve_bounds"]
