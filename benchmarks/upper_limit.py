@@ -53,7 +53,10 @@ def main() -> None:
         ours = np.array([warm.observed, *warm.expected])
         row = {"model": name, "parameters": model.n_pars, "gpufit_cold_seconds": cold_s,
                "gpufit_warm_seconds": warm_s, "gpufit_limits": ours.tolist(),
-               "gpufit_evaluations": int(len(warm.mus)), "gpufit_failed_fits": warm.n_failed}
+               "gpufit_evaluations": int(len(warm.mus)), "gpufit_failed_fits": warm.n_failed,
+               # the cold call (compiling) must give the warm call's limits
+               "gpufit_cold_warm_max_rel_diff": float(np.max(np.abs(np.array([cold.observed, *cold.expected]) / ours
+                                                                   - 1.0)))}
         pyhf_s = diff = None
         if name in args.pyhf_models.split(","):
             pmodel = ws.pyhf.model()
