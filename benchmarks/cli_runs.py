@@ -68,7 +68,9 @@ def run_one(exe: str, argv: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="readme,million,1lbb")
-    parser.add_argument("--workspaces", default=os.path.join(HERE, "..", "..", "shared", "workspaces"))
+    # relative to where it runs (the children run there too), so that the commands it
+    # records name no path of this machine
+    parser.add_argument("--workspaces", default=os.path.relpath(os.path.join(HERE, "..", "..", "shared", "workspaces")))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "cli-runs-cpu.json"))
     args = parser.parse_args()
     exe = shutil.which("gpufit") or os.path.join(os.path.dirname(sys.executable), "gpufit")
