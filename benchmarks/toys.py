@@ -144,7 +144,8 @@ def main():
                 "first_call_seconds": first_call, "pyhf_jax_toys_per_s": ref, "pyhf_error": ref_error,
                 "pyhf_toys_timed": ref_toys, "pyhf_seconds": ref_seconds, "ratio_vs_pyhf_jax": rate / ref if ref else None,
                 "n_failed": r.n_failed, "retried": info["continued"] + info["restarted"] + info["local_minima"],
-                "minuit": info["minuit"], "cls_obs": r.cls_obs, "cls_obs_err": r.cls_obs_err,
+                "minuit": info["minuit"], "at_edge": info["at_edge"], "lower_at_edge": info["lower_at_edge"],
+                "cls_obs": r.cls_obs, "cls_obs_err": r.cls_obs_err,
                 "toy_seconds": info["seconds"], "device_wait_seconds": info["device_wait_seconds"],
                 "host_retry_seconds": info["host_retry_seconds"],
             }

@@ -224,6 +224,21 @@ def test_hard_toys_are_retried_not_dropped():
     assert st["toys"] == 12 and st["fits"] == 24 and r["n_failed"] == 0
 
 
+@pytest.mark.slow
+def test_a_toy_fit_stopped_at_an_empty_bins_edge_is_started_again(lbb_ws):
+    """1Lbb, seed 1, background-only toy 117 at mu = 1 (its data: tests/data/1lbb_edge_toy.json):
+    both fits stop at the edge of an empty bin, converged by their edm, the free one at
+    -2 log L = 221.422; the new start from the suggested init finds 221.133 for it. The
+    toy's q_mu is taken from the lower minima (fixed-POI fit: 221.690), and the run
+    counts both new starts."""
+    model = lbb_ws.model()
+    calc = ToyCalculator(model, lbb_ws.data(model), [1.0], ntoys=None, seed=1, progress=False)
+    ts, failed = calc.teststats(np.array([1]), np.array([0]), np.array([117]))
+    assert not failed[0]
+    assert ts[0] == pytest.approx(221.6902 - 221.1328, abs=2e-3)
+    assert calc.stats.at_edge == 2 and calc.stats.lower_at_edge >= 1
+
+
 def test_building_a_calculator_fits_nothing(docs_ws, monkeypatch):
     import gpufit.infer.toys as toys
 

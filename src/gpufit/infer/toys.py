@@ -231,7 +231,9 @@ class ToyStats:
     toys: int = 0
     fits: int = 0
     continued: int = 0  # fits that needed more than FIRST_PASS_STEPS steps (or a second start)
-    restarted: int = 0
+    restarted: int = 0  # unconverged fits started again from the suggested init
+    at_edge: int = 0  # converged fits at an empty bin's edge, given a new start (optimize.at_edge)
+    lower_at_edge: int = 0  # ... of which the new start found a lower minimum
     minuit: int = 0
     local_minima: int = 0
     failed: int = 0
@@ -446,10 +448,11 @@ class ToyCalculator:
             converged = status == CONVERGED
             edge = np.flatnonzero(converged & drawn & at_edge(self.model, data, np.where(converged[:, None], pars, 0.0)))
             if edge.size:
-                stats.restarted += edge.size
                 r = self._refit(kind, data[edge], mu_test[edge], init=start[edge], retry=False, damping=1.0)
                 lower = r.converged & (r.twice_nll < f[edge])
                 _store(pars, f, status, edge[lower], _select(r, lower))
+                stats.at_edge += edge.size
+                stats.lower_at_edge += int(lower.sum())
             still = np.flatnonzero((status != CONVERGED) & drawn)
             if still.size == 0:
                 continue
