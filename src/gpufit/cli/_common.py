@@ -143,7 +143,7 @@ def toy_report(p: dict) -> None:
     retried = info["continued"] + info["restarted"] + info["local_minima"]
     click.echo(
         f"  failed toys: {p['n_failed']} (fits retried: {retried}, of which iminuit: {info['minuit']}; "
-        f"at an empty bin's edge: {info.get('at_edge', 0)}, a lower minimum found for {info.get('lower_at_edge', 0)})"
+        f"at an empty bin's edge: {info['at_edge']}, a lower minimum found for {info['lower_at_edge']})"
     )
 
 
