@@ -4,6 +4,7 @@ import json
 import os
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pyhf
@@ -11,7 +12,7 @@ import pytest
 
 import gpufit
 from gpufit.likelihood import derivatives
-from gpufit.model import pad_models, stack_key
+from gpufit.model import own_parameters, pad_models, stack_key, union_data
 from gpufit.infer.scan import ROW_KEYS
 from gpufit.optimize import fit_points
 
@@ -99,41 +100,104 @@ def _alone(grid, name):
 
 
 def test_padded_points_have_the_likelihood_of_each_point_alone(grid):
-    """Padding is inert: every point of the family, padded to the longest tables, has its
-    own log-likelihood (and its fits its own minima) exactly."""
+    """Padding is inert: every point, in the union of the grid's parameters and padded to
+    the longest tables, has its own log-likelihood, derivatives and minima; the
+    parameters it lacks are fixed and add nothing (not even a constraint's constant)."""
     ws = gpufit.Workspace.load(grid["bkg"])
-    points = [(m, d) for _, m, d in ws.signal_points(grid["ps"])]
-    family = [(m, d) for m, d in points if stack_key(m.compiled_numpy) == stack_key(points[0][0].compiled_numpy)]
-    assert len(family) == 3  # 500_100 lacks sig_xsec, 700_200 has sig_extra
-    assert len({m.compiled_numpy.nominal.shape for m, _ in family}) > 1  # they do differ in shape
-    stacked, padded = pad_models([m for m, _ in family])
+    built = list(ws.signal_points(grid["ps"]))
+    points = [(m, d) for _, m, d in built]
+    assert len({stack_key(m.compiled_numpy) for m, _ in points}) == 3  # 500_100 lacks sig_xsec, 700_200 has sig_extra
+    assert len({m.compiled_numpy.nominal.shape for m, _ in points}) > 1  # they do differ in shape
+    stacked, padded = pad_models([m for m, _ in points])
+    assert len({twin.n_pars for twin in padded}) == 1 and padded[0].n_pars == points[0][0].n_pars + 1
     rng = np.random.default_rng(3)
-    for (model, data), twin in zip(family, padded):
-        pars = np.clip(model.suggested_init() + rng.normal(0, 0.4, (6, model.n_pars)), *model.suggested_bounds().T)
-        np.testing.assert_allclose(twin.logpdf(pars, data), model.logpdf(pars, data), rtol=1e-12)
-        # and its analytic derivatives (the padded factor entries and histosys terms add nothing)
-        for want, got in zip(derivatives.expected_main_and_jacobian(model.compiled, jnp.asarray(pars[0]), True),
-                             derivatives.expected_main_and_jacobian(twin.compiled, jnp.asarray(pars[0]), True)):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    data = np.stack([d for _, d in family])
-    free = np.tile(~family[0][0].fixed_parameters(), (len(family), 1))
-    inits = np.stack([m.suggested_init() for m, _ in family])
-    together = fit_points(stacked, padded, np.arange(len(family)), data, inits, free)
-    for i, (model, d) in enumerate(family):
+    for (patch, model, data), twin in zip(built, padded):
+        own = np.arange(model.n_pars) if twin.own_layout is None else twin.own_layout[2]
+        lacks = np.setdiff1d(np.arange(twin.n_pars), own)
+        assert twin.fixed_parameters()[lacks].all()
+        low, high = model.suggested_bounds().T
+        pars = np.clip(model.suggested_init() + rng.normal(0, 0.4, (6, model.n_pars)), low + 0.1, high)
+        union = np.tile(twin.suggested_init(), (6, 1))
+        union[:, own] = pars
+        twin_data = union_data(twin, data)
+        np.testing.assert_allclose(twin.logpdf(union, twin_data), model.logpdf(pars, data), rtol=1e-12)
+        np.testing.assert_array_equal(own_parameters(twin, union), pars)
+        np.testing.assert_allclose(twin.prior_widths()[own], model.prior_widths())
+        if patch.name not in ("sig_500_100", "sig_600_100"):  # (compiling for each shape takes seconds)
+            continue
+        # its analytic derivatives (the padded entries and the lacking parameters add nothing)
+        first, hessian_of = jax.jit(derivatives.twice_nll_gradient_curvature), jax.jit(derivatives.twice_nll_hessian)
+        want = first(model.compiled, jnp.asarray(pars[0]), jnp.asarray(data))
+        got = first(twin.compiled, jnp.asarray(union[0]), jnp.asarray(twin_data))
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        for g, w in zip(got[1:], want[1:]):
+            g, w = np.asarray(g), np.asarray(w)
+            if g.shape[-1] == twin.n_pars:  # gradient, Jacobian, curvature: the lacking columns zero
+                assert not np.any(g[..., lacks])
+                g = g[..., own]
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+        hessian = np.asarray(hessian_of(twin.compiled, jnp.asarray(union[0]), jnp.asarray(twin_data)))
+        assert not np.any(hessian[lacks]) and not np.any(hessian[:, lacks])
+        np.testing.assert_allclose(hessian[np.ix_(own, own)], hessian_of(
+            model.compiled, jnp.asarray(pars[0]), jnp.asarray(data)), rtol=1e-12, atol=1e-12)
+    data = np.stack([union_data(twin, d) for twin, (_, d) in zip(padded, points)])
+    free = np.stack([~twin.fixed_parameters() for twin in padded])
+    inits = np.stack([twin.suggested_init() for twin in padded])
+    together = fit_points(stacked, padded, np.arange(len(points)), data, inits, free)
+    for i, (model, d) in enumerate(points):
         alone = gpufit.fit(model, d, hesse=False)
         assert together.converged[i] and alone.converged
         assert abs(together.twice_nll[i] - alone.twice_nll) < 1e-9
 
 
+def test_points_whose_shared_parameter_differs_in_kind_compile_apart():
+    """A parameter that is a normsys (Gaussian constraint) in one point and a normfactor
+    (none) in another cannot be one parameter of a union: such points form families of
+    their own, and union_layout names the parameter."""
+    from gpufit.model import families, union_layout
+
+    def point(modifier):
+        spec = _bkg_spec()
+        spec["channels"][0]["samples"].append(_signal([1.0, 2.0, 3.0], modifier))
+        return gpufit.Workspace(spec).model()
+
+    normsys = point(XSEC)
+    normfactor = point({"name": "sig_xsec", "type": "normfactor", "data": None})
+    other = point({"name": "sig_other", "type": "normsys", "data": {"hi": 1.2, "lo": 0.9}})
+    assert families([normsys, normfactor, other]) == [[0, 2], [1]]
+    with pytest.raises(ValueError, match=r"'sig_xsec' has 1 component\(s\) and no constraint in one point, 1 and a Gaussian"):
+        union_layout([normsys, normfactor])
+    layout = union_layout([normsys, other])
+    assert [g["name"] for g in layout["groups"]][-1] == "sig_other" and layout["poi"] == "mu"
+
+
+def test_prior_widths_are_pyhfs():
+    """Gaussian widths (a staterror's relative uncertainties) and Poisson ones
+    (1/sqrt(tau) of a shapesys) as pyhf's parameter sets give them."""
+    spec = _bkg_spec()
+    spec["channels"][1]["samples"][0]["modifiers"].append(
+        {"name": "shape_CR", "type": "shapesys", "data": [7.0, 12.0]})
+    model = gpufit.Workspace(spec).model(poi_name="mu_bkg")
+    config = model.pyhf_model.config
+    want = np.full(model.n_pars, np.nan)
+    for name in config.par_order:
+        if config.param_set(name).constrained:
+            want[config.par_slice(name)] = config.param_set(name).width()
+    np.testing.assert_allclose(model.prior_widths(), want, rtol=1e-12)
+    assert np.isfinite(want[model.parameter_slice("shape_CR")]).all() and np.isnan(want[model.poi_index])
+
+
 @pytest.mark.slow
 def test_scan_rows_equal_each_point_tested_alone(grid, result):
-    """CLs at mu = 1 and the six limits of every point, from one batched scan, equal
-    gpufit.hypotest and gpufit.upper_limit (TOMS 748) on the point compiled alone."""
+    """CLs at mu = 1 and the six limits of every point, from one batched scan in one
+    compiled shape, equal gpufit.hypotest and gpufit.upper_limit (TOMS 748) on the point
+    compiled alone."""
     assert [row["name"] for row in result.points] == [f"sig_{a}_{b}" for a, b in
                                                       [(300, 0), (400, 0), (500, 100), (600, 100), (700, 200)]]
     assert result.labels == ["m1", "m2"] and result.points[2]["values"] == [500, 100]
-    assert result.info["n_shapes"] == 3
-    for row in result.points[0:4:3]:  # 300 (SR only) and 600 (SR and CR): one family, two shapes
+    assert result.info["n_shapes"] == 1
+    # 500_100 lacks sig_xsec and sig_extra, 600_100 has a signal in SR and CR (and lacks sig_extra)
+    for row in result.points[2:4]:
         model, data = _alone(grid, row["name"])
         h = gpufit.hypotest(model, data, mu=1.0)
         with warnings.catch_warnings():
@@ -243,30 +307,52 @@ def test_contour_lines_lie_where_cls_crosses_the_level():
 
 def test_a_grid_campaign_merges_to_each_points_toy_hypotest(grid, tmp_path):
     """plan --patchset: (point x mu x toys) jobs; the merged rows equal gpufit.hypotest
-    with toys on each point compiled alone, seeded with the point's seed; a limit per point
-    from the mu grid; the points share one padded shape (one compiled toy kernel)."""
+    with toys on each point, seeded with the point's seed; a limit per point from the mu
+    grid; the points share one parameter layout and padded shape (one compiled toy
+    kernel), sig_500_100 lacking two of its parameters."""
     from gpufit import campaign, executors
     from gpufit.campaign.plan import point_seed
 
     bkg = gpufit.Workspace.load(grid["bkg"])
     plan = campaign.plan(bkg, str(tmp_path), [1.0, 3.0], 16, 16, seed=5, patchset=grid["ps"],
-                         patches="sig_[34]00_0", chunk_size=16)
-    assert plan["n_jobs"] == 2 * 2 and len(plan["shapes"]) == 1
-    assert [p["seed"] for p in plan["points"]] == [point_seed(5, 0), point_seed(5, 1)]
+                         patches="sig_[345]00_*", chunk_size=16)
+    assert plan["n_jobs"] == 3 * 2 and len(plan["shapes"]) == len(plan["layouts"]) == 1
+    assert [p["seed"] for p in plan["points"]] == [point_seed(5, i) for i in range(3)]
     executors.run(str(tmp_path), executor="local")
     merged = campaign.merge(str(tmp_path))
-    assert merged["labels"] == ["m1", "m2"] and [r["name"] for r in merged["points"]] == ["sig_300_0", "sig_400_0"]
+    assert merged["labels"] == ["m1", "m2"]
+    assert [r["name"] for r in merged["points"]] == ["sig_300_0", "sig_400_0", "sig_500_100"]
     for row in merged["points"]:
         assert row["error"] is None and row["n_failed"] == 0
         assert row["upper_limit_obs"] is not None and len(row["upper_limit_exp"]) == 5
-    # the second point, its own seed, on its tables padded as the jobs pad them (that padding
-    # changes no toy: test_a_toy_scan_runs_each_point_as_hypotest_does)
-    model, data = _alone(grid, "sig_400_0")
-    twin = pad_models([model], plan["shapes"][0])[1][0]
-    direct = gpufit.hypotest(twin, data, mu=1.0, calculator="toys", ntoys=16, seed=point_seed(5, 1), chunk_size=16,
-                             progress=False)
-    row = merged["points"][1]
+    # the third point, its own seed, in the layout and shape the jobs use (which change
+    # none of its toys: test_a_point_in_the_union_of_the_grids_parameters_draws_and_fits_its_own_toys)
+    model, data = _alone(grid, "sig_500_100")
+    twin = pad_models([model], plan["shapes"][0], plan["layouts"][0])[1][0]
+    assert twin.n_pars == model.n_pars + 1  # sig_xsec (sig_extra is not in these points)
+    direct = gpufit.hypotest(twin, union_data(twin, data), mu=1.0, calculator="toys", ntoys=16,
+                             seed=point_seed(5, 2), chunk_size=16, progress=False)
+    row = merged["points"][2]
     assert row["cls_obs"] == direct.cls_obs and row["cls_exp"] == direct.cls_exp.tolist()
+
+
+def test_a_point_in_the_union_of_the_grids_parameters_draws_and_fits_its_own_toys(grid):
+    """sig_500_100 lacks sig_xsec and sig_extra: in the grid's union layout (the auxiliary
+    data of the parameters it lacks inserted among its own) its toys are its own draws
+    and its toy test statistics its own."""
+    ws = gpufit.Workspace.load(grid["bkg"])
+    points = {p.name: (m, d) for p, m, d in ws.signal_points(grid["ps"])}
+    model, data = points["sig_500_100"]
+    twin = pad_models([m for m, _ in points.values()])[1][2]
+    assert twin.n_pars == model.n_pars + 2 and twin.n_aux == model.n_aux + 2
+    assert not np.array_equal(twin.own_layout[3], np.arange(model.n_aux))  # its own data moved
+    options = dict(mu=1.0, calculator="toys", ntoys=32, seed=4, chunk_size=32, progress=False)
+    own = gpufit.hypotest(model, data, **options)
+    union = gpufit.hypotest(twin, union_data(twin, data), **options)
+    assert own.n_failed == union.n_failed == 0
+    np.testing.assert_allclose(union.teststat_sb, own.teststat_sb, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(union.teststat_b, own.teststat_b, rtol=1e-9, atol=1e-9)
+    assert union.cls_obs == own.cls_obs
 
 
 @pytest.mark.slow

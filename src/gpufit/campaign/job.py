@@ -20,7 +20,7 @@ from .._version import __version__
 from ..exceptions import GpufitError
 from ..infer.sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND
 from ..infer.toys import ToyCalculator, progress_bar
-from ..model import pad_models
+from ..model import pad_models, union_data
 from ..workspace import Workspace
 from ._files import IDENTITY, BrokenResult, CampaignError, read_json, read_result, write_result
 from .plan import JOB_FORMAT, digest
@@ -80,8 +80,9 @@ def _split(ts, job):
 
 
 def _grid_point(job_path: str, job: dict, ws):
-    """The model (padded to the family's planned shape, so that every job of the family
-    runs the same compiled kernels) and data of a grid job's point, from its own patch."""
+    """The model (in the family's planned parameter layout and padded to its shape, so
+    that every job of the family runs the same compiled kernels) and data of a grid
+    job's point, from its own patch."""
     path = os.path.join(os.path.dirname(os.path.abspath(job_path)), job["patch_file"])
     operations = read_json(path, "patch file")
     if digest(operations) != job["patch_digest"]:
@@ -90,7 +91,8 @@ def _grid_point(job_path: str, job: dict, ws):
         model, data = ws.point(operations, measurement=job["measurement"], modifier_settings=job["modifier_settings"])
     except GpufitError as err:
         raise CampaignError(f"point {job['patch']} of job {job['job']}: {err}") from err
-    return pad_models([model], job["pad_shape"])[1][0], data
+    padded = pad_models([model], job["pad_shape"], job.get("pad_layout"))[1][0]  # None: its own layout
+    return padded, union_data(padded, data)
 
 
 def run_job(job_path: str, progress: bool | None = False, checkpoint_every: int = CHECKPOINT_EVERY,

@@ -12,9 +12,10 @@ gives the same test statistics.
 A signal grid (``patchset=``) is (point x mu points x toys): DIR/workspace.json is the
 background-only workspace, DIR/patches/point-NNNN.json each point's patch (checked
 against the workspace when planned), and each job names its point; a point's toys use the seed :func:`point_seed` (seed, point index), so they equal
-``gpufit.hypotest(..., seed=point_seed(seed, p))`` on that point. The points are padded
-to one shape per family (``gpufit.model.pad_shape``, kept in the plan), so every job of
-a family runs the same compiled kernels.
+``gpufit.hypotest(..., seed=point_seed(seed, p))`` on that point. The points are laid
+out in the union of their parameters and padded to one shape (``gpufit.model.union_layout``
+and ``pad_shape``, kept in the plan: one per family, where points differ in what neither
+reconciles), so every job runs the same compiled kernels.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..infer.test_statistics import normalize_test_stat
 from ..infer.scan import select_patches
 from ..infer.toy_pvalues import DEFAULT_MAX_FAILED
 from ..infer.toys import check_toy_options
-from ..model import pad_shape, stack_key
+from ..model import families, in_union, pad_shape, union_layout
 from ..workspace import load_patchset
 from ..workspace import read_json as read_spec
 from ._files import CampaignError, atomic_write_bytes, atomic_write_json, read_json
@@ -55,22 +56,24 @@ def point_seed(seed: int, point: int) -> int:
 def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings, workers) -> tuple[dict, dict, object]:
     """The points of a grid campaign (checked: each builds, each tests ``mus``), the
     patchset spec to write and the first point's model: ``({"labels", "points",
-    "shapes"}, spec, model)``."""
+    "shapes", "layouts"}, spec, model)``."""
     spec = patchset if isinstance(patchset, dict) else read_spec(patchset)
     ps = load_patchset(spec)
-    points, families, first = [], {}, None
+    points, models = [], []
     for index, (patch, model, _) in enumerate(ws.signal_points(ps, select_patches(ps, patches), measurement=measurement,
                                                                workers=workers, modifier_settings=modifier_settings)):
         if isinstance(model, Exception):
             raise CampaignError(f"point {patch.name}: {model}")
         check_poi(model, mus=mus)
-        first = first or model
-        key = stack_key(model.compiled_numpy)
-        families.setdefault(key, []).append(model.compiled_numpy)
-        points.append({"name": patch.name, "values": list(patch.values), "seed": point_seed(seed, index),
-                       "family": list(families).index(key)})
-    shapes = [pad_shape(models) for models in families.values()]
-    return {"labels": list(ps.labels), "points": points, "shapes": shapes}, spec, first
+        models.append(model)
+        points.append({"name": patch.name, "values": list(patch.values), "seed": point_seed(seed, index)})
+    shapes, layouts = [], []
+    for family, indices in enumerate(families(models)):
+        layouts.append(union_layout([models[i] for i in indices]))
+        shapes.append(pad_shape([in_union(models[i], layouts[-1]).compiled_numpy for i in indices]))
+        for i in indices:
+            points[i]["family"] = family
+    return {"labels": list(ps.labels), "points": points, "shapes": shapes, "layouts": layouts}, spec, models[0]
 
 
 def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, test_stat: str = "qtilde",
@@ -144,11 +147,12 @@ def plan(ws, out: str, mus, ntoys: int, toys_per_job: int, seed: int = 0, *, tes
         for index, point in enumerate(grid["points"]):
             atomic_write_json(os.path.join(out, "patches", _patch_file(index)), operations[point["name"]])
             point["patch_digest"] = digest(operations[point["name"]])
-    shared = {k: v for k, v in settings.items() if k not in ("workspace", "points", "shapes", "labels")}
+    shared = {k: v for k, v in settings.items() if k not in ("workspace", "points", "shapes", "layouts", "labels")}
     for job in jobs:
         extra = {}
         if grid is not None:
             extra = {"patch_file": "../patches/" + _patch_file(job["point"]), "pad_shape": settings["shapes"][job["family"]],
+                     "pad_layout": settings["layouts"][job["family"]],
                      "patch_digest": grid["points"][job["point"]]["patch_digest"]}
         atomic_write_json(os.path.join(out, "jobs", job["job"] + ".json"), {
             "format": JOB_FORMAT, "campaign_id": campaign_id, **shared,

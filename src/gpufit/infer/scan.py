@@ -1,7 +1,8 @@
 """``gpufit.scan``: every signal point of a pyhf patchset, CLs at one mu and upper limits.
 
-The points are compiled once: their tables are padded to one shape
-(:func:`gpufit.model.pad_models`), so one compiled solver serves the grid. With the
+The points are compiled once: laid out in the union of their parameters and their
+tables padded to one shape (:func:`gpufit.model.pad_models`), so one compiled solver
+serves the grid. With the
 asymptotic calculator the fits of all points run together, in rounds
 (:func:`gpufit.optimize.fit_points`): the free and background-only fits, the Asimov
 data, the tests at ``mu``, then the six limit curves (observed and the expected band)
@@ -27,7 +28,7 @@ from scipy.stats import norm
 
 from .. import _device
 from ..exceptions import GpufitError, InvalidArgument, LimitOutsideGrid
-from ..model import pad_models, stack_key
+from ..model import families, pad_models, union_data
 from ..optimize import fit_points
 from ..workspace import Workspace, load_patchset
 from .asymptotics import N_SIGMA, pvalues
@@ -182,15 +183,15 @@ def scan(workspace, patchset, patches=None, calculator: str = "asymptotic", mu: 
             continue
         built.append((row, model, data))
 
-    # one compiled shape per family of points that share their parameters (usually one)
-    families: dict = {}
-    for item in built:
-        families.setdefault(stack_key(item[1].compiled_numpy), []).append(item)
-    info = {"n_points": len(rows), "n_shapes": len(families), "build_seconds": time.perf_counter() - started,
+    # one compiled shape for the points, in the union of their parameters (more only
+    # where points differ in interpolation codes, bins or a parameter's constraint)
+    groups = families([model for _, model, _ in built])
+    info = {"n_points": len(rows), "n_shapes": len(groups), "build_seconds": time.perf_counter() - started,
             "fits": 0, "rounds": 0}
-    for family in families.values():
+    for indices in groups:
+        family = [built[i] for i in indices]
         stacked, padded = pad_models([model for _, model, _ in family])
-        data = np.stack([d for _, _, d in family])
+        data = np.stack([union_data(model, d) for model, (_, _, d) in zip(padded, family)])
         if calculator == "asymptotic":
             results = _asymptotic(stacked, padded, data, mu, level, test_stat, info, mus, **fit_options)
         else:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from .._arrays import get_namespace
 from .interpolation import histosys, normsys
-from .kernels import normal_logpdf, poisson_logpmf
+from .kernels import constraint_data, constraint_logpdf, poisson_logpmf
 
 
 def _exclusive_products(g):
@@ -142,12 +142,9 @@ def twice_nll_gradient_curvature(m, pars, data):
     curv = jnp.maximum((1.0 - ratio) @ d2, 0.0)
 
     # constraint terms, laid out per parameter (masks instead of scatters)
-    a = jnp.concatenate([aux, jnp.zeros(1, aux.dtype)])[m.con_aux]  # [P]
+    a = constraint_data(jnp, m, aux)  # [P]
     is_g, is_p = m.con_gauss, m.con_pois
     inv_var = 1.0 / (m.con_sigma * m.con_sigma)
-    gauss = jnp.sum(is_g * normal_logpdf(jnp, a, pars, m.con_sigma))
-    rate = pars * m.con_tau
-    pois = jnp.sum(is_p * poisson_logpmf(ns, a, jnp.where(is_p > 0, rate, 1.0)))
     safe_gamma = jnp.where(is_p > 0, pars, 1.0)
     grad = grad - 2.0 * is_g * (a - pars) * inv_var
     grad = grad - 2.0 * is_p * (jnp.where(a == 0, 0.0, a / safe_gamma) - m.con_tau)
@@ -156,7 +153,7 @@ def twice_nll_gradient_curvature(m, pars, data):
 
     # a bin with n = 0 and nu < 0 (a histosys pushed past zero) would make -2 log L
     # unbounded below: such points are outside the model, not minima
-    f = jnp.where(jnp.any(nu < 0), jnp.inf, -2.0 * (main + gauss + pois))
+    f = jnp.where(jnp.any(nu < 0), jnp.inf, -2.0 * (main + constraint_logpdf(ns, m, pars, a)))
     return f, grad, jac, w, curv
 
 
@@ -218,7 +215,7 @@ def twice_nll_hessian(m, pars, data):
     eye = jnp.eye(pars.shape[0], dtype=bool)
     second = jnp.where(eye, jnp.diag(diag), second)
 
-    a = jnp.concatenate([aux, jnp.zeros(1, aux.dtype)])[m.con_aux]
+    a = constraint_data(jnp, m, aux)
     safe_gamma = jnp.where(m.con_pois > 0, pars, 1.0)
     con = m.con_gauss / (m.con_sigma * m.con_sigma) + m.con_pois * a / (safe_gamma * safe_gamma)
     return 2.0 * ((jac.T * w) @ jac + second + jnp.diag(con))

@@ -74,23 +74,36 @@ def normal_logpdf(xp, a, mean, sigma):
     return -0.5 * z * z - xp.log(sigma) - _HALF_LOG_2PI
 
 
+def constraint_data(xp, m, aux):
+    """Each parameter's auxiliary datum: aux [..., A] -> [..., P] (0 where the parameter
+    has no constraint term)."""
+    pad = xp.zeros(aux.shape[:-1] + (1,), dtype=aux.dtype)
+    return xp.take(xp.concatenate([aux, pad], axis=-1), m.con_aux, axis=-1)
+
+
+def constraint_logpdf(ns, m, pars, a):
+    """Sum of the constraint terms, laid out per parameter: pars [..., P] and their
+    auxiliary data ``a`` [..., P] (:func:`constraint_data`) -> [...].
+
+    Masks, not index lists, say which parameter has which term, so that a parameter
+    without one (an unconstrained one, or one a grid's point lacks: ``gpufit.model.in_union``)
+    adds exactly nothing."""
+    xp = ns.xp
+    gauss = xp.sum(m.con_gauss * normal_logpdf(xp, a, pars, m.con_sigma), axis=-1)
+    rate = xp.where(m.con_pois > 0, pars * m.con_tau, 1.0)
+    pois = xp.sum(m.con_pois * poisson_logpmf(ns, a, rate), axis=-1)
+    return gauss + pois
+
+
 def logpdf(m, pars, data):
     """log L(pars | data): pars [..., P], data [..., N + A] -> [...] (broadcasting)."""
     ns = namespace_of(m.nominal)
     xp = ns.xp
     n = data[..., : m.n_main]
-    aux = data[..., m.n_main :]
     nu = expected_main(m, pars)
     main = xp.sum(poisson_logpmf(ns, n, nu), axis=-1)
-
-    theta = xp.take(pars, m.gauss_par, axis=-1)
-    a_g = xp.take(aux, m.gauss_aux, axis=-1)
-    gauss = xp.sum(normal_logpdf(xp, a_g, theta, m.gauss_sigma), axis=-1)
-
-    rate = xp.take(pars, m.pois_par, axis=-1) * m.pois_tau
-    a_p = xp.take(aux, m.pois_aux, axis=-1)
-    pois = xp.sum(poisson_logpmf(ns, a_p, rate), axis=-1)
-    return main + gauss + pois
+    a = constraint_data(xp, m, data[..., m.n_main :])
+    return main + constraint_logpdf(ns, m, pars, a)
 
 
 def twice_nll(m, pars, data):

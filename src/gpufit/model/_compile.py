@@ -14,7 +14,7 @@ import numpy as np
 
 from ..exceptions import InvalidWorkspace
 from ._compiled import CompiledModel
-from ._tables import constraint_partition, constraint_tables, histosys_sample_bins, jacobian_tables, sample_bin_tables
+from ._tables import constraint_fields, layout_tables
 from .interpolation import code4_coefficients
 
 _PER_BIN = ("staterror", "shapesys", "shapefactor")
@@ -159,17 +159,8 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
     aux_order = np.empty(n_aux, dtype=np.int32)
     aux_order[np.asarray(gauss_aux + pois_aux, dtype=np.int64)] = np.arange(n_aux)
 
-    jac_entries, jac_index = jacobian_tables(
-        factor_index, delta_index, bin_of, npars, np.asarray(norm_par, dtype=np.int64),
-        np.asarray(hist_par, dtype=np.int64), n_main,
-    )
-    factor_of, delta_of = sample_bin_tables(
-        factor_index, delta_index, npars, np.asarray(norm_par, dtype=np.int64), np.asarray(hist_par, dtype=np.int64)
-    )
-    con_aux, con_gauss, con_pois, con_sigma, con_tau = constraint_tables(
-        npars, n_aux, gauss_par, gauss_aux, gauss_sigma, pois_par, pois_aux, pois_tau
-    )
-    unconstrained, constrained, partition_inverse = constraint_partition(npars, (con_gauss + con_pois) > 0)
+    constrained_mask = np.zeros(npars, dtype=bool)
+    constrained_mask[gauss_par + pois_par] = True
 
     def ints(values):
         return np.asarray(values, dtype=np.int32)
@@ -189,26 +180,14 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         histosys_par=ints(hist_par),
         histosys_up=floats(hist_up),
         histosys_down=floats(hist_down),
-        histosys_bin=histosys_sample_bins(delta_index, len(hist_par)),
         gauss_par=ints(gauss_par),
-        gauss_aux=ints(gauss_aux),
         gauss_sigma=floats(gauss_sigma),
         pois_par=ints(pois_par),
-        pois_aux=ints(pois_aux),
         pois_tau=floats(pois_tau),
         aux_order=aux_order,
-        jac_entries=jac_entries,
-        jac_index=jac_index,
-        factor_of=factor_of,
-        delta_of=delta_of,
-        con_aux=con_aux,
-        con_gauss=floats(con_gauss),
-        con_pois=floats(con_pois),
-        con_sigma=floats(con_sigma),
-        con_tau=floats(con_tau),
-        unconstrained=unconstrained,
-        constrained=constrained,
-        partition_inverse=partition_inverse,
+        **layout_tables(factor_index, delta_index, bin_of, npars, norm_par, hist_par, n_main),
+        **constraint_fields(npars, n_aux, (gauss_par, gauss_aux, gauss_sigma), (pois_par, pois_aux, pois_tau),
+                            constrained_mask, dtype),
         normsys_code=modifier_settings["normsys"]["interpcode"],
         histosys_code=modifier_settings["histosys"]["interpcode"],
         n_main=int(n_main),

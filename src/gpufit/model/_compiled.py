@@ -19,11 +19,9 @@ ARRAY_FIELDS = (
     "histosys_up",  # [Th] hi - nominal
     "histosys_down",  # [Th] nominal - lo
     "histosys_bin",  # [Th] int, the sample-bin each term shifts
-    "gauss_par",  # [G] int, parameter of each Gaussian constraint
-    "gauss_aux",  # [G] int, its auxiliary datum
+    "gauss_par",  # [G] int, parameter of each Gaussian constraint (toy draws, expected aux data)
     "gauss_sigma",  # [G]
     "pois_par",  # [Q] int
-    "pois_aux",  # [Q] int
     "pois_tau",  # [Q]
     "aux_order",  # [A] int, position of aux datum a in concat(gauss [G], pois [Q])
     # derived from the layout (model/_tables.py): the analytic derivatives' index tables,
@@ -65,10 +63,8 @@ class CompiledModel:
     histosys_down: object
     histosys_bin: object
     gauss_par: object
-    gauss_aux: object
     gauss_sigma: object
     pois_par: object
-    pois_aux: object
     pois_tau: object
     aux_order: object
     jac_entries: object

@@ -55,6 +55,10 @@ class Model:
     ``{"channels": ..., "parameters": ...}`` model spec directly.
     """
 
+    # a grid point's model laid out in the union of the grid's parameters
+    # (gpufit.model.in_union): (P, A of its own, par_map [P], aux_map [A]); None: its own
+    own_layout = None
+
     def __init__(
         self,
         modelspec: dict,
@@ -168,13 +172,10 @@ class Model:
         """Prior widths [P] of the constrained parameters (pyhf's ``param_set(name).width()``:
         the Gaussian sigma, or 1/sqrt(tau) of a Poisson constraint); NaN for unconstrained
         ones (normfactor, shapefactor). The unit of a pull."""
-        cfg = self.pyhf_model.config
+        host = self.compiled_numpy
         width = np.full(self.n_pars, np.nan)
-        for name in self.par_order:
-            paramset = cfg.param_set(name)
-            if paramset.constrained:
-                width[self._groups[name]] = np.asarray(paramset.width(), dtype=float)
-        return width
+        width = np.where(host.con_gauss > 0, host.con_sigma, width)
+        return np.where(host.con_pois > 0, np.sqrt(1.0 / host.con_tau), width)
 
     def prior_centers(self) -> np.ndarray:
         """Prior central values [P]: ``suggested_init`` (0 for normsys/histosys, 1 for

@@ -9,7 +9,9 @@ padded normsys term is the factor 1 (log hi = log lo = 0, code4 coefficients 0),
 padded histosys term the shift 0, and no table entry points at them.
 
 Points can share a shape only if they share their parameters and constraints (P, the
-auxiliary data, the solve partition): :func:`stack_key` says which can.
+auxiliary data, the solve partition): :func:`stack_key` says which can. Points whose
+parameters differ are first laid out in the union of their parameters
+(:mod:`._union`), which :func:`pad_models` does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import dataclasses
 import numpy as np
 
 from ._compiled import ARRAY_FIELDS, CompiledModel
-from ._tables import histosys_sample_bins, jacobian_tables, sample_bin_tables
+from ._tables import layout_tables
+from ._union import in_union, structure_key, union_layout
 
 # arrays that must agree in shape (not in value) for points to be stacked
 _SHAPE_FIXED = ("gauss_par", "pois_par", "aux_order", "con_aux", "unconstrained", "constrained", "jac_index")
@@ -27,8 +30,7 @@ _SHAPE_FIXED = ("gauss_par", "pois_par", "aux_order", "con_aux", "unconstrained"
 
 def stack_key(m: CompiledModel) -> tuple:
     """Points whose keys are equal can be stacked into one shape (:func:`stack`)."""
-    return (m.normsys_code, m.histosys_code, m.n_main, m.bin_matrix.shape[1], m.con_aux.shape[0]) + tuple(
-        getattr(m, name).shape for name in _SHAPE_FIXED)
+    return structure_key(m) + (m.con_aux.shape[0],) + tuple(getattr(m, name).shape for name in _SHAPE_FIXED)
 
 
 def _pad(a, shape, value):
@@ -52,10 +54,6 @@ def _padded(m: CompiledModel, k: int, width_f: int, width_d: int, n_norm: int, n
     bin_of = np.argmax(bin_matrix, axis=1)
     normsys_par = _pad(m.normsys_par, (n_norm,), 0)
     histosys_par = _pad(m.histosys_par, (n_hist,), 0)
-    jac_entries, jac_index = jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par.astype(np.int64),
-                                             histosys_par.astype(np.int64), m.n_main)
-    factor_of, delta_of = sample_bin_tables(factor_index, delta_index, n_pars, normsys_par.astype(np.int64),
-                                            histosys_par.astype(np.int64))
     return dataclasses.replace(
         m,
         nominal=_pad(m.nominal, (k,), 0.0),
@@ -69,11 +67,7 @@ def _padded(m: CompiledModel, k: int, width_f: int, width_d: int, n_norm: int, n
         histosys_par=histosys_par,
         histosys_up=_pad(m.histosys_up, (n_hist,), 0.0),
         histosys_down=_pad(m.histosys_down, (n_hist,), 0.0),
-        histosys_bin=histosys_sample_bins(delta_index, n_hist),
-        jac_entries=jac_entries,
-        jac_index=jac_index,
-        factor_of=factor_of,
-        delta_of=delta_of,
+        **layout_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, histosys_par, m.n_main),
     )
 
 
@@ -140,10 +134,15 @@ def take(stacked: CompiledModel, index) -> CompiledModel:
     return stacked.map_arrays(lambda name, a: a[index])
 
 
-def pad_models(models: list, shape: dict | None = None) -> tuple[CompiledModel, list]:
-    """Models (:class:`gpufit.Model`, one :func:`stack_key`) padded to one shape
-    (default: :func:`pad_shape` of them): the stacked tables [S, ...] (NumPy) and each
-    model with its padded tables, whose kernels, fits and toys then share one compiled
-    shape (the same results: padding is inert)."""
-    stacked = stack([m.compiled_numpy for m in models], shape)
-    return stacked, [m.with_tables(take(stacked, i)) for i, m in enumerate(models)]
+def pad_models(models: list, shape: dict | None = None, layout: dict | None = None) -> tuple[CompiledModel, list]:
+    """Models (:class:`gpufit.Model`, one :func:`gpufit.model.families` family) in one
+    parameter layout (default: :func:`gpufit.model.union_layout` of them) and padded to
+    one shape (default: :func:`pad_shape` of them): the stacked tables [S, ...] (NumPy)
+    and each model in that layout with its padded tables, whose kernels, fits and toys
+    then share one compiled shape (the same results: padding and the parameters a point
+    lacks are inert). A model whose parameters are not the layout's takes its data
+    through :func:`gpufit.model.union_data`."""
+    layout = layout or union_layout(models)
+    views = [in_union(m, layout) for m in models]
+    stacked = stack([m.compiled_numpy for m in views], shape)
+    return stacked, [m.with_tables(take(stacked, i)) for i, m in enumerate(views)]

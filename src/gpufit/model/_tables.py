@@ -144,3 +144,27 @@ def constraint_partition(n_pars, constrained_mask):
     inverse = np.empty(n_pars, dtype=np.int32)
     inverse[order] = np.arange(n_pars, dtype=np.int32)
     return free.astype(np.int32), cons.astype(np.int32), inverse
+
+
+def layout_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, histosys_par, n_main) -> dict:
+    """Every table derived from the modifier layout, as ``CompiledModel`` fields:
+    histosys_bin, jac_entries, jac_index, factor_of, delta_of."""
+    normsys_par = np.asarray(normsys_par, dtype=np.int64)
+    histosys_par = np.asarray(histosys_par, dtype=np.int64)
+    jac_entries, jac_index = jacobian_tables(factor_index, delta_index, bin_of, n_pars, normsys_par, histosys_par,
+                                             n_main)
+    factor_of, delta_of = sample_bin_tables(factor_index, delta_index, n_pars, normsys_par, histosys_par)
+    return {"histosys_bin": histosys_sample_bins(delta_index, histosys_par.size), "jac_entries": jac_entries,
+            "jac_index": jac_index, "factor_of": factor_of, "delta_of": delta_of}
+
+
+def constraint_fields(n_pars, n_aux, gauss, pois, constrained_mask, dtype) -> dict:
+    """The per-parameter constraint tables (:func:`constraint_tables` of the Gaussian
+    terms ``gauss`` = (par, aux, sigma) and Poisson ones ``pois`` = (par, aux, tau)) and
+    the solver's split (:func:`constraint_partition` of ``constrained_mask`` [P]), as
+    ``CompiledModel`` fields."""
+    con_aux, *floats = constraint_tables(n_pars, n_aux, *gauss, *pois)
+    unconstrained, constrained, partition_inverse = constraint_partition(n_pars, constrained_mask)
+    fields = dict(zip(("con_gauss", "con_pois", "con_sigma", "con_tau"), (np.asarray(a, dtype=dtype) for a in floats)))
+    return fields | {"con_aux": con_aux, "unconstrained": unconstrained, "constrained": constrained,
+                     "partition_inverse": partition_inverse}
