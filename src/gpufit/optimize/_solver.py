@@ -548,6 +548,15 @@ def hessian_batch(m, data, pars):
 
 
 @jit
+def value_one(m, data, pars):
+    """-2 log L for one dataset, +inf where an expected count is negative (as
+    :func:`value_and_grad_one`): MIGRAD asks for values far more often than for
+    gradients (~20,000 against ~50 on a hard 1Lbb fit), and a value alone costs a
+    fraction of both."""
+    return jnp.where(jnp.any(expected_main(m, pars) < 0), jnp.inf, twice_nll(m, pars, data))
+
+
+@jit
 def value_and_grad_one(m, data, pars):
     """-2 log L and its gradient for one dataset (the iminuit fallback's objective).
 

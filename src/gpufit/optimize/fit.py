@@ -13,7 +13,8 @@ from iminuit import Minuit
 from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
 from ._result import FitResult
-from ._solver import CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points, value_and_grad_one
+from ._solver import (CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points, value_and_grad_one,
+                      value_one)
 
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
@@ -152,7 +153,7 @@ def _minuit_refit(model, data, x0, free, bounds, tol, strategy=0):
     compiled, data = jax.device_put((compiled, data), cpu)
 
     def fcn(p):
-        return float(value_and_grad_one(compiled, data, jax.device_put(np.asarray(p, model.dtype), cpu))[0])
+        return float(value_one(compiled, data, jax.device_put(np.asarray(p, model.dtype), cpu)))
 
     def grad(p):
         return np.asarray(value_and_grad_one(compiled, data, jax.device_put(np.asarray(p, model.dtype), cpu))[1])
