@@ -49,6 +49,7 @@ from ..optimize import CONVERGED, MAX_ITERATIONS, at_edge, fit, minimize_batch, 
 from ..optimize.fit import (
     DEFAULT_TOL,
     FIRST_PASS_STEPS,
+    RESTART_DAMPING,
     default_chunk_size,
     invalid_data,
     padded_size,
@@ -448,7 +449,7 @@ class ToyCalculator:
             converged = status == CONVERGED
             edge = np.flatnonzero(converged & drawn & at_edge(self.model, data, np.where(converged[:, None], pars, 0.0)))
             if edge.size:
-                r = self._refit(kind, data[edge], mu_test[edge], init=start[edge], retry=False, damping=1.0)
+                r = self._refit(kind, data[edge], mu_test[edge], init=start[edge], retry=False, damping=RESTART_DAMPING)
                 lower = r.converged & (r.twice_nll < f[edge])
                 _store(pars, f, status, edge[lower], _select(r, lower))
                 stats.at_edge += edge.size
@@ -462,12 +463,12 @@ class ToyCalculator:
             start = start[still]
             stats.restarted += still.size
             candidates = [self._refit(kind, data[still], mu_test[still], init=start, retry=False, newton=True),
-                          self._refit(kind, data[still], mu_test[still], init=start, retry=False, damping=1.0)]
+                          self._refit(kind, data[still], mu_test[still], init=start, retry=False, damping=RESTART_DAMPING)]
             r = _lowest_converged(candidates)
             _store(pars, f, status, still, r)
             rest = ~r.converged
             if rest.any():
-                r = self._refit(kind, data[still[rest]], mu_test[still[rest]], init=start[rest], damping=1.0,
+                r = self._refit(kind, data[still[rest]], mu_test[still[rest]], init=start[rest], damping=RESTART_DAMPING,
                                 retry=True)
                 stats.minuit += int(np.sum(r.by_minuit))
                 _store(pars, f, status, still[rest], r)

@@ -23,6 +23,7 @@ DEFAULT_MAXITER = 300
 FIRST_PASS_STEPS = 30
 POINT_FITS_MAX = 2048  # fits of a grid's points per compiled call on an accelerator (not yet run on one)
 EDGE_NU = 1e-6  # an empty main bin whose expected count a fit left below this (events) is at the model's edge
+RESTART_DAMPING = 1.0  # the initial damping of a new start ("heavily damped" Gauss-Newton): fit's and the toys'
 
 
 def at_edge(model, data, pars) -> np.ndarray:
@@ -294,7 +295,7 @@ def fit(
         # minima at the model's edge (at_edge): a new start, heavily damped, the lower kept
         edge = np.flatnonzero((status == CONVERGED) & at_edge(model, flat_data, pars))
         if edge.size:
-            p2, f2, s2, i2, e2 = solve(edge, flat_x0[edge], maxiter, lam0=1.0)
+            p2, f2, s2, i2, e2 = solve(edge, flat_x0[edge], maxiter, lam0=RESTART_DAMPING)
             n_iter[edge] += i2  # steps taken, whichever minimum is kept
             keep = (s2 == CONVERGED) & (f2 < twice_nll[edge])
             lower = edge[keep]
