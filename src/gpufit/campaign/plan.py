@@ -34,7 +34,7 @@ from ..infer.test_statistics import normalize_test_stat
 from ..infer.scan import select_patches
 from ..infer.toy_pvalues import DEFAULT_MAX_FAILED
 from ..infer.toys import check_toy_options
-from ..model import families, in_union, pad_shape, union_layout
+from ..model import families, in_union, pad_shape
 from ..workspace import load_patchset
 from ..workspace import read_json as read_spec
 from ._files import CampaignError, atomic_write_bytes, atomic_write_json, read_json
@@ -68,9 +68,9 @@ def _grid(ws, patchset, patches, mus, seed, measurement, modifier_settings, work
         models.append(model)
         points.append({"name": patch.name, "values": list(patch.values), "seed": point_seed(seed, index)})
     shapes, layouts = [], []
-    for family, indices in enumerate(families(models)):
-        layouts.append(union_layout([models[i] for i in indices]))
-        shapes.append(pad_shape([in_union(models[i], layouts[-1]).compiled_numpy for i in indices]))
+    for family, (indices, layout) in enumerate(families(models)):
+        layouts.append(layout)
+        shapes.append(pad_shape([in_union(models[i], layout).compiled_numpy for i in indices]))
         for i in indices:
             points[i]["family"] = family
     return {"labels": list(ps.labels), "points": points, "shapes": shapes, "layouts": layouts}, spec, models[0]

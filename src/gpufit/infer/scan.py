@@ -188,9 +188,9 @@ def scan(workspace, patchset, patches=None, calculator: str = "asymptotic", mu: 
     groups = families([model for _, model, _ in built])
     info = {"n_points": len(rows), "n_shapes": len(groups), "build_seconds": time.perf_counter() - started,
             "fits": 0, "rounds": 0}
-    for indices in groups:
+    for indices, layout in groups:
         family = [built[i] for i in indices]
-        stacked, padded = pad_models([model for _, model, _ in family])
+        stacked, padded = pad_models([model for _, model, _ in family], layout=layout)
         data = np.stack([union_data(model, d) for model, (_, _, d) in zip(padded, family)])
         if calculator == "asymptotic":
             results = _asymptotic(stacked, padded, data, mu, level, test_stat, info, mus, **fit_options)

@@ -56,7 +56,8 @@ class Model:
     """
 
     # a grid point's model laid out in the union of the grid's parameters
-    # (gpufit.model.in_union): (P, A of its own, par_map [P], aux_map [A]); None: its own
+    # (gpufit.model.in_union): where its own parameters and auxiliary data lie in the
+    # union's, (par_map [P_own], aux_map [A_own]); None: the model is in its own layout
     own_layout = None
 
     def __init__(

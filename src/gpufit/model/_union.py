@@ -90,14 +90,19 @@ def union_layout(models) -> dict:
         clash = _merge(groups, model)
         if clash:
             raise ValueError(clash)
-    return {"poi": models[0].poi_name, "groups": list(groups.values())}
+    return _layout(models[0].poi_name, groups)
 
 
-def families(models) -> list[list[int]]:
+def _layout(poi, groups: dict) -> dict:
+    return {"poi": poi, "groups": list(groups.values())}
+
+
+def families(models) -> list[tuple[list[int], dict]]:
     """The models split into families that can share one layout and one compiled shape:
-    lists of indices, in order of first appearance. Models fall into one family unless
-    their :func:`structure_key` differs (what padding cannot reconcile), their POIs
-    differ, or a parameter they share differs in size or kind of constraint."""
+    (indices, :func:`union_layout` of those models) each, in order of first appearance.
+    Models fall into one family unless their :func:`structure_key` differs (what padding
+    cannot reconcile), their POIs differ, or a parameter they share differs in size or
+    kind of constraint."""
     found: list[tuple] = []  # (key, poi, groups, indices)
     for index, model in enumerate(models):
         key = structure_key(model.compiled_numpy)
@@ -109,7 +114,7 @@ def families(models) -> list[list[int]]:
             groups = {}
             _merge(groups, model)
             found.append((key, model.poi_name, groups, [index]))
-    return [indices for *_, indices in found]
+    return [(indices, _layout(poi, groups)) for _, poi, groups, indices in found]
 
 
 def _index_maps(model, layout: dict):
@@ -205,7 +210,7 @@ def in_union(model, layout: dict):
     init[par_map], bounds[par_map], fixed[par_map] = model.suggested_init(), model.suggested_bounds(), model.fixed_parameters()
     view._init, view._bounds, view._fixed = init, bounds, fixed
     view.auxdata = _aux_in_union(aux_map, view.n_aux, model.auxdata)
-    view.own_layout = (model.n_pars, model.n_aux, par_map, aux_map)
+    view.own_layout = (par_map, aux_map)
     return view
 
 
@@ -223,9 +228,9 @@ def union_data(view, data):
     data = np.asarray(data)
     if view.own_layout is None:  # a model in its own layout
         return data
-    _, n_aux_own, _, aux_map = view.own_layout
-    if data.shape[-1] != view.n_main + n_aux_own:
-        raise ValueError(f"data have length {data.shape[-1]}; the point's own data have {view.n_main + n_aux_own}")
+    aux_map = view.own_layout[1]
+    if data.shape[-1] != view.n_main + aux_map.size:
+        raise ValueError(f"data have length {data.shape[-1]}; the point's own data have {view.n_main + aux_map.size}")
     main = data[..., : view.n_main]
     return np.concatenate([main, _aux_in_union(aux_map, view.n_aux, data[..., view.n_main :])], axis=-1)
 
@@ -233,4 +238,4 @@ def union_data(view, data):
 def own_parameters(view, pars):
     """Parameters [..., P] of a union model back in the point's own order [..., P_own]."""
     pars = np.asarray(pars)
-    return pars if view.own_layout is None else pars[..., view.own_layout[2]]
+    return pars if view.own_layout is None else pars[..., view.own_layout[0]]
