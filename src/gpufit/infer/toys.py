@@ -446,8 +446,8 @@ class ToyCalculator:
                 start[:, self.model.poi_index] = mu_test
             # 2. minima at the model's edge (optimize.at_edge): a new start from the
             # suggested init (heavily damped Gauss-Newton), the lower minimum kept
-            converged = status == CONVERGED
-            edge = np.flatnonzero(converged & drawn & at_edge(self.model, data, np.where(converged[:, None], pars, 0.0)))
+            done = np.flatnonzero((status == CONVERGED) & drawn)
+            edge = done[at_edge(self.model, data[done], pars[done])]
             if edge.size:
                 r = self._refit(kind, data[edge], mu_test[edge], init=start[edge], retry=False, damping=RESTART_DAMPING)
                 lower = r.converged & (r.twice_nll < f[edge])
