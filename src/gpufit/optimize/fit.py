@@ -12,6 +12,7 @@ from iminuit import Minuit
 
 from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
+from ._edge import edge_fit
 from ._result import FitResult
 from ._solver import (CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points, value_and_grad_one,
                       value_one)
@@ -301,7 +302,7 @@ def fit(
             lower = edge[keep]
             pars[lower], twice_nll[lower], edm[lower] = p2[keep], f2[keep], e2[keep]
     if retry:
-        by_minuit = _retry_with_migrad(lambda i: model, flat_data, flat_x0, pars, twice_nll, status, edm,
+        by_minuit = _retry_on_host(lambda i: model, flat_data, flat_x0, pars, twice_nll, status, edm,
                                        lambda i: free, lambda i: b, tol)
 
     converged = status == CONVERGED
@@ -359,22 +360,40 @@ def _two_passes(solve, x0, first, maxiter):
     return pars, twice_nll, status, n_iter, edm
 
 
-def _retry_with_migrad(model_of, data, x0, pars, twice_nll, status, edm, free_of, bounds_of, tol) -> np.ndarray:
-    """Refit the rows [n] that the solver left unconverged with MIGRAD (:func:`_migrad`),
-    in place; row i's model, free flags and bounds are ``model_of(i)``, ``free_of(i)``
-    and ``bounds_of(i)``. A MIGRAD minimum is taken where valid and not higher.
+def _edge_or_migrad(model, data, end, start, free, bounds, tol):
+    """The host's last word on one unconverged fit: where the dataset has an empty main
+    bin and the solver ended at a finite point, the active-set solver along the model's
+    edge (:func:`~gpufit.optimize._edge.edge_fit`: a fit that crawled along an empty
+    bin's edge, where MIGRAD fails too); where that does not converge, MIGRAD
+    (:func:`_migrad`).
+
+    Returns:
+        pars [P], twice_nll, converged, edm, by_minuit.
+    """
+    if np.any(data[: model.n_main] == 0) and np.all(np.isfinite(end)):
+        compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
+        p, f, converged, e, _ = edge_fit(compiled, data, end, free, bounds[:, 0], bounds[:, 1], tol)
+        if converged:
+            return p, f, True, e, False
+    return _migrad(model, data, end, start, free, bounds, tol) + (True,)
+
+
+def _retry_on_host(model_of, data, x0, pars, twice_nll, status, edm, free_of, bounds_of, tol) -> np.ndarray:
+    """Refit the rows [n] that the solver left unconverged on the host
+    (:func:`_edge_or_migrad`: the edge solver, else MIGRAD), in place; row i's model,
+    free flags and bounds are ``model_of(i)``, ``free_of(i)`` and ``bounds_of(i)``. A
+    minimum is taken where converged (MIGRAD's: valid) and not higher.
 
     Returns:
         by_minuit [n] bool: the rows MIGRAD had the last word on.
     """
     by_minuit = np.zeros(len(x0), bool)
-    done = {}  # a repeated (dataset, start) pair, e.g. padding, runs MIGRAD once
+    done = {}  # a repeated (dataset, start) pair, e.g. padding, is refitted once
     for i in np.flatnonzero(status != CONVERGED):
         key = (data[i].tobytes(), x0[i].tobytes(), pars[i].tobytes())
         if key not in done:
-            done[key] = _migrad(model_of(i), data[i], pars[i], x0[i], free_of(i), bounds_of(i), tol)
-        p, f, valid, e = done[key]
-        by_minuit[i] = True
+            done[key] = _edge_or_migrad(model_of(i), data[i], pars[i], x0[i], free_of(i), bounds_of(i), tol)
+        p, f, valid, e, by_minuit[i] = done[key]
         if valid and (not np.isfinite(twice_nll[i]) or f <= twice_nll[i] + 1e-6):
             pars[i], twice_nll[i], edm[i] = p, f, e
             status[i] = CONVERGED
@@ -422,7 +441,7 @@ def fit_points(stacked, models, point, data, x0, free, *, tol: float = DEFAULT_T
     pars, twice_nll, status, n_iter, edm = _two_passes(solve, x0, min(maxiter, FIRST_PASS_STEPS), maxiter)
     by_minuit = np.zeros(n, bool)
     if retry:
-        by_minuit = _retry_with_migrad(lambda i: models[point[i]], data, x0, pars, twice_nll, status, edm,
+        by_minuit = _retry_on_host(lambda i: models[point[i]], data, x0, pars, twice_nll, status, edm,
                                        lambda i: free[i], lambda i: bounds[i], tol)
     return FitResult(
         pars=pars, twice_nll=twice_nll, converged=status == CONVERGED, status=status, n_iter=n_iter, edm=edm,
