@@ -156,8 +156,8 @@ def main():
                   f"compiles)  pyhf-jax {pyhf_text} "
                   f"{ratio} vs pyhf-jax  failed {r.n_failed}  retried {row['retried']}  "
                   f"(compile {row['compile_seconds']:.1f} s, in the timed call {timed_compiling:.1f} s)", flush=True)
-            print(f"         of the timed call's {ntoys / rate:.2f} s: toys {info['seconds']:.2f} s (chunk calls, "
-                  f"summed over those at once, {info['device_wait_seconds']:.2f} s, host retries {info['host_retry_seconds']:.2f} s), "
+            print(f"         of the timed call's {ntoys / rate:.2f} s: toys {info['seconds']:.2f} s (waiting for the "
+                  f"device {info['device_wait_seconds']:.2f} s, host retries {info['host_retry_seconds']:.2f} s), "
                   f"the rest observed-data fits and set-up", flush=True)
             write()
             if ref_error and args.pyhf_toys and ntoys == int(args.ntoys.split(",")[0]):

@@ -242,8 +242,7 @@ class ToyStats:
     compile_seconds: float = 0.0
     seconds: float = 0.0
     # where ``seconds`` went (what a GPU run needs to be read): waiting for chunk calls
-    # on the device (summed over the calls that run at once: on a CPU one per core), and
-    # the host's retries (restarts, iminuit, local minima)
+    # on the device, and the host's retries (restarts, iminuit, local minima)
     device_wait_seconds: float = 0.0
     host_retry_seconds: float = 0.0
 
@@ -551,11 +550,8 @@ class ToyCalculator:
         # small operations keep about one core busy). The host's retries (iminuit above
         # all: seconds a fit) run in one more thread, chunk after chunk. A chunk's toys
         # and retries depend on its rows only, so the answer is the same.
+        chunks = list(padded_chunks(hypothesis.size, chunk))
         calls = max(2, _device.host_workers(hypothesis.size)) if queue else 2
-        count = max(1, -(-hypothesis.size // chunk))
-        if queue:  # a CPU's calls share its cores: as many chunks for each, the rows spread evenly
-            count = -(-count // calls) * calls
-        chunks = list(padded_chunks(hypothesis.size, chunk, count))
         runs = concurrent.futures.ThreadPoolExecutor(max_workers=calls, thread_name_prefix="gpufit-chunks")
         retries = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufit-retries")
         try:
