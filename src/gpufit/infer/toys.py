@@ -35,7 +35,6 @@ import functools
 import hashlib
 import os
 import sys
-import threading
 import time
 
 import jax
@@ -512,23 +511,19 @@ class ToyCalculator:
         queue = _device.platform() == "cpu"  # lockstep slots refilled from a queue (toy_chunk)
         started = time.perf_counter()
 
-        device = jax.config.jax_default_device  # thread-local: every thread here re-enters it
-
-        def run_chunk(rows, take):
-            """The chunk call of ``rows``, run to its end: its rows, mus, outputs on the host
-            (cut to the real rows), compile and waiting seconds."""
+        def dispatch(rows, take):
+            """Start the chunk call of ``rows`` (JAX returns before it has run)."""
             h, i, t = hypothesis[take], mu_index[take], toy_index[take]
             gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
-            with jax.default_device(device):
-                args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
-                        jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol,
-                        jnp.asarray(rows.size))
-                compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, queue,
-                                                           self.kernel_dir)
-                outputs = compiled_call(*args)
-                waited = time.perf_counter()
-                host = [np.asarray(a)[: rows.size].copy() for a in outputs]
-            return rows, self.mus[i][: rows.size], host, compile_seconds, time.perf_counter() - waited
+            args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
+                    jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol,
+                    jnp.asarray(rows.size))
+            compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, queue,
+                                                       self.kernel_dir)
+            self.stats.compile_seconds += compile_seconds
+            return rows, self.mus[i][: rows.size], compiled_call(*args)
+
+        device = jax.config.jax_default_device  # thread-local: the retry thread re-enters it
 
         def finish(rows, mu_test, data, free_res, fixed_res, refitted):
             """The host's part of one chunk: its retries, then its test statistics."""
@@ -545,36 +540,28 @@ class ToyCalculator:
             if bar is not None:
                 bar.update(rows.size)
 
-        # Chunk calls run in threads of their own, ``calls`` at once: on an accelerator two
-        # (one runs while the host reads the other), on a CPU one per core (a chunk's
-        # small operations keep about one core busy). The host's retries (iminuit above
-        # all: seconds a fit) run in one more thread, chunk after chunk. A chunk's toys
-        # and retries depend on its rows only, so the answer is the same.
+        # The host's retries (iminuit above all: seconds a fit) run in a thread of their
+        # own, chunk after chunk, while this one keeps the device busy with the next
+        # chunks; a chunk's retries depend on its rows only, so the answer is the same.
         chunks = list(padded_chunks(hypothesis.size, chunk))
-        calls = max(2, _device.host_workers(hypothesis.size)) if queue else 2
-        runs = concurrent.futures.ThreadPoolExecutor(max_workers=calls, thread_name_prefix="gpufit-chunks")
+        pending = dispatch(*chunks[0]) if chunks else None
         retries = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpufit-retries")
         try:
-            running, queued = collections.deque(), collections.deque()
-            for k in range(len(chunks) + calls):
-                if k < len(chunks):
-                    running.append(runs.submit(run_chunk, *chunks[k]))
-                if len(running) < calls and k < len(chunks):
-                    continue
-                if not running:
-                    break
-                rows, mu_test, outputs, compile_seconds, waited = running.popleft().result()
-                self.stats.compile_seconds += compile_seconds
-                self.stats.device_wait_seconds += waited
-                data, pf, ff, sf, cf, px, fx, sx, cx, refitted = outputs
+            queued = collections.deque()
+            for k in range(len(chunks)):
+                rows, mu_test, outputs = pending
+                # the next chunk runs on the device while the host reads and repairs this one
+                pending = dispatch(*chunks[k + 1]) if k + 1 < len(chunks) else None
+                waited = time.perf_counter()
+                data, pf, ff, sf, cf, px, fx, sx, cx, refitted = (np.asarray(a)[: rows.size].copy() for a in outputs)
+                self.stats.device_wait_seconds += time.perf_counter() - waited
                 while len(queued) >= _QUEUED_CHUNKS:  # bounded: each holds a chunk's outputs
                     queued.popleft().result()
                 queued.append(retries.submit(finish, rows, mu_test, data, [pf, ff, sf, cf], [px, fx, sx, cx],
                                              refitted))
             for job in queued:
                 job.result()
-        finally:  # an error or Ctrl-C does not wait for the chunks and retries still queued
-            runs.shutdown(wait=False, cancel_futures=True)
+        finally:  # an error or Ctrl-C does not wait for the retries of the chunks still queued
             retries.shutdown(wait=False, cancel_futures=True)
         self.stats.seconds += time.perf_counter() - started
         return out, failed
@@ -626,29 +613,27 @@ def _compiled_cache_key(args, *static):
 # compiled chunk kernels by argument shapes, shared by every calculator of the process
 # (a toy limit's mus, a grid's points): the 16 most recently used are kept
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
-_COMPILING = threading.Lock()
 
 
 def _compiled(args, group, capacity, refits, maxiter, queue, kernel_dir=None):
     """The compiled chunk function for these argument shapes, and its compile seconds
     (0 when it was compiled before); through :func:`_exported` where ``kernel_dir``."""
     key = _compiled_cache_key(args, group, capacity, refits, maxiter, queue)
-    with _COMPILING:  # chunks run in several threads: the first compiles, the others wait for it
-        if key in _COMPILED:
-            _COMPILED.move_to_end(key)
-            return _COMPILED[key], 0.0
-        start = time.perf_counter()
-        statics = dict(first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group, capacity=capacity, refits=refits,
-                       queue=queue)
-        if kernel_dir is None:
-            compiled = toy_chunk.lower(*args, **statics).compile()
-        else:
-            compiled = _exported(kernel_dir, key, args, statics)
-        seconds = time.perf_counter() - start
-        _COMPILED[key] = compiled
-        if len(_COMPILED) > 16:
-            _COMPILED.popitem(last=False)
-        return compiled, seconds
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key], 0.0
+    start = time.perf_counter()
+    statics = dict(first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group, capacity=capacity, refits=refits,
+                   queue=queue)
+    if kernel_dir is None:
+        compiled = toy_chunk.lower(*args, **statics).compile()
+    else:
+        compiled = _exported(kernel_dir, key, args, statics)
+    seconds = time.perf_counter() - start
+    _COMPILED[key] = compiled
+    if len(_COMPILED) > 16:
+        _COMPILED.popitem(last=False)
+    return compiled, seconds
 
 
 @functools.lru_cache(maxsize=1)
