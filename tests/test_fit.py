@@ -419,27 +419,3 @@ def test_float32_fits_reach_the_float64_minima_on_sbottom(sbottom_ws):
     assert f64.converged.all() and f32.converged.all() and f32.pars.dtype == np.float32
     excess = -2.0 * np.asarray(m64.logpdf(f32.pars.astype(np.float64), toys)) - f64.twice_nll
     assert np.all(excess > -1e-6) and np.max(excess) < 1e-3, excess
-
-
-def test_fits_in_concurrent_calls_equal_one_call(sbottom, monkeypatch):
-    """On a CPU the chunks of a batch run as concurrent compiled calls, one per core
-    (``_device.host_workers``), the rows spread evenly over them: every fit ends exactly
-    where it ends in one call."""
-    from gpufit import _device
-    from gpufit.optimize import padded_chunks
-
-    model, data = sbottom
-    rng = np.random.default_rng(3)
-    batch = np.tile(data, (300, 1))
-    batch[:, : model.n_main] = rng.poisson(data[: model.n_main], size=(300, model.n_main))
-    spread = [len(rows) for rows, take in padded_chunks(300, 256, 2)]
-    assert spread == [150, 150] and all(len(take) == 256 for _, take in padded_chunks(300, 256, 2))
-    with pytest.raises(ValueError, match="cannot hold"):
-        list(padded_chunks(300, 128, 2))
-    monkeypatch.setattr(_device, "host_workers", lambda n: 2)
-    both = gpufit.fit(model, batch, hesse=False)
-    monkeypatch.setattr(_device, "host_workers", lambda n: 1)
-    one = gpufit.fit(model, batch, hesse=False)
-    assert both.converged.all()
-    np.testing.assert_array_equal(both.pars, one.pars)
-    np.testing.assert_array_equal(both.n_iter, one.n_iter)

@@ -22,7 +22,6 @@ from jax.experimental.compilation_cache import compilation_cache
 from .exceptions import BackendUnavailable
 
 CPU_LOCKSTEP = 16
-CPU_FITS_PER_WORKER = 4 * CPU_LOCKSTEP  # fewer fits than this per core run in one call (host_workers)
 _CPU_BUDGET = 512 * 2**20  # bytes per chunk on a CPU (inputs, outputs, one group's temporaries)
 _ACCELERATOR_FRACTION = 0.4  # of the device memory that JAX may use
 _MAX_CHUNK = 2**16
@@ -95,22 +94,6 @@ def default_chunk_size(m, n_pars: int, n_main: int, n_aux: int) -> int:
         memory = device_memory_bytes() or 8 * 2**30
         fits = int(memory * _ACCELERATOR_FRACTION) // per_fit
     return int(2 ** max(0, min(int(math.log2(_MAX_CHUNK)), math.floor(math.log2(max(fits, 1))))))
-
-
-def host_workers(n: int) -> int:
-    """Compiled calls to run at once for ``n`` fits: on a CPU one per core that this
-    process may use (its affinity: a batch job's share of the node), each with at least
-    ``CPU_FITS_PER_WORKER`` fits; 1 elsewhere.
-
-    A CPU queue's steps are small operations that XLA runs mostly on one core: two
-    calls at once fitted 8,192 1Lbb datasets in 14.1-14.2 s on this project's 2-core
-    machine, one call in 17.6-23.2 s (benchmarks/README.md). A fit's result does not
-    depend on the call it runs in (the queue, :func:`lockstep_group`).
-    """
-    if platform() != "cpu":
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n // CPU_FITS_PER_WORKER))
 
 
 def lockstep_group(chunk: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import warnings
 from typing import Mapping
 
@@ -75,20 +74,13 @@ def padded_size(n: int, chunk: int) -> int:
     return size
 
 
-def padded_chunks(n: int, size: int, count: int | None = None):
+def padded_chunks(n: int, size: int):
     """The chunks of ``n`` rows for compiled calls of exactly ``size`` rows (one compiled
     shape): ``(rows [k], take [size])`` per chunk, ``take`` its rows padded by repeating
     the first (the calls' outputs past ``k`` are padding). Every batched caller (fits,
-    toy chunks, host continuations) chunks through here. ``count``: that many chunks of
-    (nearly) equal rows, at most ``size`` each (calls that run at once); None: full
-    chunks of ``size`` and the rest."""
-    if count is None:
-        parts = (np.arange(start, min(start + size, n)) for start in range(0, n, size))
-    else:
-        if count * size < n:
-            raise ValueError(f"{count} chunks of {size} rows cannot hold {n} rows")
-        parts = (rows for rows in np.array_split(np.arange(n), count) if rows.size)
-    for rows in parts:
+    toy chunks, host continuations) chunks through here."""
+    for start in range(0, n, size):
+        rows = np.arange(start, min(start + size, n))
         yield rows, np.concatenate([rows, np.repeat(rows[:1], size - rows.size)])
 
 
@@ -273,9 +265,8 @@ def fit(
 
     def solve(rows, starts, steps, exact=newton, lam0=damping):
         """Run the solver on datasets ``rows`` from ``starts``, in padded chunks (``exact``:
-        Newton steps), on a CPU one call per core at once."""
-        workers = _device.host_workers(len(rows))
-        size = padded_size(-(-len(rows) // workers), chunk)
+        Newton steps)."""
+        size = padded_size(len(rows), chunk)
         group = _device.lockstep_group(size)
         queued = queue and not exact and group < size  # the queue leaves a chunk's padding unfitted
         return _in_chunks(rows, starts, size, lambda take, x, real: minimize_batch(
@@ -283,7 +274,7 @@ def fit(
             jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol, maxiter=steps,
             group=group, lam0=lam0, newton_edm=float("inf") if exact else 0.0, queue=queued,
             count=jnp.asarray(real) if queued else None,
-        ), workers)
+        ))
 
     # a CPU's narrow lockstep groups take their fits from a queue (no lockstep tail): one
     # pass; so do Newton fits (the few hard ones)
@@ -344,23 +335,14 @@ def fit(
     )
 
 
-def _in_chunks(rows, starts, size, call, workers: int = 1):
+def _in_chunks(rows, starts, size, call):
     """``call(take, x, real)`` on chunks of exactly ``size`` rows: ``take`` [size] of
-    ``rows`` [n] and their starts ``x`` [size, P] (from ``starts`` [n, P]), a short
-    chunk padded by repeating its first row, ``real`` of them not padding; ``workers``
-    calls at once (threads: a compiled call releases the GIL), the rows spread evenly
-    over the chunks. Returns the outputs of ``call`` for the n rows, concatenated (each
-    a fresh array)."""
-    def run(chunk_take):
-        chunk, take = chunk_take
-        return [np.asarray(r)[: chunk.size] for r in call(rows[take], starts[take], chunk.size)]
-
-    chunks = list(padded_chunks(len(rows), size, max(workers, -(-len(rows) // size))))
-    if workers > 1 and len(chunks) > 1:
-        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpufit-chunks") as pool:
-            outs = list(pool.map(run, chunks))
-    else:
-        outs = [run(c) for c in chunks]
+    ``rows`` [n] and their starts ``x`` [size, P] (from ``starts`` [n, P]), a short last
+    chunk padded by repeating its first row, ``real`` of them not padding. Returns the
+    outputs of ``call`` for the n rows, concatenated (each a fresh array)."""
+    outs = []
+    for chunk, take in padded_chunks(len(rows), size):
+        outs.append([np.asarray(r)[: chunk.size] for r in call(rows[take], starts[take], chunk.size)])
     return [np.concatenate(parts).copy() for parts in zip(*outs)]
 
 
