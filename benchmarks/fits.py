@@ -1,10 +1,11 @@
 """Fits per second: gpufit's batched fits against pyhf's one-by-one fits, same run.
 
     python benchmarks/fits.py [--batches 1,10,100,1000,10000] [--models sbottom,1lbb]
-                              [--pyhf-seconds 30] [--out benchmarks/results/fits-cpu.json]
+                              [--pyhf-seconds 30] [--repeats 3] [--out benchmarks/results/fits-cpu.json]
 
 Datasets are Poisson fluctuations of the observed main data (auxiliary data kept);
-each gpufit batch is timed warm (after a first call that compiles), and pyhf fits
+each gpufit batch is timed warm (after a first call that compiles; the median of
+``--repeats`` calls, every one kept in the JSON: this machine's speed drifts), and pyhf fits
 the same datasets one at a time, as many as it fits in ``--pyhf-seconds`` (after a
 warm-up fit), with its jax backend and scipy (its fastest configuration) and, for
 reference, numpy. Both sides use every core XLA and BLAS see. gpufit's fits/s counts
@@ -64,6 +65,8 @@ def main():
     parser.add_argument("--batches", default="1,10,100,1000,10000")
     parser.add_argument("--models", default="sbottom,1lbb")
     parser.add_argument("--pyhf-seconds", type=float, default=30.0, help="pyhf fits for at least this long per backend")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed gpufit calls per batch (after the compiling one); the median is reported, all kept")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "fits-cpu.json"))
     args = parser.parse_args()
     rows = []
@@ -78,12 +81,15 @@ def main():
         ref = {b: t[0] for b, t in timed.items()}
         for batch in (int(b) for b in args.batches.split(",")):
             gpufit.fit(model, toys[:batch], hesse=False)  # compile
-            start = time.perf_counter()
-            result = gpufit.fit(model, toys[:batch], hesse=False)
-            seconds = time.perf_counter() - start
+            runs = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                result = gpufit.fit(model, toys[:batch], hesse=False)
+                runs.append(time.perf_counter() - start)
+            seconds = float(np.median(runs))
             rate = batch / seconds
             row = {
-                "model": name, "parameters": model.n_pars, "batch": batch, "seconds": seconds,
+                "model": name, "parameters": model.n_pars, "batch": batch, "seconds": seconds, "seconds_runs": runs,
                 "gpufit_fits_per_s": rate, "pyhf_jax_fits_per_s": ref["jax"], "pyhf_numpy_fits_per_s": ref["numpy"],
                 "pyhf_jax_fits_timed": timed["jax"][1], "pyhf_jax_seconds": timed["jax"][2],
                 "pyhf_numpy_fits_timed": timed["numpy"][1], "pyhf_numpy_seconds": timed["numpy"][2],

@@ -9,7 +9,8 @@ without limit; when the minimum is further along the edge, every step along it l
 the curved surface, is cut to a tenth, and the fit crawls. Of the 10,000 1Lbb fits of
 ``benchmarks/fits.py`` one did that for 300 steps (nu_b = 5.5e-9, the POI on its bound
 0), then exact Newton steps and MIGRAD (three attempts, 17 s) failed from there too;
-this solver converges it in ~100 steps (0.3 s), 0.055 lower, with the POI off its bound.
+this solver converges it in 45 steps (0.2 s), 0.055 lower, with the POI off its bound
+(MIGRAD, strategy 1, from there finds nothing lower: ``tests/test_fit.py``).
 
 The empty bins at the edge are held as equality constraints ``nu_b(theta) = t_b`` with
 ``t_b`` a tenth of the current count (the edge is approached geometrically and never
