@@ -227,11 +227,14 @@ def fit(
             -2 log L.
         maxiter: cap on solver steps per fit.
         retry: continue the fits that did not converge with exact Newton steps from where
-            the solver stopped (up to ``maxiter`` more), then refit those still unconverged
-            with iminuit (MIGRAD with the exact
-            gradient, strategy 0 from where the solver stopped; where that fails,
-            strategy 1 from there and from the fit's start, the lowest valid minimum
-            kept); what still fails keeps ``converged=False``.
+            the solver stopped (up to ``maxiter`` more; not those that stopped at an
+            empty bin's edge), give fits that converged at such an edge a new start (the
+            lower minimum kept), then refit those still unconverged on the host: where
+            the dataset has an empty bin, with the active-set solver along its edge
+            (``optimize/_edge.py``), else or where that fails with iminuit (MIGRAD with
+            the exact gradient, strategy 0 from where the solver stopped; where that
+            fails, strategy 1 from there and from the fit's start, the lowest valid
+            minimum kept); what still fails keeps ``converged=False``.
         chunk_size: fits per compiled call (default: from the model size and the
             device's memory; ``GPUFIT_CHUNK_SIZE`` in the environment also sets it).
         damping: initial Levenberg-Marquardt damping; larger values take more careful
@@ -306,7 +309,7 @@ def fit(
             pars[lower], twice_nll[lower], edm[lower] = p2[keep], f2[keep], e2[keep]
     if retry:
         by_minuit = _retry_on_host(lambda i: model, flat_data, flat_x0, pars, twice_nll, status, edm,
-                                       lambda i: free, lambda i: b, tol)
+                                   lambda i: free, lambda i: b, tol)
 
     converged = status == CONVERGED
     uncertainties = covariance = hesse_valid = None
@@ -445,7 +448,7 @@ def fit_points(stacked, models, point, data, x0, free, *, tol: float = DEFAULT_T
     by_minuit = np.zeros(n, bool)
     if retry:
         by_minuit = _retry_on_host(lambda i: models[point[i]], data, x0, pars, twice_nll, status, edm,
-                                       lambda i: free[i], lambda i: bounds[i], tol)
+                                   lambda i: free[i], lambda i: bounds[i], tol)
     return FitResult(
         pars=pars, twice_nll=twice_nll, converged=status == CONVERGED, status=status, n_iter=n_iter, edm=edm,
         parameter_names=list(models[0].parameter_names), fixed=~free, bounds=bounds[0], by_minuit=by_minuit,
