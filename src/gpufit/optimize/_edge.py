@@ -31,7 +31,7 @@ import numpy as np
 from .._device import jit
 from ..likelihood.derivatives import twice_nll_gradient_curvature
 from ..likelihood.kernels import expected_main
-from ._solver import _LAMBDA_MAX, _LAMBDA_MIN, EDGE_FRACTION, _precision, _ridge
+from ._solver import _LAMBDA_MAX, EDGE_FRACTION, _edge_fraction, _held, _precision, _ridge, damping_rule
 
 
 @jit
@@ -98,10 +98,10 @@ def edge_fit(compiled, data, x0, free, lo, hi, tol, maxiter=300):
             g_rest = g - 2.0 * jac[held].sum(axis=0)  # ... with their 2 nu_b
             dg = np.diag(curv)
             damped = curv + np.diag(lam * dg + _ridge(dtype) * max(dg.max(initial=0.0), 1.0))
-            active = free & ~(((x <= lo) & (g_rest > 0)) | ((x >= hi) & (g_rest < 0)))
+            active = _held(x, g_rest, lo, hi, free)  # the batched solver's two-metric projection
             target = np.maximum(EDGE_FRACTION * nu[held], bottom[held])
             delta, mult = _kkt(damped, g_rest, jac[held], target - nu[held], active)
-            pushed = active & (((x <= lo) & (delta < 0)) | ((x >= hi) & (delta > 0)))
+            pushed = active & ~_held(x, -delta, lo, hi, active)
             if pushed.any():
                 active &= ~pushed
                 delta, mult = _kkt(damped, g_rest, jac[held], target - nu[held], active)
@@ -115,10 +115,7 @@ def edge_fit(compiled, data, x0, free, lo, hi, tol, maxiter=300):
             held[release] = False
             released[release] = True
         edm = -(g_rest @ delta + 0.5 * delta @ curv @ delta)
-        dnu = jac @ delta
-        free_bins = empty & ~held & (dnu < 0)
-        if free_bins.any():  # the batched solver's rule for the bins not held
-            delta *= min(1.0, np.min((1.0 - EDGE_FRACTION) * nu[free_bins] / -dnu[free_bins]))
+        delta *= float(_edge_fraction(jac @ delta, nu, empty & ~held))  # the batched solver's rule for the rest
         x_try = np.where(free, np.clip(x + delta, lo, hi), x)
         for _ in range(CORRECTIONS if held.any() else 0):  # second-order corrections back onto the targets
             nu_try = np.asarray(_expected_main(compiled, jax.device_put(x_try.astype(dtype), cpu)), np.float64)[held]
@@ -127,16 +124,12 @@ def edge_fit(compiled, data, x0, free, lo, hi, tol, maxiter=300):
             back, _ = _kkt(damped, np.zeros_like(g), jac[held], target - nu_try, active)
             x_try = np.where(free, np.clip(x_try + back, lo, hi), x_try)
         f_try, g_try, jac_try, w_try, c_try = evaluate(x_try)
-        ok = np.isfinite(f_try) and np.all(np.isfinite(g_try)) and f - f_try >= -_precision(dtype) * abs(f)
-        if ok:  # Nielsen's rule, as the batched solver's (_solver._accept)
-            rho = (f - f_try) / edm if edm > 0 else 0.0
-            lam_next = lam * np.clip(1.0 - (2.0 * rho - 1.0) ** 3, 1.0 / 3.0, 2.0)
+        ok, lam_next = damping_rule(np.asarray(f, dtype), lam, np.asarray(f_try, dtype), g_try, edm)
+        if ok:
             x, f, g, jac, w, c = x_try, f_try, g_try, jac_try, w_try, c_try
-        else:
-            lam_next = 4.0 * lam
         if edm < floor and lam < 1.0:
             return x, f, True, edm, step
-        lam = min(max(lam_next, _LAMBDA_MIN), _LAMBDA_MAX)
+        lam = float(lam_next)
         if lam >= _LAMBDA_MAX:
             break
     return x, f, False, edm, step

@@ -239,17 +239,22 @@ def _edge_weights(kappa, nu, nu_try, limits, empty, taken, edm):
 
 
 def _accept(s: _State, f_try, g_try, quad, step):
-    """Whether a trial point is taken, and the next damping (Nielsen's rule).
+    """Whether a trial point is taken, and the next damping (:func:`damping_rule`);
+    ``quad`` is ``step^T H step``."""
+    return damping_rule(s.f, s.lam, f_try, g_try, -(jnp.dot(s.g, step) + 0.5 * quad))
 
-    ``quad`` is ``step^T H step``; the step is taken when -2 log L did not rise by more
-    than the dtype can resolve.
-    """
-    predicted = -(jnp.dot(s.g, step) + 0.5 * quad)
-    actual = s.f - f_try
-    ok = jnp.isfinite(f_try) & jnp.all(jnp.isfinite(g_try)) & (actual >= -_precision(s.f.dtype) * jnp.abs(s.f))
+
+def damping_rule(f, lam, f_try, g_try, predicted):
+    """Whether a trial point is taken, and the next damping (Nielsen's rule), for the
+    batched solver and the edge solver alike: the step is taken when -2 log L (``f``
+    before, ``f_try`` at the trial point, in the fit's dtype) did not rise by more than
+    the dtype can resolve; the damping ``lam`` shrinks by how well the model's
+    ``predicted`` decrease matched, and grows 4x after a refused step."""
+    actual = f - f_try
+    ok = jnp.isfinite(f_try) & jnp.all(jnp.isfinite(g_try)) & (actual >= -_precision(f.dtype) * jnp.abs(f))
     rho = actual / jnp.where(predicted > 0, predicted, 1.0)
     shrink = jnp.clip(1.0 - (2.0 * rho - 1.0) ** 3, 1.0 / 3.0, 2.0)  # rho < 0 when taken within precision
-    lam = jnp.clip(jnp.where(ok, s.lam * shrink, s.lam * 4.0), _LAMBDA_MIN, _LAMBDA_MAX)
+    lam = jnp.clip(jnp.where(ok, lam * shrink, lam * 4.0), _LAMBDA_MIN, _LAMBDA_MAX)
     return ok, lam
 
 

@@ -146,9 +146,14 @@ def resolve_bounds(model, bounds) -> np.ndarray:
     return b
 
 
+def _kernel_tables(model):
+    """The compiled tables the kernels take for ``model``'s backend (JAX or NumPy)."""
+    return model.compiled if model.backend == "jax" else model.compiled_numpy
+
+
 def _minuit_refit(model, data, x0, free, bounds, tol, strategy=0):
     """Careful single fit with iminuit (MIGRAD with the exact JAX gradient)."""
-    compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
+    compiled = _kernel_tables(model)
     # MIGRAD calls back once per point: on an accelerator each call would be a round
     # trip to the device, so the callbacks run on the host's CPU device
     cpu = jax.devices("cpu")[0]
@@ -264,7 +269,7 @@ def fit(
     flat_data = data.reshape(n, width)
     flat_x0 = x0.reshape(n, model.n_pars)
     chunk = chunk_size or default_chunk_size(model)
-    compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
+    compiled = _kernel_tables(model)
 
     def solve(rows, starts, steps, exact=newton, lam0=damping):
         """Run the solver on datasets ``rows`` from ``starts``, in padded chunks (``exact``:
@@ -377,7 +382,7 @@ def _edge_or_migrad(model, data, end, start, free, bounds, tol):
         pars [P], twice_nll, converged, edm, by_minuit.
     """
     if np.any(data[: model.n_main] == 0) and np.all(np.isfinite(end)):
-        compiled = model.compiled if model.backend == "jax" else model.compiled_numpy
+        compiled = _kernel_tables(model)
         p, f, converged, e, _ = edge_fit(compiled, data, end, free, bounds[:, 0], bounds[:, 1], tol)
         if converged:
             return p, f, True, e, False
