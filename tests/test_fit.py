@@ -397,8 +397,8 @@ def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
     solver = minimize_batch.lower(model.compiled, data, x0, np.tile(free, (4, 1)), lo, hi, 1e-6, maxiter=5, group=4)
     poi = np.arange(model.n_pars) == model.poi_index
     ints = np.zeros(4, np.int64)
-    toys = toy_chunk.lower(model.compiled, np.uint32(1), ints, ints, np.arange(4), x0, np.ones(4, np.float32), poi,
-                           free, lo, hi, 1e-6, np.int64(4), first_steps=5, maxiter=10, group=4, capacity=(4, 4),
+    toys = toy_chunk.lower(model.compiled, np.uint32(1), ints, ints, np.arange(4), x0, x0[0], np.ones(4, np.float32),
+                           poi, free, lo, hi, 1e-6, np.int64(4), first_steps=5, maxiter=10, group=4, capacity=(4, 4),
                            refits=(4, 4))
     logpdf = gpufit.model._model._jitted("logpdf").lower(model.compiled, x0, data)
     for lowered in (solver, toys, logpdf):

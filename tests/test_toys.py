@@ -225,18 +225,29 @@ def test_hard_toys_are_retried_not_dropped():
 
 
 @pytest.mark.slow
-def test_a_toy_fit_stopped_at_an_empty_bins_edge_is_started_again(lbb_ws):
+def test_a_toy_fit_stopped_at_an_empty_bins_edge_is_started_again(lbb_ws, monkeypatch):
     """1Lbb, seed 1, background-only toy 117 at mu = 1 (its data: tests/data/1lbb_edge_toy.json):
     both fits stop at the edge of an empty bin, converged by their edm, the free one at
     -2 log L = 221.422; the new start from the suggested init finds 221.133 for it. The
     toy's q_mu is taken from the lower minima (fixed-POI fit: 221.690), and the run
-    counts both new starts."""
+    counts both new starts, made inside the chunk call: the host looks at no fit's edge."""
+    import gpufit.infer.toys as toys
+
+    looked = []
+    host_at_edge = toys.at_edge
+
+    def spy(model, data, pars):
+        looked.append(len(data))
+        return host_at_edge(model, data, pars)
+
+    monkeypatch.setattr(toys, "at_edge", spy)
     model = lbb_ws.model()
     calc = ToyCalculator(model, lbb_ws.data(model), [1.0], ntoys=None, seed=1, progress=False)
     ts, failed = calc.teststats(np.array([1]), np.array([0]), np.array([117]))
     assert not failed[0]
     assert ts[0] == pytest.approx(221.6902 - 221.1328, abs=2e-3)
     assert calc.stats.at_edge == 2 and calc.stats.lower_at_edge >= 1
+    assert sum(looked) == 0
 
 
 def test_building_a_calculator_fits_nothing(docs_ws, monkeypatch):

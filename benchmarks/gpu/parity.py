@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # benchmarks/ for fits.py
 import fits  # noqa: E402
 
-from gpufit.infer.toys import ToyCalculator, continuation_capacity, refit_capacity, toy_chunk  # noqa: E402
+from gpufit.infer.toys import ChunkFits, ToyCalculator, continuation_capacity, refit_capacity, toy_chunk  # noqa: E402
 from gpufit.optimize.fit import FIRST_PASS_STEPS  # noqa: E402
 
 
@@ -40,17 +40,20 @@ def run(device, model, data, ntoys, seed):
         lo, hi = jnp.asarray(calc.bounds[:, 0]), jnp.asarray(calc.bounds[:, 1])
         rows = 2 * n  # one chunk, in one lockstep group (as on a GPU)
         first = toy_chunk(model.compiled, jnp.asarray(seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i),
-                          jnp.asarray(t), jnp.asarray(gen), jnp.asarray(mu_test), jnp.asarray(calc.poi_mask),
+                          jnp.asarray(t), jnp.asarray(gen), jnp.asarray(model.suggested_init()),
+                          jnp.asarray(mu_test), jnp.asarray(calc.poi_mask),
                           jnp.asarray(calc.free), lo, hi, calc.tol, jnp.asarray(rows), first_steps=FIRST_PASS_STEPS,
                           maxiter=calc.maxiter, group=rows, capacity=continuation_capacity(rows, rows),
                           refits=refit_capacity(rows, rows))
-        first = [np.asarray(a) for a in first]
+        data, *fits, _ = [np.asarray(a) for a in first]
+        free_fits, fixed_fits = ChunkFits(*fits[:len(ChunkFits._fields)]), ChunkFits(*fits[len(ChunkFits._fields):])
     return {
         "free_obs": float(calc.free_obs.twice_nll), "fixed_obs": np.asarray(calc.fixed_obs.twice_nll),
         "gen_sb": np.asarray(calc.gen_sb), "gen_b": np.asarray(calc.gen_b),
         "teststat": np.concatenate([out["teststat_sb"][0], out["teststat_b"][0]]),
-        "data": first[0], "free_pars": first[1], "free_f": first[2], "free_status": first[3],
-        "fixed_pars": first[5], "fixed_f": first[6], "fixed_status": first[7], "stats": out["stats"],
+        "data": data, "free_pars": free_fits.pars, "free_f": free_fits.twice_nll, "free_status": free_fits.status,
+        "fixed_pars": fixed_fits.pars, "fixed_f": fixed_fits.twice_nll, "fixed_status": fixed_fits.status,
+        "stats": out["stats"],
     }
 
 

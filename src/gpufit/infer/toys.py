@@ -5,16 +5,18 @@ A *row* is one toy: (hypothesis, mu index, toy index). For a chunk of rows one c
 call draws the toys on the device (:mod:`gpufit.infer.sampling`), runs both fits of
 each (free, and with the POI fixed to the tested value) from the point that generated
 it for a first pass of lockstep steps, continues the fits that stopped short (up to
-``maxiter`` more steps), and refits from its fixed-POI twin every free fit that ended
-above that twin (a local minimum: the twin's point is admissible for the free fit), as
-many of each as the call has room for, without a trip to the host. The next chunk is
-dispatched before the host reads this one. Then, only for the rows that need it, the
-host, in a thread of its own so that the device goes on with the next chunks:
+``maxiter`` more steps), gives every fit that converged at the model's edge (an empty
+bin's expected count at 0: :func:`gpufit.optimize.at_edge`) a new start from the
+model's suggested initial values (heavily damped Gauss-Newton), keeping the lower
+minimum, and refits from its fixed-POI twin every free fit that ended above that twin
+(a local minimum: the twin's point is admissible for the free fit), as many of each as
+the call has room for, without a trip to the host. The next chunk is dispatched before
+the host reads this one. Then, only for the rows that need it, the host, in a thread of
+its own so that the device goes on with the next chunks:
 
 1. continues the stragglers the call had no room for, with the same kernel;
-2. refits the fits that ended at the model's edge (an empty bin's expected count at 0:
-   :func:`gpufit.optimize.at_edge`) from the model's suggested initial values (heavily
-   damped Gauss-Newton), keeping the lower minimum;
+2. gives the fits at the model's edge that the call had no room for (or that converged
+   in step 1) their new start;
 3. restarts what still failed from the suggested initial values (exact Newton steps,
    and heavily damped Gauss-Newton), keeping the lower converged minimum;
 4. hands the rest to iminuit (MIGRAD with the exact gradient, on the CPU: strategy 0,
@@ -36,6 +38,7 @@ import hashlib
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,12 +48,14 @@ from tqdm.auto import tqdm
 from .. import _device
 from .._version import __version__
 from ..exceptions import InvalidArgument
+from ..likelihood.kernels import expected_main
 from ..optimize import CONVERGED, MAX_ITERATIONS, at_edge, fit, minimize_batch, padded_chunks
 from ..optimize.fit import (
     DEFAULT_TOL,
     FIRST_PASS_STEPS,
     RESTART_DAMPING,
     default_chunk_size,
+    ended_at_edge,
     invalid_data,
     padded_size,
     resolve_bounds,
@@ -66,11 +71,17 @@ _MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay 
 _SEED_LIMIT = 2**32
 _QUEUED_CHUNKS = 4  # chunks whose host retries may wait for the retry thread
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
+# exact-Newton restarts per compiled call on a CPU: they are rare (3 of 40,000 1Lbb toy
+# fits) and every fit of the batch, padding included, pays for a step that costs about
+# ten Gauss-Newton ones (a lone 1Lbb restart, warm: 1.2-1.9 s in a batch of 16, 0.18 s in 2)
+_NEWTON_BATCH = 2
 
 
-def _retry_batch() -> int:
+def _retry_batch(newton: bool = False) -> int:
     """Fits per compiled retry call here (one fixed size: each retry kernel compiles once)."""
-    return _RETRY_BATCH if _device.platform() == "cpu" else 16 * _RETRY_BATCH
+    if _device.platform() != "cpu":
+        return 16 * _RETRY_BATCH
+    return _NEWTON_BATCH if newton else _RETRY_BATCH
 
 
 def _put(a, rows, new, where):
@@ -111,24 +122,25 @@ def local_minimum(f_free, f_fixed, status_free, status_fixed, tol, xp=jnp):
             & (f_free > f_fixed + xp.maximum(1e-5, 10.0 * tol)))
 
 
-def _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity, maxiter, group):
+def _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity, maxiter, group, lam0):
     """Continue the ``late`` fits [B] (as many as ``capacity``, sorted to the front so that
     they fill whole lockstep groups) for ``maxiter`` steps; returns the updated pars, f,
     status and which fits ran."""
     rows = jnp.argsort(~late, stable=True)[:capacity]
     go = late[rows]
     p2, f2, s2, _, _ = minimize_batch(m, data[rows], pars[rows], free[rows], lo, hi, tol, maxiter=maxiter,
-                                      group=min(group, capacity))
+                                      group=min(group, capacity), lam0=lam0)
     pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
     return pars, f, status, jnp.zeros(late.shape, bool).at[rows].set(go)
 
 
 @functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity"))
 def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: int, group: int,
-                  capacity: tuple[int, int]):
+                  capacity: tuple[int, int], lam0=1e-3):
     """Continue fits from where they stopped, as :func:`gpufit.fit` runs them: ``first_steps``
     steps, then up to ``maxiter - first_steps`` for those that used them all (a smaller,
-    denser batch: a lockstep group runs as long as its slowest fit).
+    denser batch: a lockstep group runs as long as its slowest fit); ``lam0``: the
+    initial damping (``RESTART_DAMPING`` for a new start).
 
     data [R, N + A], pars [R, P], free [R, P] -> pars, twice_nll [R], status [R], and
     ``done`` [R] bool: False for fits that one of the passes had no room for (``capacity``:
@@ -141,18 +153,56 @@ def continue_fits(m, data, pars, free, lo, hi, tol, first_steps: int, maxiter: i
     f = jnp.full(r, jnp.inf, data.dtype)
     status = jnp.full(r, MAX_ITERATIONS, jnp.int32)
     pars, f, status, ran = _continue_pass(m, data, pars, f, status, free, lo, hi, tol, jnp.ones(r, bool),
-                                          capacity[0], first_steps, group)
+                                          capacity[0], first_steps, group, lam0)
     done = ran
     if maxiter > first_steps:
         late = ran & (status == MAX_ITERATIONS)
         pars, f, status, ran2 = _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity[1],
-                                               maxiter - first_steps, group)
+                                               maxiter - first_steps, group, lam0)
         done = ran & (~late | ran2)
     return pars, f, status, done
 
 
+class ChunkFits(NamedTuple):
+    """One kind of fit (free, or with the POI fixed) of a chunk's toys, as :func:`toy_chunk`
+    returns them, every field [C]."""
+
+    pars: jax.Array  # [C, P]
+    twice_nll: jax.Array
+    status: jax.Array
+    continued: jax.Array  # bool: ran beyond ``first_steps`` steps in the call (the host continues none again)
+    edge_checked: jax.Array  # bool: converged, and the call looked whether it ended at the model's edge
+    edge_refit: jax.Array  # bool: it had, and got a new start in the call
+    edge_lower: jax.Array  # bool: ... which converged lower, and is the result
+
+
+def _edge_restarts(m, data, pars, f, status, start, free, lo, hi, tol, first_steps, maxiter, group, capacity, queue):
+    """New starts for the fits [R] that converged at the model's edge
+    (:func:`gpufit.optimize.at_edge`): heavily damped Gauss-Newton (``RESTART_DAMPING``)
+    from ``start`` [R, P], the lower converged minimum kept, as :func:`gpufit.fit` and the
+    host's retries do. The queue runs all of them; otherwise as many as ``capacity``
+    (:func:`continue_fits`). Returns pars, twice_nll, edge_checked, edge_refit, edge_lower."""
+    converged = status == CONVERGED
+    edge = converged & ended_at_edge(data[:, : m.n_main], expected_main(m, pars))
+    rows = jnp.argsort(~edge, stable=True)
+    if queue:
+        p2, f2, s2, _, _ = minimize_batch(m, data[rows], start[rows], free[rows], lo, hi, tol, maxiter=maxiter,
+                                          group=group, queue=True, count=jnp.sum(edge), lam0=RESTART_DAMPING)
+        ran = edge[rows]
+    else:
+        rows = rows[: capacity[0]]
+        p2, f2, s2, done = continue_fits(m, data[rows], start[rows], free[rows], lo, hi, tol,
+                                         first_steps=first_steps, maxiter=maxiter, group=group, capacity=capacity,
+                                         lam0=RESTART_DAMPING)
+        ran = edge[rows] & done
+    lower = ran & (s2 == CONVERGED) & (f2 < f[rows])
+    refit = jnp.zeros(f.shape, bool).at[rows].set(ran)
+    return (_put(pars, rows, p2, lower), _put(f, rows, f2, lower), converged & (~edge | refit), refit,
+            jnp.zeros(f.shape, bool).at[rows].set(lower))
+
+
 @functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits", "queue"))
-def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_mask, free, lo, hi, tol, n_real,
+def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test, poi_mask, free, lo, hi, tol, n_real,
               first_steps: int, maxiter: int, group: int, capacity: tuple[int, int], refits: tuple[int, int],
               queue: bool = False):
     """Draw a chunk of toys and fit each twice, in one compiled call.
@@ -162,24 +212,27 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
     fit when its own finishes; the padding of a short chunk is not fitted).
     Without (an accelerator, whose chunk is one wide lockstep group), every fit gets
     ``first_steps`` steps in lockstep, then those that did not converge (as many as
-    ``capacity`` has room for) continue (:func:`continue_fits`). Then free fits caught in
-    a local minimum (:func:`local_minimum`; on an accelerator as many as ``refits`` has
-    room for) are refitted from their fixed-POI twin, kept where that converges lower:
+    ``capacity`` has room for) continue (:func:`continue_fits`). Then fits that converged
+    at the model's edge get a new start from ``init`` (:func:`_edge_restarts`; on an
+    accelerator as many as ``capacity`` has room for), and free fits caught in a local
+    minimum (:func:`local_minimum`; on an accelerator as many as ``refits`` has room
+    for) are refitted from their fixed-POI twin, each kept where it converges lower:
     all without a trip to the host.
 
     Args:
         m: compiled model; seed: [] uint32.
         hypothesis, mu_index, toy_index: [C] int, the rows.
-        gen_pars: [C, P] generating parameters; mu_test: [C] tested POI values.
+        gen_pars: [C, P] generating parameters; init: [P] the model's suggested initial
+            values (the free parameters' new start at the edge); mu_test: [C] tested
+            POI values.
         poi_mask: [P] bool (the POI); free: [P] bool; lo, hi: [P]; tol: [];
         n_real: [] int, the toys that are not padding (the first ones; used by the queue).
 
     Returns:
-        data [C, N + A]; then for the free fits and the fixed-POI fits: pars [C, P],
-        twice_nll [C], status [C], continued [C] bool (eight arrays; continued: ran
-        beyond ``first_steps`` steps here, so that the host continues none of them
-        again); then refitted [C] bool: free fits whose refit from the twin converged
-        here (lower or not).
+        data [C, N + A]; the free fits and the fixed-POI fits (the fields of
+        :class:`ChunkFits`, seven arrays each, flat: a serialized kernel keeps plain
+        tuples); refitted [C] bool: free fits whose refit from the twin converged here
+        (lower or not).
     """
     keys = toy_keys(seed, hypothesis, mu_index, toy_index)
     data = sample_toys(m, gen_pars, keys)
@@ -206,6 +259,11 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
         go = late[rows] & done  # the others continue from the host, from their first pass
         pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
         continued = jnp.zeros(2 * c, bool).at[rows].set(go)
+    # the new start of fit() and of the host's retries: the suggested init, the fixed
+    # parameters (the POI of fixed-POI fits) at their values
+    start = jnp.where(both_free, jnp.clip(init, lo, hi), both_x0)
+    pars, f, *edge = _edge_restarts(m, both_data, pars, f, status, start, both_free, lo, hi, tol, first_steps,
+                                    maxiter, group, capacity, queue)
 
     pf, ff, sf, px, fx, sx = pars[:c], f[:c], status[:c], pars[c:], f[c:], status[c:]
     worse = local_minimum(ff, fx, sf, sx, tol)
@@ -222,7 +280,9 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, mu_test, poi_m
     better = refitted & (f3 < ff[rows])
     pf, ff = _put(pf, rows, p3, better), _put(ff, rows, f3, better)
     refitted = jnp.zeros(c, bool).at[rows].set(refitted)
-    return data, pf, ff, sf, continued[:c], px, fx, sx, continued[c:], refitted
+    free_fits = (pf, ff, sf, continued[:c]) + tuple(e[:c] for e in edge)
+    fixed_fits = (px, fx, sx, continued[c:]) + tuple(e[c:] for e in edge)
+    return (data,) + free_fits + fixed_fits + (refitted,)
 
 
 @dataclasses.dataclass
@@ -399,7 +459,7 @@ class ToyCalculator:
         """Refit rows in batches of one fixed size (:func:`_retry_batch`), so that every run
         reuses the same compiled retry kernels whatever number of fits it retries."""
         kwargs["tol"] = self.tol
-        kwargs["chunk_size"] = _retry_batch()
+        kwargs["chunk_size"] = _retry_batch(kwargs.get("newton", False))
         n = len(data)
         if n == 1:  # a lone fit would compile a batch-of-one kernel: pad to two
             data, mu_test = np.repeat(data, 2, axis=0), np.repeat(mu_test, 2)
@@ -423,30 +483,34 @@ class ToyCalculator:
                 o[rows] = np.asarray(r)[: rows.size]
         return out
 
-    def _repair(self, data, mu_test, free_res, fixed_res, refitted, group):
+    def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
         """Retry the fits of one chunk that did not converge, in place; return failed [C].
 
-        ``free_res`` and ``fixed_res`` are [pars [C, P], twice_nll [C], status [C],
-        continued [C]] (continued: in the chunk call already); ``refitted`` [C]: free fits
-        refitted from their twin in the chunk call already.
+        ``free_res`` and ``fixed_res``: the chunk call's fits (host arrays, whose pars,
+        twice_nll and status are updated here); ``refitted`` [C]: free fits refitted from
+        their twin in the chunk call already.
         """
         stats = self.stats
         # a toy drawn from a NaN expectation (a broken model) has no valid data: its fits
         # have failed, and no retry can help (fit() refuses such data)
         drawn = ~invalid_data(self.model, data).any(axis=-1)
-        for kind, (pars, f, status, continued) in (("free", free_res), ("fixed", fixed_res)):
-            stats.continued += int(continued.sum())
+        for kind, res in (("free", free_res), ("fixed", fixed_res)):
+            pars, f, status = res.pars, res.twice_nll, res.status
+            stats.continued += int(res.continued.sum())
+            stats.at_edge += int(res.edge_refit.sum())
+            stats.lower_at_edge += int(res.edge_lower.sum())
             # 1. continue from where the first pass stopped (those the chunk had no room for)
-            late = np.flatnonzero((status != CONVERGED) & drawn & ~continued)
+            late = np.flatnonzero((status != CONVERGED) & drawn & ~res.continued)
             if late.size:
                 stats.continued += late.size
                 pars[late], f[late], status[late] = self._continue(kind, data[late], pars[late], group)
             start = np.repeat(self.model.suggested_init()[None], len(f), axis=0)
             if kind == "fixed":
                 start[:, self.model.poi_index] = mu_test
-            # 2. minima at the model's edge (optimize.at_edge): a new start from the
-            # suggested init (heavily damped Gauss-Newton), the lower minimum kept
-            done = np.flatnonzero((status == CONVERGED) & drawn)
+            # 2. minima at the model's edge (optimize.at_edge) that the chunk call did not
+            # look at: a new start from the suggested init (heavily damped Gauss-Newton),
+            # the lower minimum kept
+            done = np.flatnonzero((status == CONVERGED) & drawn & ~res.edge_checked)
             edge = done[at_edge(self.model, data[done], pars[done])]
             if edge.size:
                 r = self._refit(kind, data[edge], mu_test[edge], init=start[edge], retry=False, damping=RESTART_DAMPING)
@@ -476,16 +540,16 @@ class ToyCalculator:
         # a free fit above its fixed twin sits in a local minimum: refit from the twin
         # (those the chunk call had no room for, or whose refit there did not converge)
         stats.local_minima += int(refitted.sum())
-        f_free, f_fixed = free_res[1], fixed_res[1]
+        f_free, f_fixed = free_res.twice_nll, fixed_res.twice_nll
         worse = np.flatnonzero(
-            local_minimum(f_free, f_fixed, free_res[2], fixed_res[2], self.tol, xp=np) & ~refitted
+            local_minimum(f_free, f_fixed, free_res.status, fixed_res.status, self.tol, xp=np) & ~refitted
         )
         if worse.size:
             stats.local_minima += worse.size
-            r = self._refit("free", data[worse], None, init=fixed_res[0][worse], retry=True)
+            r = self._refit("free", data[worse], None, init=fixed_res.pars[worse], retry=True)
             better = r.converged & (r.twice_nll < f_free[worse])
-            _store(*free_res[:3], worse[better], _select(r, better))
-        return (free_res[2] != CONVERGED) | (fixed_res[2] != CONVERGED)
+            _store(free_res.pars, f_free, free_res.status, worse[better], _select(r, better))
+        return (free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)
 
     # -- rows --------------------------------------------------------------------------
     def teststats(self, hypothesis, mu_index, toy_index, bar=None) -> tuple[np.ndarray, np.ndarray]:
@@ -507,6 +571,7 @@ class ToyCalculator:
         chunk -= chunk % group
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
         free, poi_mask = jnp.asarray(self.free), jnp.asarray(self.poi_mask)
+        init = jnp.asarray(model.suggested_init())
         capacity, refits = continuation_capacity(chunk, group), refit_capacity(chunk, group)
         queue = _device.platform() == "cpu"  # lockstep slots refilled from a queue (toy_chunk)
         started = time.perf_counter()
@@ -516,7 +581,7 @@ class ToyCalculator:
             h, i, t = hypothesis[take], mu_index[take], toy_index[take]
             gen = np.where((h == SIGNAL_PLUS_BACKGROUND)[:, None], self.gen_sb[i], self.gen_b[i])
             args = (compiled, jnp.asarray(self.seed, jnp.uint32), jnp.asarray(h), jnp.asarray(i), jnp.asarray(t),
-                    jnp.asarray(gen), jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol,
+                    jnp.asarray(gen), init, jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol,
                     jnp.asarray(rows.size))
             compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, queue,
                                                        self.kernel_dir)
@@ -526,12 +591,13 @@ class ToyCalculator:
         device = jax.config.jax_default_device  # thread-local: the retry thread re-enters it
 
         def finish(rows, mu_test, data, free_res, fixed_res, refitted):
-            """The host's part of one chunk: its retries, then its test statistics."""
+            """The host's part of one chunk (:class:`ChunkFits` of both kinds): its retries,
+            then its test statistics."""
             repairing = time.perf_counter()
             with jax.default_device(device):
                 bad = self._repair(data, mu_test, free_res, fixed_res, refitted, group)
             self.stats.host_retry_seconds += time.perf_counter() - repairing
-            ts = from_fits(self.test_stat, mu_test, fixed_res[1], free_res[1], free_res[0][:, poi])
+            ts = from_fits(self.test_stat, mu_test, fixed_res.twice_nll, free_res.twice_nll, free_res.pars[:, poi])
             out[rows] = np.where(bad, np.nan, ts)
             failed[rows] = bad
             self.stats.toys += rows.size
@@ -553,12 +619,13 @@ class ToyCalculator:
                 # the next chunk runs on the device while the host reads and repairs this one
                 pending = dispatch(*chunks[k + 1]) if k + 1 < len(chunks) else None
                 waited = time.perf_counter()
-                data, pf, ff, sf, cf, px, fx, sx, cx, refitted = (np.asarray(a)[: rows.size].copy() for a in outputs)
+                data, *fits, refitted = (np.asarray(a)[: rows.size].copy() for a in outputs)
                 self.stats.device_wait_seconds += time.perf_counter() - waited
+                kind = len(ChunkFits._fields)  # the fields of one kind of fit
                 while len(queued) >= _QUEUED_CHUNKS:  # bounded: each holds a chunk's outputs
                     queued.popleft().result()
-                queued.append(retries.submit(finish, rows, mu_test, data, [pf, ff, sf, cf], [px, fx, sx, cx],
-                                             refitted))
+                queued.append(retries.submit(finish, rows, mu_test, data, ChunkFits(*fits[:kind]),
+                                             ChunkFits(*fits[kind:]), refitted))
             for job in queued:
                 job.result()
         finally:  # an error or Ctrl-C does not wait for the retries of the chunks still queued

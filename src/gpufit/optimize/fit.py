@@ -51,8 +51,14 @@ def at_edge(model, data, pars) -> np.ndarray:
     if rows.size:
         _, take = next(padded_chunks(rows.size, 1 << (rows.size - 1).bit_length()))
         nu = np.asarray(model.expected_main(pars[rows[take]]))[: rows.size]
-        out[rows] = np.any((n[rows] == 0) & (nu < EDGE_NU), axis=-1)
+        out[rows] = ended_at_edge(n[rows], nu)
     return out.reshape(np.shape(data)[:-1])
+
+
+def ended_at_edge(n, nu):
+    """The rule of :func:`at_edge` on arrays (NumPy, or JAX inside a compiled call): main
+    counts n [..., N] and the fit's expected counts nu [..., N] -> [...] bool."""
+    return ((n == 0) & (nu < EDGE_NU)).any(axis=-1)
 
 
 def default_chunk_size(model) -> int:
