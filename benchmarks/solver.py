@@ -1,11 +1,12 @@
 """The solver's phases side by side: Gauss-Newton only, Newton end game, Newton throughout.
 
-    python benchmarks/solver.py [--models sbottom,1lbb] [--toys 128]
+    python benchmarks/solver.py [--models sbottom,1lbb] [--toys 128] [--group 16]
                                 [--out benchmarks/results/solver-cpu.json]
 
 Each model's toys are drawn at the suggested initial values (the same keys for every
-row) and fitted from there by ``minimize_batch`` in lockstep groups of 16, as the toy
-calculator does, with the edm tolerance of the fits (1e-8) and up to 300 steps. Timed
+row) and fitted from there by ``minimize_batch`` in lockstep groups of ``--group`` (16,
+a CPU's; 0: the whole batch, as an accelerator's chunk steps), with the edm tolerance of
+the fits (1e-8) and up to 300 steps. Timed
 warm (after a call that compiles). Reported per row: milliseconds per fit (wall time of
 the batch / toys), mean and largest number of steps, how the fits ended, and the
 largest difference in -2 log L from the Gauss-Newton row (same datasets). One process,
@@ -30,6 +31,7 @@ from gpufit.optimize._solver import STATUS, minimize_batch
 CONFIGS = {  # row name: (newton_edm, newton_after)
     "gauss-newton": (0.0, 0),
     "newton below edm 1": (1.0, 0),
+    "newton below edm 1e-2": (1e-2, 0),
     "newton after 20 steps": (0.0, 20),
     "newton throughout": (float("inf"), 0),
 }
@@ -39,6 +41,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="sbottom,1lbb")
     parser.add_argument("--toys", type=int, default=128)
+    parser.add_argument("--group", type=int, default=16, help="fits in lockstep (0: the whole batch)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "solver-cpu.json"))
     args = parser.parse_args()
     rows = []
@@ -55,8 +58,8 @@ def main():
         reference = None
         for row_name, (newton_edm, newton_after) in CONFIGS.items():
             def run():
-                return jax.block_until_ready(minimize_batch(*call, maxiter=300, group=16, newton_edm=newton_edm,
-                                                            newton_after=newton_after))
+                return jax.block_until_ready(minimize_batch(*call, maxiter=300, group=args.group or None,
+                                                            newton_edm=newton_edm, newton_after=newton_after))
             run()
             start = time.perf_counter()
             _, f, status, steps, _ = (np.asarray(a) for a in run())
@@ -64,7 +67,7 @@ def main():
             reference = f if reference is None else reference
             ended = {STATUS[int(code)]: int(np.sum(status == code)) for code in np.unique(status)}
             row = {
-                "model": name, "parameters": model.n_pars, "toys": n, "solver": row_name,
+                "model": name, "parameters": model.n_pars, "toys": n, "group": args.group or n, "solver": row_name,
                 "newton_edm": newton_edm, "newton_after": newton_after,
                 "ms_per_fit": 1e3 * seconds / n, "mean_steps": float(steps.mean()), "max_steps": int(steps.max()),
                 "ended": ended, "max_abs_twice_nll_change": float(np.max(np.abs(f - reference))),

@@ -3,12 +3,13 @@
 # scipy and pytest, no network). Run from the repository root, with the wheels that
 # benchmarks/gpu/fetch-wheels.sh downloaded carried in .whl:
 #
-#     bash benchmarks/gpu/run.sh [quick|full|parity|engine|parts|scan]
+#     bash benchmarks/gpu/run.sh [quick|full|parity|engine|parts|scan|solver]
 #
 # It installs the wheels, then runs `gpufit info`, the tests marked gpu (CPU/GPU parity)
 # and benchmarks/toys.py on the GPU, each step under its own time limit so that the whole
-# run ends inside one call (quick: ~4 min, engine: ~5 min, scan: ~3.5 min, full: at most 8 min). Results land in $OUT (the device
-# tool's folder that comes back), or benchmarks/results where OUT is unset; a log in $OUT.
+# run ends inside one call (quick: ~4 min, engine: ~5 min, scan: ~3.5 min, solver: ~7 min,
+# full: at most 8 min). Results land in $OUT (the device tool's folder that comes back),
+# or benchmarks/results where OUT is unset; a log in $OUT.
 set -uo pipefail
 mode=${1:-full}
 out=${OUT:-benchmarks/results}
@@ -43,6 +44,11 @@ toys() {  # toys SECONDS DTYPE MODELS NTOYS
 if [ "$mode" = parts ]; then  # where a solver step's time goes, against the batch width: ~2 min
   step 380 "step parts" python3 benchmarks/step_parts.py --models sbottom,1lbb,gen40 --batches 1024,32768 \
     --out "$out/step-parts-gpu.json"
+  echo "done in $((SECONDS - started))s"
+  exit 0
+fi
+if [ "$mode" = solver ]; then  # 1Lbb: Gauss-Newton against Newton end games, one wide lockstep group: ~7 min
+  step 400 "solver" python3 benchmarks/solver.py --models 1lbb --toys 8192 --group 0 --out "$out/solver-gpu.json"
   echo "done in $((SECONDS - started))s"
   exit 0
 fi
