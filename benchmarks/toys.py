@@ -2,14 +2,16 @@
 
     python benchmarks/toys.py [--models gen10,gen40,gen100,gen300,sbottom,1lbb]
                               [--ntoys 100,1000,10000] [--pyhf-toys 10] [--pyhf-seconds 30]
-                              [--out benchmarks/results/toys-cpu.json]
+                              [--repeats 1] [--out benchmarks/results/toys-cpu.json]
 
 A "toy" is one signal+background and one background-only pseudo-experiment at one mu
 (4 fits), as pyhf's ``hypotest(calctype="toybased", ntoys=N)`` counts them; toys/s is
 ``ntoys / seconds`` for both, the observed-data fits included. gpufit is timed warm: each
 toy count runs twice (other seeds), the first compiling what it needs (its compile time
 and wall time are reported), the second timed (the seconds it still spends compiling, a
-retry kernel the first call did not need, are reported beside it). pyhf with its jax
+retry kernel the first call did not need, are reported beside it); with ``--repeats N``
+the timed call runs N times on the same toys and the median is reported, every run's
+seconds kept in the JSON (this machine's speed drifts by 15-30% between runs). pyhf with its jax
 backend and scipy (its fastest set-up) after a warm-up call, on ``--pyhf-toys`` toys or as many as
 ``--pyhf-seconds`` of its work take (sized from a 2-toy run), with the numpy>=2.4 percentile shim
 (:func:`gpufit.testing.pyhf_percentile_shim`). pyhf's jax runs can abort on a failed
@@ -115,6 +117,8 @@ def main():
                         help="toys of the first, compiling call (default: as many as the timed one; at least a "
                              "chunk's worth compiles the same chunk kernel, and a retry kernel the smaller call "
                              "did not meet compiles in the timed call: timed_call_compile_seconds)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed calls per toy count, on the same toys; the median is reported, all kept")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "toys-cpu.json"))
     args = parser.parse_args()
     rows = []
@@ -133,11 +137,13 @@ def main():
             warmup = ntoys if args.warmup_toys is None else min(ntoys, args.warmup_toys)
             _, r0, compiling = time_gpufit(model, data, warmup, args.mu, seed=12345, chunk_size=args.chunk_size)
             first_call = time.perf_counter() - first
-            rate, r, timed_compiling = time_gpufit(model, data, ntoys, args.mu, chunk_size=args.chunk_size)
+            runs = [time_gpufit(model, data, ntoys, args.mu, chunk_size=args.chunk_size) for _ in range(args.repeats)]
+            rate, r, timed_compiling = sorted(runs, key=lambda run: run[0])[len(runs) // 2]  # the median run
             steady = ntoys / (ntoys / rate - timed_compiling)  # the same call without its compiles
             info = r.info
             row = {
                 "model": name, "dtype": args.dtype, "parameters": model.n_pars, "ntoys": ntoys,
+                "seconds_runs": [ntoys / run[0] for run in runs],
                 "chunk_size": r.info["chunk_size"], "gpufit_toys_per_s": rate,
                 "gpufit_fits_per_s": 4 * rate, "compile_seconds": compiling,
                 "timed_call_compile_seconds": timed_compiling, "gpufit_toys_per_s_without_compiles": steady,
