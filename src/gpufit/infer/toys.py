@@ -23,6 +23,10 @@ its own so that the device goes on with the next chunks:
    then strategy 1 from two starts, :func:`gpufit.fit`'s ``retry``);
 5. refits the local minima left (no room, or a refit that did not converge there).
 
+On a CPU, steps 3-5 of a chunk that needs them wait until every chunk call has returned
+(for a few chunks; later ones do not wait): there the host's computations share XLA's
+thread pool with the chunk calls.
+
 What still fails is counted: its test statistic is NaN, it is left out of the p-values,
 and more than ``max_failed`` (a fraction) raises :class:`gpufit.ToyFitsFailed` carrying
 the result.
@@ -70,6 +74,7 @@ TOY_PARS = ("profiled", "init")
 _MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay frequent
 _SEED_LIMIT = 2**32
 _QUEUED_CHUNKS = 4  # chunks whose host retries may wait for the retry thread
+_DEFERRED_CHUNKS = 8  # chunks (with all their fits) whose restarts may wait for an idle CPU
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
 # exact-Newton restarts per compiled call on a CPU: they are rare (3 of 40,000 1Lbb toy
 # fits) and every fit of the batch, padding included, pays for a step that costs about
@@ -483,13 +488,29 @@ class ToyCalculator:
                 o[rows] = np.asarray(r)[: rows.size]
         return out
 
-    def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
-        """Retry the fits of one chunk that did not converge, in place; return failed [C].
+    def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group, defer=False):
+        """The host's retries of one chunk (steps 1-5 of the module's docstring), in place;
+        returns failed [C] bool. With ``defer``, a chunk that still has unconverged fits
+        after steps 1 and 2 returns instead a callable that makes the rest of its retries
+        (restarts, iminuit, local minima) and returns failed [C], to be called once the
+        device is idle: on a CPU the host's calls share XLA's thread pool with the chunk
+        calls, and a Newton restart (a Hessian's large products) waited 9 s for it
+        beside a 1Lbb chunk call, against 0.2 s alone.
 
         ``free_res`` and ``fixed_res``: the chunk call's fits (host arrays, whose pars,
         twice_nll and status are updated here); ``refitted`` [C]: free fits refitted from
         their twin in the chunk call already.
         """
+        drawn = self._settle(data, mu_test, free_res, fixed_res, group)
+        rest = functools.partial(self._rescue, data, mu_test, free_res, fixed_res, refitted, drawn)
+        if defer and self._unsettled(drawn, free_res, fixed_res):
+            return rest
+        return rest()
+
+    def _settle(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, group):
+        """Steps 1 and 2 of the host's retries for one chunk, in place: the stragglers the
+        chunk call had no room for continue, and the fits at the model's edge that it did
+        not look at get their new start. Returns drawn [C] bool: toys with valid data."""
         stats = self.stats
         # a toy drawn from a NaN expectation (a broken model) has no valid data: its fits
         # have failed, and no retry can help (fit() refuses such data)
@@ -504,27 +525,46 @@ class ToyCalculator:
             if late.size:
                 stats.continued += late.size
                 pars[late], f[late], status[late] = self._continue(kind, data[late], pars[late], group)
-            start = np.repeat(self.model.suggested_init()[None], len(f), axis=0)
-            if kind == "fixed":
-                start[:, self.model.poi_index] = mu_test
             # 2. minima at the model's edge (optimize.at_edge) that the chunk call did not
             # look at: a new start from the suggested init (heavily damped Gauss-Newton),
             # the lower minimum kept
             done = np.flatnonzero((status == CONVERGED) & drawn & ~res.edge_checked)
             edge = done[at_edge(self.model, data[done], pars[done])]
             if edge.size:
-                r = self._refit(kind, data[edge], mu_test[edge], init=start[edge], retry=False, damping=RESTART_DAMPING)
+                r = self._refit(kind, data[edge], mu_test[edge], init=self._start(kind, mu_test[edge]), retry=False,
+                                damping=RESTART_DAMPING)
                 lower = r.converged & (r.twice_nll < f[edge])
                 _store(pars, f, status, edge[lower], _select(r, lower))
                 stats.at_edge += edge.size
                 stats.lower_at_edge += int(lower.sum())
+        return drawn
+
+    def _start(self, kind, mu_test):
+        """The new start of the host's retries for fits [R] of one kind: the suggested
+        init, the POI at the tested values ``mu_test`` [R] for fixed-POI fits."""
+        start = np.repeat(self.model.suggested_init()[None], len(mu_test), axis=0)
+        if kind == "fixed":
+            start[:, self.model.poi_index] = mu_test
+        return start
+
+    @staticmethod
+    def _unsettled(drawn, free_res: ChunkFits, fixed_res: ChunkFits) -> bool:
+        """Whether a chunk still has an unconverged fit after :meth:`_settle` (for :meth:`_rescue`)."""
+        return bool(np.any(((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) & drawn))
+
+    def _rescue(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, drawn):
+        """Steps 3 to 5 of the host's retries for one chunk, after :meth:`_settle`, in
+        place; returns failed [C]."""
+        stats = self.stats
+        for kind, res in (("free", free_res), ("fixed", fixed_res)):
+            pars, f, status = res.pars, res.twice_nll, res.status
             still = np.flatnonzero((status != CONVERGED) & drawn)
             if still.size == 0:
                 continue
             # 3. new starts from the suggested init, Newton and heavily damped Gauss-Newton:
             # hard toys have several minima (empty bins, the POI at its bound), and the
             # lower converged one is kept; 4. iminuit where neither converged
-            start = start[still]
+            start = self._start(kind, mu_test[still])
             stats.restarted += still.size
             candidates = [self._refit(kind, data[still], mu_test[still], init=start, retry=False, newton=True),
                           self._refit(kind, data[still], mu_test[still], init=start, retry=False, damping=RESTART_DAMPING)]
@@ -537,7 +577,7 @@ class ToyCalculator:
                 stats.minuit += int(np.sum(r.by_minuit))
                 _store(pars, f, status, still[rest], r)
 
-        # a free fit above its fixed twin sits in a local minimum: refit from the twin
+        # 5. a free fit above its fixed twin sits in a local minimum: refit from the twin
         # (those the chunk call had no room for, or whose refit there did not converge)
         stats.local_minima += int(refitted.sum())
         f_free, f_fixed = free_res.twice_nll, fixed_res.twice_nll
@@ -590,13 +630,20 @@ class ToyCalculator:
 
         device = jax.config.jax_default_device  # thread-local: the retry thread re-enters it
 
-        def finish(rows, mu_test, data, free_res, fixed_res, refitted):
+        deferred = []  # the chunks whose restarts wait until the device is idle (a CPU's)
+
+        def finish(rows, mu_test, data, free_res, fixed_res, refitted, rest=None):
             """The host's part of one chunk (:class:`ChunkFits` of both kinds): its retries,
-            then its test statistics."""
+            then its test statistics; ``rest``: the remaining retries of a deferred chunk."""
             repairing = time.perf_counter()
             with jax.default_device(device):
-                bad = self._repair(data, mu_test, free_res, fixed_res, refitted, group)
+                defer = queue and len(deferred) < _DEFERRED_CHUNKS  # bounded: each holds a chunk's fits
+                bad = rest() if rest is not None else self._repair(data, mu_test, free_res, fixed_res, refitted,
+                                                                     group, defer)
             self.stats.host_retry_seconds += time.perf_counter() - repairing
+            if callable(bad):
+                deferred.append((rows, mu_test, data, free_res, fixed_res, refitted, bad))
+                return
             ts = from_fits(self.test_stat, mu_test, fixed_res.twice_nll, free_res.twice_nll, free_res.pars[:, poi])
             out[rows] = np.where(bad, np.nan, ts)
             failed[rows] = bad
@@ -628,6 +675,8 @@ class ToyCalculator:
                                              ChunkFits(*fits[kind:]), refitted))
             for job in queued:
                 job.result()
+            for job in deferred:  # every chunk call has returned: the device is idle
+                finish(*job)
         finally:  # an error or Ctrl-C does not wait for the retries of the chunks still queued
             retries.shutdown(wait=False, cancel_futures=True)
         self.stats.seconds += time.perf_counter() - started
