@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # benchmarks/ for fits.py
 import fits  # noqa: E402
 
-from gpufit.infer.toys import ChunkFits, ToyCalculator, continuation_capacity, refit_capacity, toy_chunk  # noqa: E402
+from gpufit.infer.toys import ToyCalculator, chunk_outputs, continuation_capacity, refit_capacity, toy_chunk  # noqa: E402
 from gpufit.optimize.fit import FIRST_PASS_STEPS  # noqa: E402
 
 
@@ -45,8 +45,7 @@ def run(device, model, data, ntoys, seed):
                           jnp.asarray(calc.free), lo, hi, calc.tol, jnp.asarray(rows), first_steps=FIRST_PASS_STEPS,
                           maxiter=calc.maxiter, group=rows, capacity=continuation_capacity(rows, rows),
                           refits=refit_capacity(rows, rows))
-        data, *fits, _ = [np.asarray(a) for a in first]
-        free_fits, fixed_fits = ChunkFits(*fits[:len(ChunkFits._fields)]), ChunkFits(*fits[len(ChunkFits._fields):])
+        data, free_fits, fixed_fits, _ = chunk_outputs([np.asarray(a) for a in first])
     return {
         "free_obs": float(calc.free_obs.twice_nll), "fixed_obs": np.asarray(calc.fixed_obs.twice_nll),
         "gen_sb": np.asarray(calc.gen_sb), "gen_b": np.asarray(calc.gen_b),

@@ -181,6 +181,14 @@ class ChunkFits(NamedTuple):
     edge_lower: jax.Array  # bool: ... which converged lower, and is the result
 
 
+def chunk_outputs(outputs):
+    """:func:`toy_chunk`'s flat outputs (host or device arrays) -> data, the free fits and
+    the fixed-POI fits (:class:`ChunkFits`), refitted."""
+    data, *fits, refitted = outputs
+    per_kind = len(ChunkFits._fields)
+    return data, ChunkFits(*fits[:per_kind]), ChunkFits(*fits[per_kind:]), refitted
+
+
 def _edge_restarts(m, data, pars, f, status, start, free, lo, hi, tol, first_steps, maxiter, group, capacity, queue):
     """New starts for the fits [R] that converged at the model's edge
     (:func:`gpufit.optimize.at_edge`): heavily damped Gauss-Newton (``RESTART_DAMPING``)
@@ -503,9 +511,8 @@ class ToyCalculator:
         """
         drawn = self._settle(data, mu_test, free_res, fixed_res, group)
         rest = functools.partial(self._rescue, data, mu_test, free_res, fixed_res, refitted, drawn)
-        if defer and self._unsettled(drawn, free_res, fixed_res):
-            return rest
-        return rest()
+        unsettled = np.any(((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) & drawn)
+        return rest if defer and unsettled else rest()
 
     def _settle(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, group):
         """Steps 1 and 2 of the host's retries for one chunk, in place: the stragglers the
@@ -546,11 +553,6 @@ class ToyCalculator:
         if kind == "fixed":
             start[:, self.model.poi_index] = mu_test
         return start
-
-    @staticmethod
-    def _unsettled(drawn, free_res: ChunkFits, fixed_res: ChunkFits) -> bool:
-        """Whether a chunk still has an unconverged fit after :meth:`_settle` (for :meth:`_rescue`)."""
-        return bool(np.any(((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) & drawn))
 
     def _rescue(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, drawn):
         """Steps 3 to 5 of the host's retries for one chunk, after :meth:`_settle`, in
@@ -666,13 +668,11 @@ class ToyCalculator:
                 # the next chunk runs on the device while the host reads and repairs this one
                 pending = dispatch(*chunks[k + 1]) if k + 1 < len(chunks) else None
                 waited = time.perf_counter()
-                data, *fits, refitted = (np.asarray(a)[: rows.size].copy() for a in outputs)
+                host = chunk_outputs([np.asarray(a)[: rows.size].copy() for a in outputs])
                 self.stats.device_wait_seconds += time.perf_counter() - waited
-                kind = len(ChunkFits._fields)  # the fields of one kind of fit
                 while len(queued) >= _QUEUED_CHUNKS:  # bounded: each holds a chunk's outputs
                     queued.popleft().result()
-                queued.append(retries.submit(finish, rows, mu_test, data, ChunkFits(*fits[:kind]),
-                                             ChunkFits(*fits[kind:]), refitted))
+                queued.append(retries.submit(finish, rows, mu_test, *host))
             for job in queued:
                 job.result()
             for job in deferred:  # every chunk call has returned: the device is idle
