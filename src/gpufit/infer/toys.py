@@ -127,6 +127,15 @@ def local_minimum(f_free, f_fixed, status_free, status_fixed, tol, xp=jnp):
             & (f_free > f_fixed + xp.maximum(1e-5, 10.0 * tol)))
 
 
+def new_start(init, x0, free, lo, hi, xp=jnp):
+    """The new start of fits [R, P] whose first start led them astray (converged at the
+    model's edge, or not at all), as :func:`gpufit.fit` would start them: the suggested
+    ``init`` [P], clipped into ``lo``, ``hi`` [P], for the ``free`` [R, P] parameters, the
+    fits' own start ``x0`` [R, P] for the others (the POI of fixed-POI fits). ``xp``: the
+    array namespace (NumPy for the host's retries)."""
+    return xp.where(free, xp.clip(init, lo, hi), x0)
+
+
 def _continue_pass(m, data, pars, f, status, free, lo, hi, tol, late, capacity, maxiter, group, lam0):
     """Continue the ``late`` fits [B] (as many as ``capacity``, sorted to the front so that
     they fill whole lockstep groups) for ``maxiter`` steps; returns the updated pars, f,
@@ -272,9 +281,7 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
         go = late[rows] & done  # the others continue from the host, from their first pass
         pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
         continued = jnp.zeros(2 * c, bool).at[rows].set(go)
-    # the new start of fit() and of the host's retries: the suggested init, the fixed
-    # parameters (the POI of fixed-POI fits) at their values
-    start = jnp.where(both_free, jnp.clip(init, lo, hi), both_x0)
+    start = new_start(init, both_x0, both_free, lo, hi)
     pars, f, *edge = _edge_restarts(m, both_data, pars, f, status, start, both_free, lo, hi, tol, first_steps,
                                     maxiter, group, capacity, queue)
 
@@ -547,12 +554,15 @@ class ToyCalculator:
         return drawn
 
     def _start(self, kind, mu_test):
-        """The new start of the host's retries for fits [R] of one kind: the suggested
-        init, the POI at the tested values ``mu_test`` [R] for fixed-POI fits."""
-        start = np.repeat(self.model.suggested_init()[None], len(mu_test), axis=0)
+        """:func:`new_start` of the host's retries for fits [R] of one kind, the POI of
+        fixed-POI fits at the tested values ``mu_test`` [R]."""
+        init = self.model.suggested_init()
+        x0 = np.repeat(init[None], len(mu_test), axis=0)
+        free = self.free
         if kind == "fixed":
-            start[:, self.model.poi_index] = mu_test
-        return start
+            x0[:, self.model.poi_index] = mu_test
+            free = free & ~self.poi_mask
+        return new_start(init, x0, free, self.bounds[:, 0], self.bounds[:, 1], xp=np)
 
     def _rescue(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, drawn):
         """Steps 3 to 5 of the host's retries for one chunk, after :meth:`_settle`, in
