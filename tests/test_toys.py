@@ -347,6 +347,31 @@ def test_host_retries_compute_on_the_callers_device(monkeypatch):
     assert seen and all(device == cpu for device in seen)
 
 
+def test_on_a_cpu_the_retries_wait_for_the_last_chunk_call(docs_ws, monkeypatch):
+    """Two compiled calls at once can hang XLA's CPU runtime (benchmarks/README, sessions
+    14 and 16). On a CPU the host's retries of a chunk with unconverged fits (here every
+    fit: two steps allowed) make their compiled calls only once every chunk call has
+    returned, and they still rescue every fit."""
+    import gpufit.infer.toys as toys
+
+    returned, seen_at = [], []
+    split = toys.chunk_outputs
+    monkeypatch.setattr(toys, "chunk_outputs", lambda outputs: (returned.append(1), split(outputs))[1])
+    for name in ("_continue", "_refit"):  # every compiled call of the retries goes through one of them
+
+        def spy(self, *args, _original=getattr(toys.ToyCalculator, name), **kwargs):
+            seen_at.append(len(returned))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(toys.ToyCalculator, name, spy)
+    model = docs_ws.model()
+    r = ToyCalculator(model, docs_ws.data(model), [1.0], ntoys=24, seed=2, chunk_size=16, maxiter=2,
+                      progress=False).run()
+    assert len(returned) == 3  # 48 pseudo-experiments in chunks of 16
+    assert r["stats"]["continued"] > 48 and seen_at and set(seen_at) == {3}
+    assert r["n_failed"] == 0
+
+
 @pytest.mark.slow
 def test_an_error_in_the_retry_thread_reaches_the_caller(monkeypatch):
     """The host's retries run in their own thread: an exception there must surface in

@@ -74,7 +74,7 @@ TOY_PARS = ("profiled", "init")
 _MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay frequent
 _SEED_LIMIT = 2**32
 _QUEUED_CHUNKS = 4  # chunks whose host retries may wait for the retry thread
-_DEFERRED_CHUNKS = 8  # chunks (with all their fits) whose restarts may wait for an idle CPU
+_DEFERRED_CHUNKS = 8  # chunks (with all their fits) whose retries may wait for an idle CPU
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
 # exact-Newton restarts per compiled call on a CPU: they are rare (3 of 40,000 1Lbb toy
 # fits) and every fit of the batch, padding included, pays for a step that costs about
@@ -505,21 +505,25 @@ class ToyCalculator:
 
     def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group, defer=False):
         """The host's retries of one chunk (steps 1-5 of the module's docstring), in place;
-        returns failed [C] bool. With ``defer``, a chunk that still has unconverged fits
-        after steps 1 and 2 returns instead a callable that makes the rest of its retries
-        (restarts, iminuit, local minima) and returns failed [C], to be called once the
-        device is idle: on a CPU the host's calls share XLA's thread pool with the chunk
-        calls, and a Newton restart (a Hessian's large products) waited 9 s for it
-        beside a 1Lbb chunk call, against 0.2 s alone.
+        returns failed [C] bool. With ``defer``, a chunk with unconverged fits returns
+        instead a callable that makes its retries and returns failed [C], to be called
+        once the device is idle. On a CPU the host's compiled calls share XLA's thread
+        pool with the chunk calls (a Newton restart waited 9 s beside a 1Lbb chunk call,
+        0.2 s alone), and two executions at once can hang XLA's CPU runtime
+        (benchmarks/README, sessions 14 and 16). The queue of a CPU's chunk call leaves
+        only unconverged fits to the host, so its other chunks make no compiled call here.
 
         ``free_res`` and ``fixed_res``: the chunk call's fits (host arrays, whose pars,
         twice_nll and status are updated here); ``refitted`` [C]: free fits refitted from
         their twin in the chunk call already.
         """
+        unsettled = np.any((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED))
+        retries = functools.partial(self._retries, data, mu_test, free_res, fixed_res, refitted, group)
+        return retries if defer and unsettled else retries()
+
+    def _retries(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
         drawn = self._settle(data, mu_test, free_res, fixed_res, group)
-        rest = functools.partial(self._rescue, data, mu_test, free_res, fixed_res, refitted, drawn)
-        unsettled = np.any(((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) & drawn)
-        return rest if defer and unsettled else rest()
+        return self._rescue(data, mu_test, free_res, fixed_res, refitted, drawn)
 
     def _settle(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, group):
         """Steps 1 and 2 of the host's retries for one chunk, in place: the stragglers the
@@ -642,11 +646,11 @@ class ToyCalculator:
 
         device = jax.config.jax_default_device  # thread-local: the retry thread re-enters it
 
-        deferred = []  # the chunks whose restarts wait until the device is idle (a CPU's)
+        deferred = []  # the chunks whose retries wait until the device is idle (a CPU's)
 
         def finish(rows, mu_test, data, free_res, fixed_res, refitted, rest=None):
             """The host's part of one chunk (:class:`ChunkFits` of both kinds): its retries,
-            then its test statistics; ``rest``: the remaining retries of a deferred chunk."""
+            then its test statistics; ``rest``: the retries of a deferred chunk."""
             repairing = time.perf_counter()
             with jax.default_device(device):
                 defer = queue and len(deferred) < _DEFERRED_CHUNKS  # bounded: each holds a chunk's fits
