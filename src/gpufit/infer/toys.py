@@ -74,7 +74,9 @@ TOY_PARS = ("profiled", "init")
 _MAX_CPU_CHUNK = 4096  # toys per compiled call on a CPU: progress updates stay frequent
 _SEED_LIMIT = 2**32
 _QUEUED_CHUNKS = 4  # chunks whose host retries may wait for the retry thread
-_DEFERRED_CHUNKS = 8  # chunks (with all their fits) whose retries may wait for an idle CPU
+# the chunks (data and fits) whose retries wait for an idle CPU, at most: 1Lbb's 10,000 toys
+# hold ~60 MB, 100,000 ~600 MB
+_DEFERRED_BYTES = 1 << 30
 _RETRY_BATCH = 16  # fits per compiled retry call on a CPU (one lockstep group); 16x that elsewhere
 # exact-Newton restarts per compiled call on a CPU: they are rare (3 of 40,000 1Lbb toy
 # fits) and every fit of the batch, padding included, pays for a step that costs about
@@ -522,6 +524,7 @@ class ToyCalculator:
         return retries if defer and unsettled else retries()
 
     def _retries(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
+        """Steps 1-5 of one chunk's retries (:meth:`_settle`, then :meth:`_rescue`); returns failed [C]."""
         drawn = self._settle(data, mu_test, free_res, fixed_res, group)
         return self._rescue(data, mu_test, free_res, fixed_res, refitted, drawn)
 
@@ -646,19 +649,20 @@ class ToyCalculator:
 
         device = jax.config.jax_default_device  # thread-local: the retry thread re-enters it
 
-        deferred = []  # the chunks whose retries wait until the device is idle (a CPU's)
+        deferred, deferred_bytes = [], [0]  # the chunks whose retries wait until the device is idle (a CPU's)
 
         def finish(rows, mu_test, data, free_res, fixed_res, refitted, rest=None):
             """The host's part of one chunk (:class:`ChunkFits` of both kinds): its retries,
             then its test statistics; ``rest``: the retries of a deferred chunk."""
             repairing = time.perf_counter()
             with jax.default_device(device):
-                defer = queue and len(deferred) < _DEFERRED_CHUNKS  # bounded: each holds a chunk's fits
+                defer = queue and deferred_bytes[0] < _DEFERRED_BYTES
                 bad = rest() if rest is not None else self._repair(data, mu_test, free_res, fixed_res, refitted,
                                                                      group, defer)
             self.stats.host_retry_seconds += time.perf_counter() - repairing
             if callable(bad):
                 deferred.append((rows, mu_test, data, free_res, fixed_res, refitted, bad))
+                deferred_bytes[0] += data.nbytes + sum(a.nbytes for a in free_res + fixed_res)
                 return
             ts = from_fits(self.test_stat, mu_test, fixed_res.twice_nll, free_res.twice_nll, free_res.pars[:, poi])
             out[rows] = np.where(bad, np.nan, ts)
