@@ -2,7 +2,7 @@
 Gauss-Newton step timed alone, and the solver's while loop around them.
 
     python benchmarks/step_parts.py [--models gen40,sbottom,1lbb] [--batches 1024,8192,32768]
-                                    [--out benchmarks/results/step-parts-cpu.json]
+                                    [--solves lapack,unrolled] [--out benchmarks/results/step-parts-cpu.json]
 
 Rows (microseconds per fit, warm, best of ``--repeat``; datasets are Poisson
 fluctuations of the observed data):
@@ -19,6 +19,15 @@ fluctuations of the observed data):
 If a row's cost per fit falls as the batch widens, the device is not busy at that
 width (launch or loop overhead); ``solver_step`` far above ``fixed_loop_step`` puts the
 cost in the solver's bookkeeping rather than in the likelihood or the linear algebra.
+
+``--solves``: the Cholesky factorizations and solves of the damped step (N x N and U x U,
+``_solver._cho_solve``) as the library makes them (``lapack``: LAPACK on a CPU, cuSOLVER
+and cuBLAS on a GPU) and, with ``unrolled``, written out column by column in plain array
+operations that XLA fuses (N <= ``UNROLL_MAX``); every row of each, and the largest
+relative difference of the unrolled step from the library's. On an H200 at 1,024 gen40
+fits the library's solve cost 0.74 us a fit, 3.6x the likelihood's derivatives
+(session 8): a GPU's batched solvers have a latency that narrow lockstep passes pay in
+every step. A question for a GPU; on a CPU LAPACK's is the faster (session 15).
 """
 
 from __future__ import annotations
@@ -36,9 +45,36 @@ import toys  # benchmarks/toys.py: the generated and published models
 from _report import write_report  # benchmarks/_report.py
 from gpufit.likelihood.derivatives import twice_nll_gradient_curvature
 from gpufit.likelihood.kernels import twice_nll
+from gpufit.optimize import _solver
 from gpufit.optimize._solver import minimize_batch, solve_damped
 
 STEPS = 20
+UNROLL_MAX = 32  # the largest system written out column by column (its HLO grows as N^2)
+
+
+def unrolled_cho_solve(matrix, rhs):
+    """``cho_solve((cholesky(matrix), True), rhs)`` for ONE symmetric positive definite
+    matrix [n, n] and rhs [n, k], column by column in plain array operations."""
+    n = matrix.shape[-1]
+    if n > UNROLL_MAX:
+        return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(matrix), True), rhs)
+    chol = [[None] * n for _ in range(n)]  # lower triangle, entry by entry
+    for j in range(n):
+        diag = jnp.sqrt(matrix[j, j] - sum((chol[j][i] ** 2 for i in range(j)), jnp.zeros((), matrix.dtype)))
+        chol[j][j] = diag
+        for r in range(j + 1, n):
+            dot = sum((chol[r][i] * chol[j][i] for i in range(j)), jnp.zeros((), matrix.dtype))
+            chol[r][j] = (matrix[r, j] - dot) / diag
+    y = []
+    for r in range(n):  # L y = rhs
+        y.append((rhs[r] - sum((chol[r][i] * y[i] for i in range(r)), jnp.zeros_like(rhs[r]))) / chol[r][r])
+    x = [None] * n
+    for r in reversed(range(n)):  # L^T x = y
+        x[r] = (y[r] - sum((chol[i][r] * x[i] for i in range(r + 1, n)), jnp.zeros_like(rhs[r]))) / chol[r][r]
+    return jnp.stack(x)
+
+
+SOLVES = {"lapack": _solver._cho_solve, "unrolled": unrolled_cho_solve}
 
 
 def best_time(fn, repeat):
@@ -97,6 +133,7 @@ def main():
     parser.add_argument("--models", default="gen40,sbottom,1lbb")
     parser.add_argument("--batches", default="1024,8192,32768")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--solves", default="lapack", help="lapack and/or unrolled (see above)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "step-parts-cpu.json"))
     args = parser.parse_args()
     rows = []
@@ -108,13 +145,26 @@ def main():
         for n in (int(x) for x in args.batches.split(",")):
             datasets = jnp.asarray(fits.datasets(model, np.asarray(data), n))
             x0 = jnp.broadcast_to(jnp.asarray(model.suggested_init()), (n, model.n_pars))
-            row = {"model": name, "parameters": model.n_pars, "bins": model.n_main, "batch": n}
-            for part, (fn, per) in parts(model, datasets, x0, free, lo, hi).items():
-                row[f"{part}_us_per_fit"] = 1e6 * best_time(fn, args.repeat) / n / per
-            rows.append(row)
-            print(f"{name:8s} P={model.n_pars:4d} N={model.n_main:4d} batch {n:6d}  us per fit: " + "  ".join(
-                f"{k[:-11]} {v:8.3f}" for k, v in row.items() if k.endswith("_us_per_fit")), flush=True)
-            write_report(args.out, "step_parts.py", args, rows)
+            steps = {}
+            for solve in args.solves.split(","):
+                _solver._cho_solve = SOLVES[solve]  # read when a kernel is traced: trace them all again
+                jax.clear_caches()
+                row = {"model": name, "parameters": model.n_pars, "bins": model.n_main, "batch": n, "solve": solve}
+                timed = parts(model, datasets, x0, free, lo, hi)
+                for part, (fn, per) in timed.items():
+                    row[f"{part}_us_per_fit"] = 1e6 * best_time(fn, args.repeat) / n / per
+                steps[solve] = np.asarray(timed["solve"][0]())
+                if solve != "lapack" and "lapack" in steps:
+                    ref = steps["lapack"]
+                    row["max_rel_diff_vs_lapack"] = float(np.max(np.abs(steps[solve] - ref))
+                                                          / max(np.max(np.abs(ref)), 1e-300))
+                rows.append(row)
+                print(f"{name:8s} P={model.n_pars:4d} N={model.n_main:4d} batch {n:6d} {solve:8s} us per fit: "
+                      + "  ".join(f"{k[:-11]} {v:8.3f}" for k, v in row.items() if k.endswith("_us_per_fit"))
+                      + (f"  max rel diff {row['max_rel_diff_vs_lapack']:.1e}" if "max_rel_diff_vs_lapack" in row
+                         else ""), flush=True)
+                write_report(args.out, "step_parts.py", args, rows)
+            _solver._cho_solve = SOLVES["lapack"]
     print(f"wrote {args.out}")
 
 

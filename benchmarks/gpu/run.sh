@@ -41,9 +41,9 @@ toys() {  # toys SECONDS DTYPE MODELS NTOYS
   step "$1" "toys $2 $3 $4" python3 benchmarks/toys.py --pyhf-toys 0 --dtype "$2" --models "$3" --ntoys "$4" \
     --out "$out/toys-gpu-$2-${3//,/-}.json"
 }
-if [ "$mode" = parts ]; then  # where a solver step's time goes, against the batch width: ~2 min
-  step 380 "step parts" python3 benchmarks/step_parts.py --models sbottom,1lbb,gen40 --batches 1024,32768 \
-    --out "$out/step-parts-gpu.json"
+if [ "$mode" = parts ]; then  # where a solver step's time goes, against the batch width, two solves: ~4 min
+  step 420 "step parts" python3 benchmarks/step_parts.py --models gen40,sbottom,1lbb --batches 1024,32768 \
+    --solves lapack,unrolled --out "$out/step-parts-gpu.json"
   echo "done in $((SECONDS - started))s"
   exit 0
 fi
