@@ -507,19 +507,22 @@ class ToyCalculator:
 
     def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group, defer=False):
         """The host's retries of one chunk (steps 1-5 of the module's docstring), in place;
-        returns failed [C] bool. With ``defer``, a chunk with unconverged fits returns
-        instead a callable that makes its retries and returns failed [C], to be called
-        once the device is idle. On a CPU the host's compiled calls share XLA's thread
-        pool with the chunk calls (a Newton restart waited 9 s beside a 1Lbb chunk call,
-        0.2 s alone), and two executions at once can hang XLA's CPU runtime
-        (benchmarks/README, sessions 14 and 16). The queue of a CPU's chunk call leaves
-        only unconverged fits to the host, so its other chunks make no compiled call here.
+        returns failed [C] bool. With ``defer``, a chunk with unconverged fits (or a local
+        minimum the call did not refit) returns instead a callable that makes its retries
+        and returns failed [C], to be called once the device is idle. On a CPU the host's
+        compiled calls share XLA's thread pool with the chunk calls (a Newton restart
+        waited 9 s beside a 1Lbb chunk call, 0.2 s alone), and two executions at once can
+        hang XLA's CPU runtime (benchmarks/README, sessions 14 and 16). The queue of a
+        CPU's chunk call leaves the host nothing else, so its other chunks make no
+        compiled call here.
 
         ``free_res`` and ``fixed_res``: the chunk call's fits (host arrays, whose pars,
         twice_nll and status are updated here); ``refitted`` [C]: free fits refitted from
         their twin in the chunk call already.
         """
-        unsettled = np.any((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED))
+        unsettled = np.any((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) or np.any(
+            local_minimum(free_res.twice_nll, fixed_res.twice_nll, free_res.status, fixed_res.status, self.tol, xp=np)
+            & ~refitted)
         retries = functools.partial(self._retries, data, mu_test, free_res, fixed_res, refitted, group)
         return retries if defer and unsettled else retries()
 
