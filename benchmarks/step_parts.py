@@ -50,6 +50,7 @@ from gpufit.optimize._solver import minimize_batch, solve_damped
 
 STEPS = 20
 UNROLL_MAX = 32  # the largest system written out column by column (its HLO grows as N^2)
+LIBRARY_CHO_SOLVE = _solver._cho_solve  # main() swaps the solver's for the unrolled one
 
 
 def unrolled_cho_solve(matrix, rhs):
@@ -57,7 +58,7 @@ def unrolled_cho_solve(matrix, rhs):
     matrix [n, n] and rhs [n, k], column by column in plain array operations."""
     n = matrix.shape[-1]
     if n > UNROLL_MAX:
-        return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(matrix), True), rhs)
+        return LIBRARY_CHO_SOLVE(matrix, rhs)
     chol = [[None] * n for _ in range(n)]  # lower triangle, entry by entry
     for j in range(n):
         diag = jnp.sqrt(matrix[j, j] - sum((chol[j][i] ** 2 for i in range(j)), jnp.zeros((), matrix.dtype)))
@@ -74,7 +75,7 @@ def unrolled_cho_solve(matrix, rhs):
     return jnp.stack(x)
 
 
-SOLVES = {"lapack": _solver._cho_solve, "unrolled": unrolled_cho_solve}
+SOLVES = {"lapack": LIBRARY_CHO_SOLVE, "unrolled": unrolled_cho_solve}
 
 
 def best_time(fn, repeat):

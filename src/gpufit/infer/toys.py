@@ -23,9 +23,9 @@ its own so that the device goes on with the next chunks:
    then strategy 1 from two starts, :func:`gpufit.fit`'s ``retry``);
 5. refits the local minima left (no room, or a refit that did not converge there).
 
-On a CPU, steps 3-5 of a chunk that needs them wait until every chunk call has returned
-(for a few chunks; later ones do not wait): there the host's computations share XLA's
-thread pool with the chunk calls.
+On a CPU, the retries of a chunk that needs any wait until every chunk call has returned
+(as many chunks as ``_DEFERRED_BYTES`` holds; later ones do not wait): there the host's
+computations share XLA's thread pool with the chunk calls.
 
 What still fails is counted: its test statistic is NaN, it is left out of the p-values,
 and more than ``max_failed`` (a fraction) raises :class:`gpufit.ToyFitsFailed` carrying
@@ -520,11 +520,11 @@ class ToyCalculator:
         twice_nll and status are updated here); ``refitted`` [C]: free fits refitted from
         their twin in the chunk call already.
         """
-        unsettled = np.any((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) or np.any(
-            local_minimum(free_res.twice_nll, fixed_res.twice_nll, free_res.status, fixed_res.status, self.tol, xp=np)
-            & ~refitted)
         retries = functools.partial(self._retries, data, mu_test, free_res, fixed_res, refitted, group)
-        return retries if defer and unsettled else retries()
+        unsettled = defer and (np.any((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) or np.any(
+            local_minimum(free_res.twice_nll, fixed_res.twice_nll, free_res.status, fixed_res.status, self.tol, xp=np)
+            & ~refitted))
+        return retries if unsettled else retries()
 
     def _retries(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
         """Steps 1-5 of one chunk's retries (:meth:`_settle`, then :meth:`_rescue`); returns failed [C]."""
@@ -652,20 +652,23 @@ class ToyCalculator:
 
         device = jax.config.jax_default_device  # thread-local: the retry thread re-enters it
 
-        deferred, deferred_bytes = [], [0]  # the chunks whose retries wait until the device is idle (a CPU's)
+        deferred = []  # the chunks whose retries wait until the device is idle (a CPU's)
+
+        def held(rows, mu_test, data, free_res, fixed_res, *_):
+            """Bytes a deferred chunk holds."""
+            return data.nbytes + sum(a.nbytes for a in free_res + fixed_res)
 
         def finish(rows, mu_test, data, free_res, fixed_res, refitted, rest=None):
             """The host's part of one chunk (:class:`ChunkFits` of both kinds): its retries,
             then its test statistics; ``rest``: the retries of a deferred chunk."""
             repairing = time.perf_counter()
             with jax.default_device(device):
-                defer = queue and deferred_bytes[0] < _DEFERRED_BYTES
+                defer = queue and sum(held(*job) for job in deferred) < _DEFERRED_BYTES
                 bad = rest() if rest is not None else self._repair(data, mu_test, free_res, fixed_res, refitted,
                                                                      group, defer)
             self.stats.host_retry_seconds += time.perf_counter() - repairing
             if callable(bad):
                 deferred.append((rows, mu_test, data, free_res, fixed_res, refitted, bad))
-                deferred_bytes[0] += data.nbytes + sum(a.nbytes for a in free_res + fixed_res)
                 return
             ts = from_fits(self.test_stat, mu_test, fixed_res.twice_nll, free_res.twice_nll, free_res.pars[:, poi])
             out[rows] = np.where(bad, np.nan, ts)
