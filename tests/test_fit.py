@@ -210,6 +210,36 @@ def test_newton_phase_reaches_the_gauss_newton_minima_in_fewer_steps(sbottom):
     assert nt[3].mean() < gn[3].mean()
 
 
+def test_a_lockstep_group_solves_again_when_one_fit_steps_out_of_its_bound():
+    """The projected step's second solve (a parameter on its bound that the first step
+    pushes outward is held) runs for a whole lockstep group when one of its running fits
+    needs it, and is skipped when none does: each fit's step is the one it takes alone."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.array([[1.0, 0.9], [0.9, 1.0]])
+
+    def solve(active):  # the quadratic model's minimum on the active set
+        masked = jnp.where(active[:, None] & active[None, :], a, jnp.eye(2))
+        return jnp.where(active, jnp.linalg.solve(masked, -jnp.where(active, g, 0.0)), 0.0), None
+
+    lo, hi, free = jnp.array([0.0, -5.0]), jnp.array([5.0, 5.0]), jnp.array([True, True])
+    x = jnp.array([[0.0, 0.5], [1.0, 0.5]])  # the first fit sits on its lower bound
+    g = jnp.array([-0.1, -1.0])  # inward on the first parameter, but the unheld step goes outward
+
+    def step(xi, live):
+        return _solver._bounded_step(solve, xi, g, lo, hi, free, axis="fits", live=live)[0]
+
+    alone = np.stack([np.asarray(_solver._bounded_step(solve, xi, g, lo, hi, free)[0]) for xi in x])
+    np.testing.assert_allclose(alone[0], [0.0, 1.0])  # held on its bound: -g_1 / a_11
+    grouped = np.asarray(jax.vmap(step, axis_name="fits")(x, jnp.array([True, True])))
+    np.testing.assert_allclose(grouped, alone, rtol=1e-14)
+    # a fit that no longer runs asks for nothing: the group keeps its first solve
+    frozen = np.asarray(jax.vmap(step, axis_name="fits")(x, jnp.array([False, True])))
+    assert frozen[0, 0] < 0
+    np.testing.assert_allclose(frozen[1], alone[1], rtol=1e-14)
+
+
 @pytest.mark.slow
 def test_a_funnel_of_narrower_passes_takes_the_same_steps_as_one_pass():
     """A wide lockstep group (a GPU's) gathers its stragglers into narrower passes that go
