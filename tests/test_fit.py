@@ -360,10 +360,11 @@ def test_a_minimum_at_the_edge_of_an_empty_bin_is_reached_in_few_steps(lbb_ws):
 def test_a_fit_stopped_at_the_edge_of_an_empty_bin_gets_a_new_start(lbb_ws):
     """A 1Lbb background-only toy (``tests/data/1lbb_edge_toy.json``): from its generating
     point Gauss-Newton reaches the edge nu_b = 0 of an empty bin at -2 log L = 221.422
-    and stops there, converged by its edm (MIGRAD, strategy 1, from that point, from the
-    generating point and from the suggested init stops there too). The minimum, 0.29
-    lower, is found from the suggested init; ``fit``'s retry gives fits that end at the
-    edge (``gpufit.optimize.at_edge``) that new start."""
+    and ends there, converged by its edm or crawling along the edge until its damping
+    stalls (which of the two is decided by rounding; MIGRAD, strategy 1, from that
+    point, from the generating point and from the suggested init stops there too). The
+    minimum, 0.29 lower, is found from the suggested init; ``fit``'s retry gives fits
+    that end at the edge (``gpufit.optimize.at_edge``) that new start."""
     import json
     import os
 
@@ -372,7 +373,8 @@ def test_a_fit_stopped_at_the_edge_of_an_empty_bin_gets_a_new_start(lbb_ws):
     model = lbb_ws.model()
     data, start = np.asarray(toy["data"]), np.asarray(toy["start"])
     stopped = gpufit.fit(model, data, init=start, retry=False, hesse=False)
-    assert stopped.converged and stopped.twice_nll == pytest.approx(221.4221, abs=1e-3)
+    assert stopped.status_names in ("converged", "stalled")
+    assert stopped.twice_nll == pytest.approx(221.4221, abs=1e-3)
     assert gpufit.optimize.at_edge(model, data, stopped.pars)
     result = gpufit.fit(model, data, init=start, hesse=False)
     assert result.converged and result.twice_nll == pytest.approx(221.1328, abs=1e-3)

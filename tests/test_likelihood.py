@@ -134,6 +134,24 @@ def test_analytic_derivatives_equal_autodiff(settings):
         np.testing.assert_allclose(g, want_g, rtol=1e-9, atol=1e-9)
 
 
+def test_analytic_jacobian_at_a_zero_normfactor():
+    """With the POI (a normfactor) at 0 the signal's expected counts vanish, yet their
+    derivative in the POI does not: the analytic Jacobian and diagonal second
+    derivatives equal autodiff's there too (a model where no parameter enters a sample
+    twice, as in test_analytic_derivatives_equal_autodiff)."""
+    model = gpufit.Workspace(generate_workspace(seed=7)).model()
+    m = model.compiled
+    p = random_points(model, 1)[0]
+    p[model.poi_index] = 0.0
+    nu, jac, d2 = jax.jit(lambda x: derivatives.expected_main_and_jacobian(m, x, second=True))(jnp.asarray(p))
+    want_jac = jax.jacfwd(lambda x: kernels.expected_main(m, x))(jnp.asarray(p))
+    want_d2 = jnp.diagonal(jax.hessian(lambda x: kernels.expected_main(m, x))(jnp.asarray(p)), axis1=1, axis2=2)
+    assert np.all(np.abs(np.asarray(want_jac)[:, model.poi_index]) > 0)
+    np.testing.assert_allclose(nu, kernels.expected_main(m, jnp.asarray(p)), rtol=1e-13)
+    np.testing.assert_allclose(jac, want_jac, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(d2, want_d2, rtol=1e-8, atol=1e-8)
+
+
 def test_grad_is_finite_at_bounds(sbottom):
     model, data = sbottom
     p = model.suggested_init()

@@ -5,8 +5,9 @@
     d nu_k / d theta_p = sum_m [p = par(k, m)] (nominal_k + delta_k) dF_km prod_{m' != m} F_km'
                        + sum_h [p = par(k, h)] delta'_kh prod_m F_km
 
-The products over "all factors but one" divide the product by each factor, counting
-exact zeros apart (so a normfactor at 0 is fine), and the sums over entries that share a
+The products over "all factors but one" are the whole product times each factor's
+``F'/F`` (with a factor at 0 standing in as sqrt(tiny) and what carries it flushed to 0,
+:func:`expected_main_and_jacobian`), and the sums over entries that share a
 (main bin, parameter) pair are gathered through precomputed tables into the [N, P]
 Jacobian (``model/_tables.py``; no scatter, which is slow on CPUs). One call costs
 a few forward passes, independent of P, where ``jax.jacfwd`` costs P of them and
@@ -101,17 +102,29 @@ def expected_main_and_jacobian(m, pars, second: bool = False):
     """
     order = 2 if second else 1
     factors, shifts = _interpolated(m, pars, order)
-    f = [a[m.factor_index] for a in factors]  # [K, M] each
+    # d F_k / d theta through an entry = F_k (f' / f) of that entry, with the ratios
+    # taken per factor [P + Tn + 1] before the gather (the products of "all factors but
+    # one" of each entry cost a 1Lbb step a quarter of its evaluation). A factor at 0 (a
+    # normfactor or gamma on its bound) stands in as s = sqrt(tiny), so that its own
+    # entry keeps the product of the others; what then carries a factor s (F_k, the
+    # derivatives along the other parameters) is flushed to exactly 0 below s / eps: at
+    # the model's edge an empty bin's nu_b and its derivatives along every other
+    # parameter are 0, as the solver's edge rule needs.
+    small = jnp.sqrt(jnp.finfo(pars.dtype).tiny)
+    flush = small / jnp.finfo(pars.dtype).eps
+    safe = jnp.where(jnp.abs(factors[0]) < small, small, factors[0])
+    f = [a[m.factor_index] for a in [safe] + [a / safe for a in factors[1:]]]  # [K, M] each: F, F'/F, F''/F
+    product = jnp.prod(f[0], axis=-1)  # [K]
     base = m.nominal + jnp.sum(shifts[0][m.delta_index], axis=-1)
-    factor = jnp.prod(f[0], axis=-1)
+    factor = jnp.where(jnp.abs(product) < flush, 0.0, product)
     nu = (base * factor) @ m.bin_matrix
-    others = base[:, None] * _exclusive_products(f[0])  # [K, M]
     # both orders in one pass through the tables (on 1Lbb a quarter of a step's
     # evaluation); a histosys term shifts one sample-bin: its derivatives times that
     # sample-bin's factors, without the [K, H] layout
-    c_factor = jnp.stack([others * a for a in f[1:]], axis=-1)  # [K, M, order]
+    c_factor = jnp.stack([(base * product)[:, None] * a for a in f[1:]], axis=-1)  # [K, M, order]
     c_hist = factor[m.histosys_bin][:, None] * jnp.stack([a[:-1] for a in shifts[1:]], axis=-1)  # [Th, order]
     dense = _assemble(m, c_factor, c_hist)
+    dense = jnp.where(jnp.abs(dense) < flush, 0.0, dense)
     return (nu,) + tuple(dense[..., i] for i in range(order))
 
 
