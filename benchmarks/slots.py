@@ -10,8 +10,8 @@ times in one process (the order reversed every other round), so that the machine
 drift falls on every row alike. Reported: the median microseconds per fit-step (wall
 time / the batch's total steps, the same for every slot count) and the model's
 ``_device.bytes_per_fit`` (the rough size of one fit's temporaries), the quantity a
-per-model slot count would be derived from. The library uses ``_device.CPU_LOCKSTEP``
-(16) for every model.
+per-model slot count is derived from (``_device.cpu_slots``; before it, 16 slots
+for every model).
 """
 
 from __future__ import annotations

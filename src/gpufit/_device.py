@@ -21,7 +21,9 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from .exceptions import BackendUnavailable
 
-CPU_LOCKSTEP = 16
+# a CPU's lockstep slots x one fit's temporaries (bytes_per_fit): benchmarks/slots.py
+_CPU_SLOT_BYTES = 48 * 2**20
+CPU_SLOTS_MIN, CPU_SLOTS_MAX = 8, 64
 _CPU_BUDGET = 512 * 2**20  # bytes per chunk on a CPU (inputs, outputs, one group's temporaries)
 _ACCELERATOR_FRACTION = 0.4  # of the device memory that JAX may use
 _MAX_CHUNK = 2**16
@@ -76,6 +78,16 @@ def bytes_per_fit(m, n_pars: int, n_main: int, n_aux: int) -> int:
     return 8 * words
 
 
+def cpu_slots(m, n_pars: int, n_main: int, n_aux: int) -> int:
+    """Fits that step in lockstep on a CPU (the queue's slots): the power of two at most
+    ``_CPU_SLOT_BYTES / bytes_per_fit``, within [CPU_SLOTS_MIN, CPU_SLOTS_MAX]. Measured
+    (benchmarks/slots.py, every slot count compiled and alternated in one process): best
+    at 64 for gen40 (86 KB a fit) and sbottom (487 KB; 10.3 against 15.1 us a fit-step
+    at 16), 16 for 1Lbb (2.6 MB), 8 for gen300 (4.2 MB; 593 against 702)."""
+    fits = max(_CPU_SLOT_BYTES // bytes_per_fit(m, n_pars, n_main, n_aux), 1)
+    return int(min(max(2 ** int(math.floor(math.log2(fits))), CPU_SLOTS_MIN), CPU_SLOTS_MAX))
+
+
 def default_chunk_size(m, n_pars: int, n_main: int, n_aux: int) -> int:
     """Fits per compiled call: a power of two that fits the device's memory.
 
@@ -88,20 +100,21 @@ def default_chunk_size(m, n_pars: int, n_main: int, n_aux: int) -> int:
     per_fit = bytes_per_fit(m, n_pars, n_main, n_aux)
     if platform() == "cpu":
         per_fit_io = 8 * (4 * n_pars + 2 * (n_main + n_aux) + 8)
-        budget = _CPU_BUDGET - CPU_LOCKSTEP * per_fit
-        fits = max(budget // per_fit_io, CPU_LOCKSTEP)
+        slots = cpu_slots(m, n_pars, n_main, n_aux)
+        budget = _CPU_BUDGET - slots * per_fit
+        fits = max(budget // per_fit_io, slots)
     else:
         memory = device_memory_bytes() or 8 * 2**30
         fits = int(memory * _ACCELERATOR_FRACTION) // per_fit
     return int(2 ** max(0, min(int(math.log2(_MAX_CHUNK)), math.floor(math.log2(max(fits, 1))))))
 
 
-def lockstep_group(chunk: int) -> int:
-    """Fits that step together: ``CPU_LOCKSTEP`` (or the largest divisor of ``chunk``
-    below it) on a CPU, the whole chunk elsewhere."""
+def lockstep_group(chunk: int, slots: int) -> int:
+    """Fits that step together: ``slots`` (:func:`cpu_slots`, or the largest divisor of
+    ``chunk`` below it) on a CPU, the whole chunk elsewhere."""
     if platform() != "cpu":
         return chunk
-    group = min(chunk, CPU_LOCKSTEP)
+    group = min(chunk, slots)
     while chunk % group:
         group -= 1
     return group

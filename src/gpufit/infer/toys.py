@@ -61,6 +61,7 @@ from ..optimize.fit import (
     default_chunk_size,
     ended_at_edge,
     invalid_data,
+    lockstep_slots,
     padded_size,
     resolve_bounds,
     resolve_fixed,
@@ -420,7 +421,7 @@ class ToyCalculator:
         self.poi_mask[poi] = True
         self._fixed_values = values  # {index: value} of the fixed parameters (the "init" toys use them)
         if chunk_size is None:
-            chunk_size = max(default_chunk_size(model) // 2, _device.CPU_LOCKSTEP)
+            chunk_size = max(default_chunk_size(model) // 2, lockstep_slots(model))
             if _device.platform() == "cpu":
                 chunk_size = min(chunk_size, _MAX_CPU_CHUNK)
         self.chunk_size = int(chunk_size)
@@ -628,8 +629,9 @@ class ToyCalculator:
         model, poi = self.model, self.model.poi_index
         compiled = model.compiled
         # a run smaller than a chunk pads only to a power of two (a few compiled shapes)
-        chunk = padded_size(hypothesis.size, self.chunk_size) if hypothesis.size else self.chunk_size
-        group = _device.lockstep_group(chunk)
+        slots = lockstep_slots(model)
+        chunk = padded_size(hypothesis.size, self.chunk_size, slots) if hypothesis.size else self.chunk_size
+        group = _device.lockstep_group(chunk, slots)
         chunk -= chunk % group
         lo, hi = jnp.asarray(self.bounds[:, 0]), jnp.asarray(self.bounds[:, 1])
         free, poi_mask = jnp.asarray(self.free), jnp.asarray(self.poi_mask)

@@ -3,7 +3,7 @@
 One fit's step is written for one dataset and vmapped; a group of fits loops in
 lockstep while any is still active, freezing the finished ones (their status is the
 per-fit mask). A lockstep group runs as long as its slowest fit, unless: a narrow
-group (a CPU's 16) is a queue of slots, each refilled with the next fit as soon as its
+group (a CPU's 8 to 64) is a queue of slots, each refilled with the next fit as soon as its
 own finishes (:func:`_minimize_queue`); a wide group (a GPU's chunk) runs as a funnel
 of ever narrower passes that carry the stragglers' state (:func:`_minimize_group`). A
 fit runs in two phases, each a loop of the same four readable pieces (step, acceptance,
@@ -188,7 +188,7 @@ def _bounded_step(solve, x, g, lo, hi, free, axis=None, live=True):
     bound outward, which few steps do. Under ``jax.vmap(..., axis_name=axis)`` a lockstep
     group makes it only when one of its ``live`` fits needs it (a ``cond`` on the
     group's count, where a per-fit ``where`` would pay for both solves): on a CPU's
-    groups of 16 the solve is most of a gen300 step (N = 120) and 15% of a 1Lbb one.
+    groups of 8 to 64 the solve is most of a gen300 step (N = 120) and 15% of a 1Lbb one.
 
     Returns:
         delta [P], edm [] (the damped quadratic model's decrease, g^T H^-1 g / 2 when
@@ -413,7 +413,7 @@ def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count)
 def funnel_widths(batch: int, group: int | None) -> tuple[int, ...]:
     """The widths of a lockstep group's later passes (:func:`_minimize_group`): the
     group's width (the batch's where ``group`` is None) divided by ``FUNNEL_FACTOR``,
-    again, ... down to ``FUNNEL_MIN`` fits; none for narrow groups (a CPU's 16, whose
+    again, ... down to ``FUNNEL_MIN`` fits; none for narrow groups (a CPU's 8 to 64, whose
     stragglers cost little: measured, a wide group with a funnel is 2.7x slower there)."""
     widths = []
     width = batch if group is None else min(group, batch)

@@ -67,16 +67,22 @@ def default_chunk_size(model) -> int:
     return _device.default_chunk_size(m, model.n_pars, model.n_main, model.n_aux)
 
 
-def padded_size(n: int, chunk: int) -> int:
+def lockstep_slots(model) -> int:
+    """Fits of this model that step in lockstep on a CPU (``_device.cpu_slots``)."""
+    return _device.cpu_slots(model.compiled_numpy, model.n_pars, model.n_main, model.n_aux)
+
+
+def padded_size(n: int, chunk: int, slots: int) -> int:
     """Batch sizes are rounded up to powers of two (then to whole chunks) so that a
     handful of compiled shapes serve every call; on a CPU, batches of more than one fit
-    are at least one lockstep group, so that every fit runs in the same compiled group
-    shape (bit-identical results whatever the batch around it)."""
+    are at least one lockstep group of ``slots`` (:func:`lockstep_slots`), so that every
+    fit runs in the same compiled group shape (bit-identical results whatever the batch
+    around it)."""
     if n >= chunk:
         return chunk
     size = 1 << max(0, (n - 1).bit_length())
     if n > 1 and _device.platform() == "cpu":
-        size = max(size, min(chunk, _device.CPU_LOCKSTEP))
+        size = max(size, min(chunk, slots))
     return size
 
 
@@ -275,13 +281,14 @@ def fit(
     flat_data = data.reshape(n, width)
     flat_x0 = x0.reshape(n, model.n_pars)
     chunk = chunk_size or default_chunk_size(model)
+    slots = lockstep_slots(model)
     compiled = _kernel_tables(model)
 
     def solve(rows, starts, steps, exact=newton, lam0=damping):
         """Run the solver on datasets ``rows`` from ``starts``, in padded chunks (``exact``:
         Newton steps)."""
-        size = padded_size(len(rows), chunk)
-        group = _device.lockstep_group(size)
+        size = padded_size(len(rows), chunk, slots)
+        group = _device.lockstep_group(size, slots)
         queued = queue and not exact and group < size  # the queue leaves a chunk's padding unfitted
         return _in_chunks(rows, starts, size, lambda take, x, real: minimize_batch(
             compiled, jnp.asarray(flat_data[take]), jnp.asarray(x), jnp.asarray(free),
@@ -444,9 +451,9 @@ def fit_points(stacked, models, point, data, x0, free, *, tol: float = DEFAULT_T
     # one compiled width for every call, the unused fits frozen from the start (they cost
     # one evaluation each): on a CPU 8 lockstep groups; on an accelerator one group of at
     # most POINT_FITS_MAX, since every fit of it holds its point's tables (~0.6 MB on 1Lbb)
-    size = min(default_chunk_size(models[0]), 8 * _device.CPU_LOCKSTEP if _device.platform() == "cpu"
-               else POINT_FITS_MAX)
-    group = _device.lockstep_group(size)
+    slots = lockstep_slots(models[0])
+    size = min(default_chunk_size(models[0]), 8 * slots if _device.platform() == "cpu" else POINT_FITS_MAX)
+    group = _device.lockstep_group(size, slots)
 
     def solve(rows, starts, steps):
         return _in_chunks(rows, starts, size, lambda take, x, real: minimize_points(
