@@ -21,14 +21,13 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import toys  # benchmarks/toys.py: the generated and published models
 from _report import write_report  # benchmarks/_report.py
 from gpufit import _device
-from gpufit.infer.sampling import sample_toys, toy_keys
 from gpufit.optimize._solver import minimize_batch
+from solver import toys_at_init  # benchmarks/solver.py: toys drawn and fitted at the suggested init
 
 
 def main():
@@ -45,12 +44,7 @@ def main():
         n = int(count)
         model, _ = toys.load(name)
         m = model.compiled
-        init = jnp.asarray(model.suggested_init())
-        keys = toy_keys(1, jnp.zeros(n, int), jnp.zeros(n, int), jnp.arange(n))
-        data = jax.jit(sample_toys)(m, init, keys)
-        b = model.suggested_bounds()
-        call = (m, data, jnp.broadcast_to(init, (n, model.n_pars)), jnp.asarray(~model.fixed_parameters()),
-                jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), 1e-6)
+        call = toys_at_init(model, n, 1e-6)
         compiled = {s: minimize_batch.lower(*call, maxiter=300, group=s, queue=True).compile() for s in slots}
         seconds = {s: [] for s in slots}
         steps = {}

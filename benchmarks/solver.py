@@ -37,6 +37,18 @@ CONFIGS = {  # row name: (newton_edm, newton_after)
 }
 
 
+def toys_at_init(model, n, tol):
+    """``minimize_batch``'s positional arguments for ``n`` toys of ``model`` drawn at its
+    suggested initial values and fitted from there, with edm threshold ``tol``."""
+    m = model.compiled
+    init = jnp.asarray(model.suggested_init())
+    keys = toy_keys(1, jnp.zeros(n, int), jnp.zeros(n, int), jnp.arange(n))
+    data = jax.jit(sample_toys)(m, init, keys)
+    b = model.suggested_bounds()
+    return (m, data, jnp.broadcast_to(init, (n, model.n_pars)), jnp.asarray(~model.fixed_parameters()),
+            jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), tol)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="sbottom,1lbb")
@@ -47,14 +59,8 @@ def main():
     rows = []
     for name in args.models.split(","):
         model, _ = fits.load(name)
-        m = model.compiled
-        init = jnp.asarray(model.suggested_init())
         n = args.toys
-        keys = toy_keys(1, jnp.zeros(n, int), jnp.zeros(n, int), jnp.arange(n))
-        data = jax.jit(sample_toys)(m, init, keys)
-        b = model.suggested_bounds()
-        call = (m, data, jnp.broadcast_to(init, (n, model.n_pars)), jnp.asarray(~model.fixed_parameters()),
-                jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1]), 1e-8)
+        call = toys_at_init(model, n, 1e-8)
         reference = None
         for row_name, (newton_edm, newton_after) in CONFIGS.items():
             def run():
