@@ -323,7 +323,8 @@ def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
     empty = data[: m.n_main] == 0
     jac, w, c, kappa = s.curvature
     w_model = jnp.where(empty, kappa * w, w)
-    live = (s.status == RUNNING) if fresh is None else (s.status == RUNNING) & ~fresh
+    running = s.status == RUNNING
+    live = running if fresh is None else running & ~fresh  # a refilled slot's step is not taken
     delta, edm, _ = _bounded_step(lambda a: (solve_damped(m, jac, w_model, c, s.g, s.lam, a), None), s.x, s.g,
                                   lo, hi, free, axis=_FITS, live=live)
     nu = 1.0 / w  # in empty bins
