@@ -183,6 +183,31 @@ def test_same_seed_any_chunk_size_identical_and_seeds_independent(docs_ws):
     assert abs(np.corrcoef(first[0], first[1])[0, 1]) < 0.1
 
 
+def test_fixed_poi_fits_a_one_sided_statistic_does_not_need_are_skipped(docs_ws):
+    """qtilde is 0 wherever the free fit's muhat lies above mu, and q0 wherever it lies
+    below 0, whatever the fixed-POI fit gives: those fits are not run (as ROOT's
+    ProfileLikelihoodTestStat skips them), and the test statistics are those of a run
+    that fits every twin (all_fixed_fits=True). The two-sided t needs every twin."""
+    model = docs_ws.model()
+    data = docs_ws.data(model)
+    poi = model.poi_name
+    for test_stat, mu, bounds in (("qtilde", 1.0, None), ("q0", 0.0, {poi: (-5.0, 10.0)}),
+                                  ("t", 1.0, {poi: (-5.0, 10.0)})):
+        skip, every = (
+            gpufit.hypotest(model, data, mu, test_stat=test_stat, bounds=bounds, calculator="toys", ntoys=200,
+                            seed=4, progress=False, all_fixed_fits=all_fits)
+            for all_fits in (False, True)
+        )
+        skipped = skip.info["skipped"]
+        assert every.info["skipped"] == 0 and every.info["fits"] == 800
+        assert skip.info["fits"] == 800 - skipped
+        assert (skipped == 0) if test_stat == "t" else (40 < skipped < 400), (test_stat, skipped)
+        for key in ("teststat_sb", "teststat_b"):
+            np.testing.assert_allclose(getattr(skip, key), getattr(every, key), rtol=0, atol=1e-9)
+        # the skipped toys are some of those whose statistic is 0
+        assert np.sum(np.concatenate([skip.teststat_sb, skip.teststat_b]) == 0) >= skipped
+
+
 def test_toy_pars_init_and_q0(docs_ws):
     model = docs_ws.model()
     data = docs_ws.data(model)
@@ -213,15 +238,18 @@ def test_toy_pars_init_and_q0(docs_ws):
 @pytest.mark.slow
 def test_hard_toys_are_retried_not_dropped():
     """Toys with empty signal-region bins (where pyhf's jax runs abort) all end converged,
-    some after the retry chain; an unreachable tolerance sends fits through every stage."""
+    some after the retry chain; an unreachable tolerance sends fits through every stage:
+    every free fit, then the fixed-POI fits that the free fits' muhat leaves needed."""
     ws = gpufit.Workspace(generate_workspace(seed=3, n_channels=1, n_bins=3, empty_bin=True))
     model = ws.model()
     data = ws.data(model)
     calc = ToyCalculator(model, data, [1.0], ntoys=6, seed=1, progress=False, toy_tol=0.0, maxiter=40)
     r = calc.run()
     st = r["stats"]
-    assert st["continued"] == 24 and st["restarted"] == 24 and st["minuit"] > 0
-    assert st["toys"] == 12 and st["fits"] == 24 and r["n_failed"] == 0
+    fits = 12 + 12 - st["skipped"]
+    assert 0 < st["skipped"] < 12  # not one of the chunk call's skips: no free fit converged there
+    assert st["continued"] == st["restarted"] == fits and st["minuit"] > 0
+    assert st["toys"] == 12 and st["fits"] == fits and r["n_failed"] == 0
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def run(device, model, data, ntoys, seed):
                           jnp.asarray(calc.free), lo, hi, calc.tol, jnp.asarray(rows), first_steps=FIRST_PASS_STEPS,
                           maxiter=calc.maxiter, group=rows, capacity=continuation_capacity(rows, rows),
                           refits=refit_capacity(rows, rows))
-        data, free_fits, fixed_fits, _ = chunk_outputs([np.asarray(a) for a in first])
+        data, free_fits, fixed_fits, *_ = chunk_outputs([np.asarray(a) for a in first])
     return {
         "free_obs": float(calc.free_obs.twice_nll), "fixed_obs": np.asarray(calc.fixed_obs.twice_nll),
         "gen_sb": np.asarray(calc.gen_sb), "gen_b": np.asarray(calc.gen_b),

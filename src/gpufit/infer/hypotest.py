@@ -14,7 +14,7 @@ from .test_statistics import normalize_test_stat
 from .toys import ToyCalculator
 
 CALCULATORS = ("asymptotic", "toys")
-TOY_OPTIONS = ("ntoys", "seed", "toy_pars", "chunk_size", "max_failed", "progress", "toy_tol")
+TOY_OPTIONS = ("ntoys", "seed", "toy_pars", "chunk_size", "max_failed", "progress", "toy_tol", "all_fixed_fits")
 _CALCULATOR_ALIASES = {"asymptotics": "asymptotic", "toybased": "toys"}
 
 
@@ -162,7 +162,7 @@ def hypotest(
             calculator also takes ``"t"`` and ``"ttilde"``.
         calculator: ``"asymptotic"`` (``"asymptotics"`` also accepted) or ``"toys"``.
         init, bounds, fixed: as for :func:`gpufit.fit`.
-        ntoys, seed, toy_pars, chunk_size, max_failed, progress, toy_tol: options of
+        ntoys, seed, toy_pars, chunk_size, max_failed, progress, toy_tol, all_fixed_fits: options of
             the toys calculator (:class:`gpufit.infer.toys.ToyCalculator`); by default
             2000 toys per hypothesis, seed 0, ``toy_pars="profiled"``.
     """

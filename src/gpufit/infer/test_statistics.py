@@ -49,14 +49,29 @@ def check_poi_bounds(test_stat: str, poi_low: float) -> None:
         )
 
 
+def one_sided(test_stat: str) -> int:
+    """Where a one-sided statistic is 0 whatever the fixed-POI fit gives: +1 for muhat >
+    mu (``q``, ``qtilde``), -1 for muhat < mu (``q0``, whose mu is 0), 0 for none (``t``,
+    ``ttilde``). The toys skip the fixed-POI fit there, as ROOT's
+    ProfileLikelihoodTestStat does (:func:`zero_by_muhat`)."""
+    return {"q": 1, "qtilde": 1, "q0": -1}.get(test_stat, 0)
+
+
+def zero_by_muhat(side: int, muhat, mu, xp=np):
+    """Where the free fit's ``muhat`` alone makes the statistic of side ``side``
+    (:func:`one_sided`) 0 at ``mu``: arrays broadcast together -> [...] bool. ``xp``: the
+    array namespace (``jax.numpy`` inside a compiled toy chunk)."""
+    if side > 0:
+        return muhat > mu
+    if side < 0:
+        return muhat < mu
+    return xp.zeros(xp.broadcast_shapes(xp.shape(muhat), xp.shape(mu)), bool)
+
+
 def from_fits(test_stat: str, mu, twice_nll_fixed, twice_nll_free, muhat):
     """A test statistic from the two fits: arrays broadcast together -> [...]."""
     tmu = np.clip(np.asarray(twice_nll_fixed) - np.asarray(twice_nll_free), 0.0, None)
-    if test_stat in ("q", "qtilde"):
-        return np.where(np.asarray(muhat) > mu, 0.0, tmu)
-    if test_stat == "q0":
-        return np.where(np.asarray(muhat) < 0, 0.0, tmu)
-    return tmu
+    return np.where(zero_by_muhat(one_sided(test_stat), np.asarray(muhat), mu), 0.0, tmu)
 
 
 def profile_fits(model, data, mu, init=None, bounds=None, fixed=None, **fit_options):

@@ -11,8 +11,21 @@ model's suggested initial values (heavily damped Gauss-Newton), keeping the lowe
 minimum, and refits from its fixed-POI twin every free fit that ended above that twin
 (a local minimum: the twin's point is admissible for the free fit), as many of each as
 the call has room for, without a trip to the host. The next chunk is dispatched before
-the host reads this one. Then, only for the rows that need it, the host, in a thread of
-its own so that the device goes on with the next chunks:
+the host reads this one.
+
+A one-sided statistic (``q``, ``qtilde``: 0 where muhat > mu; ``q0``: 0 where muhat < 0)
+does not need the fixed-POI fit of a toy whose converged free fit puts muhat there: on a
+CPU the chunk call does not run it (half of the s+b toys' fixed-POI fits at the tested
+mu; 1Lbb's toys 17% faster), as ROOT's ProfileLikelihoodTestStat skips it. Such a toy's
+free fit is then not checked against its twin for a local minimum: on 4,096 toys at mu
+= 1 that check would have moved 1 1Lbb and 4 sbottom test statistics from 0 to
+0.001-0.15 (a free fit stuck at a muhat above mu whose deeper minimum lies below it;
+pyhf fits both and checks neither). ``all_fixed_fits=True`` fits and checks every
+twin. The rule is the host's, on the final free fits, so that a CPU and an accelerator
+(whose lockstep pass fits both kinds) give the same test statistics.
+
+Then, only for the rows that need it, the host, in a thread of its own so that the
+device goes on with the next chunks:
 
 1. continues the stragglers the call had no room for, with the same kernel;
 2. gives the fits at the model's edge that the call had no room for (or that converged
@@ -67,7 +80,7 @@ from ..optimize.fit import (
     resolve_fixed,
 )
 from .sampling import BACKGROUND_ONLY, SIGNAL_PLUS_BACKGROUND, sample_toys, toy_keys
-from .test_statistics import check_poi_bounds, from_fits
+from .test_statistics import check_poi_bounds, from_fits, normalize_test_stat, one_sided, zero_by_muhat
 from .toy_pvalues import DEFAULT_MAX_FAILED, check_failed, count_failed, toy_pvalues
 
 DEFAULT_NTOYS = 2000
@@ -195,10 +208,10 @@ class ChunkFits(NamedTuple):
 
 def chunk_outputs(outputs):
     """:func:`toy_chunk`'s flat outputs (host or device arrays) -> data, the free fits and
-    the fixed-POI fits (:class:`ChunkFits`), refitted."""
-    data, *fits, refitted = outputs
+    the fixed-POI fits (:class:`ChunkFits`), refitted, skipped."""
+    data, *fits, refitted, skipped = outputs
     per_kind = len(ChunkFits._fields)
-    return data, ChunkFits(*fits[:per_kind]), ChunkFits(*fits[per_kind:]), refitted
+    return data, ChunkFits(*fits[:per_kind]), ChunkFits(*fits[per_kind:]), refitted, skipped
 
 
 def _edge_restarts(m, data, pars, f, status, start, free, lo, hi, tol, first_steps, maxiter, group, capacity, queue):
@@ -226,23 +239,45 @@ def _edge_restarts(m, data, pars, f, status, start, free, lo, hi, tol, first_ste
             jnp.zeros(f.shape, bool).at[rows].set(lower))
 
 
-@functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits", "queue"))
+def _queue_fits(m, data, x0, free, start, run, lo, hi, tol, first_steps, maxiter, group):
+    """One kind of fit of a chunk's toys through the solver's queue (a CPU's): the rows
+    ``run`` [C] from ``x0`` [C, P] to their end, then those that converged at the model's
+    edge from ``start`` [C, P] (:func:`_edge_restarts`). Rows not run keep ``x0``, with
+    twice_nll inf and status MAX_ITERATIONS. Returns the seven fields of :class:`ChunkFits`."""
+    order = jnp.argsort(~run, stable=True)  # the rows to run first: the queue takes them in order
+    out = minimize_batch(m, data[order], x0[order], free[order], lo, hi, tol, maxiter=maxiter, group=group,
+                         queue=True, count=jnp.sum(run))
+    back = jnp.argsort(order)
+    pars, f, status, n_iter, _ = (a[back] for a in out)
+    pars, f, *edge = _edge_restarts(m, data, pars, f, status, start, free, lo, hi, tol, first_steps, maxiter, group,
+                                    None, True)
+    return (pars, f, status, n_iter > first_steps, *edge)
+
+
+@functools.partial(_device.jit, static_argnames=("first_steps", "maxiter", "group", "capacity", "refits", "queue",
+                                                 "side"))
 def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test, poi_mask, free, lo, hi, tol, n_real,
               first_steps: int, maxiter: int, group: int, capacity: tuple[int, int], refits: tuple[int, int],
-              queue: bool = False):
+              queue: bool = False, side: int = 0):
     """Draw a chunk of toys and fit each twice, in one compiled call.
 
-    With ``queue`` (a CPU), every fit of the first ``n_real`` toys runs to its end in the
+    With ``queue`` (a CPU), the fits of the first ``n_real`` toys run to their end in the
     solver's queue of ``group`` lockstep slots (no lockstep tail: a slot takes the next
-    fit when its own finishes; the padding of a short chunk is not fitted).
-    Without (an accelerator, whose chunk is one wide lockstep group), every fit gets
-    ``first_steps`` steps in lockstep, then those that did not converge (as many as
-    ``capacity`` has room for) continue (:func:`continue_fits`). Then fits that converged
-    at the model's edge get a new start from ``init`` (:func:`_edge_restarts`; on an
-    accelerator as many as ``capacity`` has room for), and free fits caught in a local
-    minimum (:func:`local_minimum`; on an accelerator as many as ``refits`` has room
-    for) are refitted from their fixed-POI twin, each kept where it converges lower:
-    all without a trip to the host.
+    fit when its own finishes; the padding of a short chunk is not fitted): the free
+    fits first, then the fixed-POI fits of the toys whose free fit leaves the test
+    statistic to them (``side``: :func:`~gpufit.infer.test_statistics.one_sided`; a free
+    fit that converged, with nothing left to check at the model's edge, and whose muhat
+    makes a one-sided statistic 0 makes its twin unnecessary: 1Lbb's s+b toys at the
+    tested mu skip half their fixed-POI fits).
+    Without (an accelerator, whose chunk is one wide lockstep group), every fit of both
+    kinds gets ``first_steps`` steps in lockstep, then those that did not converge (as
+    many as ``capacity`` has room for) continue (:func:`continue_fits`). Then fits that
+    converged at the model's edge get a new start from ``init`` (:func:`_edge_restarts`;
+    on an accelerator as many as ``capacity`` has room for), and free fits caught in a
+    local minimum (:func:`local_minimum`; on an accelerator as many as ``refits`` has
+    room for) are refitted from their fixed-POI twin, each kept where it converges lower:
+    all without a trip to the host. Both ways skip the same toys' twins (the
+    accelerator's lockstep pass fits them, then leaves them out as the queue does).
 
     Args:
         m: compiled model; seed: [] uint32.
@@ -256,25 +291,36 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
     Returns:
         data [C, N + A]; the free fits and the fixed-POI fits (the fields of
         :class:`ChunkFits`, seven arrays each, flat: a serialized kernel keeps plain
-        tuples); refitted [C] bool: free fits whose refit from the twin converged here
-        (lower or not).
+        tuples; a skipped fixed-POI fit keeps its start, with twice_nll inf and status
+        MAX_ITERATIONS); refitted [C] bool: free fits whose refit from the twin
+        converged here (lower or not); skipped [C] bool: toys whose fixed-POI fit was
+        not needed.
     """
     keys = toy_keys(seed, hypothesis, mu_index, toy_index)
     data = sample_toys(m, gen_pars, keys)
     x_fixed = jnp.where(poi_mask, mu_test[:, None], gen_pars)
     c = data.shape[0]
-    both_free = jnp.concatenate([jnp.broadcast_to(free, gen_pars.shape), jnp.broadcast_to(free & ~poi_mask, gen_pars.shape)])
-    both_data = jnp.concatenate([data, data])
-    both_x0 = jnp.concatenate([gen_pars, x_fixed])
-    if queue:  # the real toys' fits first (both kinds), then the padding, which is not run
+    free_f = jnp.broadcast_to(free, gen_pars.shape)
+    free_x = jnp.broadcast_to(free & ~poi_mask, gen_pars.shape)
+    start_f, start_x = new_start(init, gen_pars, free_f, lo, hi), new_start(init, x_fixed, free_x, lo, hi)
+
+    def unneeded(free_fits):
+        """Toys whose free fit settles their test statistic alone."""
+        pars, _, status, _, checked = free_fits[:5]
+        muhat = jnp.sum(jnp.where(poi_mask, pars, 0.0), axis=-1)
+        return (status == CONVERGED) & checked & zero_by_muhat(side, muhat, mu_test, xp=jnp)
+
+    if queue:
         real = jnp.arange(c) < n_real
-        order = jnp.argsort(~jnp.concatenate([real, real]), stable=True)
-        out = minimize_batch(m, both_data[order], both_x0[order], both_free[order], lo, hi, tol, maxiter=maxiter,
-                             group=group, queue=True, count=2 * n_real)
-        back = jnp.argsort(order)
-        pars, f, status, n_iter, _ = (a[back] for a in out)
-        continued = n_iter > first_steps
+        queued = functools.partial(_queue_fits, m, data, lo=lo, hi=hi, tol=tol, first_steps=first_steps,
+                                   maxiter=maxiter, group=group)
+        free_fits = queued(gen_pars, free_f, start_f, real)
+        skipped = real & unneeded(free_fits)
+        fixed_fits = queued(x_fixed, free_x, start_x, real & ~skipped)
     else:
+        both_free = jnp.concatenate([free_f, free_x])
+        both_data = jnp.concatenate([data, data])
+        both_x0 = jnp.concatenate([gen_pars, x_fixed])
         pars, f, status, _, _ = minimize_batch(m, both_data, both_x0, both_free, lo, hi, tol, maxiter=first_steps,
                                                group=group)
         late = status != CONVERGED
@@ -284,28 +330,31 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
         go = late[rows] & done  # the others continue from the host, from their first pass
         pars, f, status = _put(pars, rows, p2, go), _put(f, rows, f2, go), _put(status, rows, s2, go)
         continued = jnp.zeros(2 * c, bool).at[rows].set(go)
-    start = new_start(init, both_x0, both_free, lo, hi)
-    pars, f, *edge = _edge_restarts(m, both_data, pars, f, status, start, both_free, lo, hi, tol, first_steps,
-                                    maxiter, group, capacity, queue)
+        pars, f, *edge = _edge_restarts(m, both_data, pars, f, status, jnp.concatenate([start_f, start_x]),
+                                        both_free, lo, hi, tol, first_steps, maxiter, group, capacity, queue)
+        both = (pars, f, status, continued, *edge)
+        free_fits = tuple(a[:c] for a in both)
+        skipped = unneeded(free_fits)
+        x0 = (x_fixed, jnp.inf, MAX_ITERATIONS) + (False,) * 4  # a skipped twin, as the queue leaves it
+        fixed_fits = tuple(jnp.where(skipped.reshape((c,) + (1,) * (a.ndim - 1)), x, a[c:]) for a, x in zip(both, x0))
 
-    pf, ff, sf, px, fx, sx = pars[:c], f[:c], status[:c], pars[c:], f[c:], status[c:]
-    worse = local_minimum(ff, fx, sf, sx, tol)
+    pf, ff, sf = free_fits[:3]
+    px, fx, sx = fixed_fits[:3]
+    worse = local_minimum(ff, fx, sf, sx, tol)  # a skipped twin never is lower (inf)
     if queue:  # the queue runs only the local minima: room for all of them
         rows = jnp.argsort(~worse, stable=True)
-        p3, f3, s3, _, _ = minimize_batch(m, data[rows], px[rows], both_free[:c][rows], lo, hi, tol, maxiter=maxiter,
+        p3, f3, s3, _, _ = minimize_batch(m, data[rows], px[rows], free_f[rows], lo, hi, tol, maxiter=maxiter,
                                           group=group, queue=True, count=jnp.sum(worse))
         done = worse[rows]
     else:
         rows = jnp.argsort(~worse, stable=True)[: refits[0]]
-        p3, f3, s3, done = continue_fits(m, data[rows], px[rows], both_free[:c][rows], lo, hi, tol,
+        p3, f3, s3, done = continue_fits(m, data[rows], px[rows], free_f[rows], lo, hi, tol,
                                          first_steps=first_steps, maxiter=maxiter, group=group, capacity=refits)
     refitted = worse[rows] & done & (s3 == CONVERGED)  # a refit that did not converge: the host's (iminuit)
     better = refitted & (f3 < ff[rows])
     pf, ff = _put(pf, rows, p3, better), _put(ff, rows, f3, better)
     refitted = jnp.zeros(c, bool).at[rows].set(refitted)
-    free_fits = (pf, ff, sf, continued[:c]) + tuple(e[:c] for e in edge)
-    fixed_fits = (px, fx, sx, continued[c:]) + tuple(e[c:] for e in edge)
-    return (data,) + free_fits + fixed_fits + (refitted,)
+    return (data, pf, ff) + tuple(free_fits[2:]) + tuple(fixed_fits) + (refitted, skipped)
 
 
 @dataclasses.dataclass
@@ -320,6 +369,9 @@ class ToyStats:
     lower_at_edge: int = 0  # ... of which the new start found a lower minimum
     minuit: int = 0
     local_minima: int = 0
+    # fixed-POI fits not needed: the free fit's muhat makes a one-sided statistic 0
+    # (test_statistics.one_sided); left out of ``fits``
+    skipped: int = 0
     failed: int = 0
     compile_seconds: float = 0.0
     seconds: float = 0.0
@@ -382,6 +434,10 @@ class ToyCalculator:
         toy_tol: edm threshold of the toy fits: 1e-6 by default, which puts each toy's
             test statistic within about 2e-5 of its value at 1e-8, in half the time
             (1,000 1Lbb toys; benchmarks/README.md, "What the toys' tolerance buys").
+        all_fixed_fits: fit every toy's fixed-POI twin, also where the free fit's muhat
+            makes a one-sided statistic 0 without it, so that every free fit is checked
+            against its twin for a local minimum (the module's docstring: by default
+            such twins are skipped, as ROOT does).
         kernel_dir: a folder that keeps the chunk kernel serialized (``jax.export``):
             the first calculator to need it writes it, later ones (other processes:
             a campaign's jobs) read it instead of tracing it; with JAX's persistent
@@ -391,9 +447,10 @@ class ToyCalculator:
     def __init__(self, model, data, mus, test_stat="qtilde", *, ntoys=DEFAULT_NTOYS, seed=0,
                  toy_pars="profiled", chunk_size=None, max_failed=DEFAULT_MAX_FAILED, progress=None,
                  init=None, bounds=None, fixed=None, tol=DEFAULT_TOL, maxiter=300, toy_tol=1e-6,
-                 kernel_dir: str | None = None):
+                 all_fixed_fits: bool = False, kernel_dir: str | None = None):
         check_toy_options(ntoys=ntoys, seed=seed, toy_pars=toy_pars, max_failed=max_failed, chunk_size=chunk_size)
         poi = model.require_poi()
+        test_stat = normalize_test_stat(test_stat)
         self.model = model
         self.test_stat = test_stat
         self.data = np.asarray(data, dtype=model.dtype)
@@ -407,6 +464,8 @@ class ToyCalculator:
         self.progress = progress
         self.tol = float(toy_tol)
         self.maxiter = int(maxiter)
+        # where the free fit's muhat alone settles the statistic (test_statistics.one_sided)
+        self.side = 0 if all_fixed_fits else one_sided(test_stat)
         self.user_fixed = dict(fixed or {})
         self.fit_kwargs = dict(init=init, bounds=bounds, fixed=fixed, tol=tol, maxiter=maxiter)
         self.stats = ToyStats()
@@ -508,13 +567,14 @@ class ToyCalculator:
 
     def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group, defer=False):
         """The host's retries of one chunk (steps 1-5 of the module's docstring), in place;
-        returns failed [C] bool. With ``defer``, a chunk with unconverged fits (or a local
-        minimum the call did not refit) returns instead a callable that makes its retries
-        and returns failed [C], to be called once the device is idle. On a CPU the host's
-        compiled calls share XLA's thread pool with the chunk calls (a Newton restart
-        waited 9 s beside a 1Lbb chunk call, 0.2 s alone), and two executions at once can
-        hang XLA's CPU runtime (benchmarks/README, sessions 14 and 16). The queue of a
-        CPU's chunk call leaves the host nothing else, so its other chunks make no
+        returns failed [C] bool and needed [C] bool (toys whose test statistic used their
+        fixed-POI fit, :meth:`_retries`). With ``defer``, a chunk with unconverged fits (or
+        a local minimum the call did not refit) returns instead a callable that makes its
+        retries and returns the same, to be called once the device is idle. On a CPU the
+        host's compiled calls share XLA's thread pool with the chunk calls (a Newton
+        restart waited 9 s beside a 1Lbb chunk call, 0.2 s alone), and two executions at
+        once can hang XLA's CPU runtime (benchmarks/README, sessions 14 and 16). The queue
+        of a CPU's chunk call leaves the host nothing else, so its other chunks make no
         compiled call here.
 
         ``free_res`` and ``fixed_res``: the chunk call's fits (host arrays, whose pars,
@@ -522,47 +582,65 @@ class ToyCalculator:
         their twin in the chunk call already.
         """
         retries = functools.partial(self._retries, data, mu_test, free_res, fixed_res, refitted, group)
-        unsettled = defer and (np.any((free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)) or np.any(
+        needed = ~self._settled_by_free(free_res, mu_test)  # so far: a free fit that moves may change it
+        unconverged = (free_res.status != CONVERGED) | ((fixed_res.status != CONVERGED) & needed)
+        unsettled = defer and (np.any(unconverged) or np.any(
             local_minimum(free_res.twice_nll, fixed_res.twice_nll, free_res.status, fixed_res.status, self.tol, xp=np)
-            & ~refitted))
+            & ~refitted & needed))
         return retries if unsettled else retries()
 
-    def _retries(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
-        """Steps 1-5 of one chunk's retries (:meth:`_settle`, then :meth:`_rescue`); returns failed [C]."""
-        drawn = self._settle(data, mu_test, free_res, fixed_res, group)
-        return self._rescue(data, mu_test, free_res, fixed_res, refitted, drawn)
+    def _settled_by_free(self, free_res: ChunkFits, mu_test):
+        """Toys [C] whose converged free fit alone settles a one-sided test statistic (0,
+        by its muhat: :func:`~gpufit.infer.test_statistics.zero_by_muhat`)."""
+        muhat = free_res.pars[:, self.model.poi_index]
+        return (free_res.status == CONVERGED) & zero_by_muhat(self.side, muhat, mu_test)
 
-    def _settle(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, group):
-        """Steps 1 and 2 of the host's retries for one chunk, in place: the stragglers the
-        chunk call had no room for continue, and the fits at the model's edge that it did
-        not look at get their new start. Returns drawn [C] bool: toys with valid data."""
-        stats = self.stats
+    def _retries(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
+        """Steps 1-5 of one chunk's retries: the free fits' steps 1-4 (:meth:`_settle`,
+        :meth:`_rescue`), then those of the fixed-POI fits that the test statistic still
+        needs once the free fits are final, then step 5 (:meth:`_local_minima`). A
+        fixed-POI fit not needed (the chunk call may have skipped it) takes the free fit's
+        -2 log L, as ROOT's ProfileLikelihoodTestStat does, and cannot fail the toy.
+        Returns failed [C] bool and needed [C] bool."""
         # a toy drawn from a NaN expectation (a broken model) has no valid data: its fits
         # have failed, and no retry can help (fit() refuses such data)
         drawn = ~invalid_data(self.model, data).any(axis=-1)
-        for kind, res in (("free", free_res), ("fixed", fixed_res)):
-            pars, f, status = res.pars, res.twice_nll, res.status
-            stats.continued += int(res.continued.sum())
-            stats.at_edge += int(res.edge_refit.sum())
-            stats.lower_at_edge += int(res.edge_lower.sum())
-            # 1. continue from where the first pass stopped (those the chunk had no room for)
-            late = np.flatnonzero((status != CONVERGED) & drawn & ~res.continued)
-            if late.size:
-                stats.continued += late.size
-                pars[late], f[late], status[late] = self._continue(kind, data[late], pars[late], group)
-            # 2. minima at the model's edge (optimize.at_edge) that the chunk call did not
-            # look at: a new start from the suggested init (heavily damped Gauss-Newton),
-            # the lower minimum kept
-            done = np.flatnonzero((status == CONVERGED) & drawn & ~res.edge_checked)
-            edge = done[at_edge(self.model, data[done], pars[done])]
-            if edge.size:
-                r = self._refit(kind, data[edge], mu_test[edge], init=self._start(kind, mu_test[edge]), retry=False,
-                                damping=RESTART_DAMPING)
-                lower = r.converged & (r.twice_nll < f[edge])
-                _store(pars, f, status, edge[lower], _select(r, lower))
-                stats.at_edge += edge.size
-                stats.lower_at_edge += int(lower.sum())
-        return drawn
+        self._settle("free", data, mu_test, free_res, drawn, group)
+        self._rescue("free", data, mu_test, free_res, drawn)
+        needed = ~self._settled_by_free(free_res, mu_test)
+        self.stats.skipped += int(np.sum(~needed))
+        self._settle("fixed", data, mu_test, fixed_res, drawn & needed, group)
+        self._rescue("fixed", data, mu_test, fixed_res, drawn & needed)
+        self._local_minima(data, free_res, fixed_res, refitted, needed)
+        fixed_res.twice_nll[~needed] = free_res.twice_nll[~needed]
+        return (free_res.status != CONVERGED) | ((fixed_res.status != CONVERGED) & needed), needed
+
+    def _settle(self, kind, data, mu_test, res: ChunkFits, wanted, group):
+        """Steps 1 and 2 of the host's retries for the ``wanted`` [C] fits of one kind of
+        a chunk, in place: the stragglers the chunk call had no room for continue, and the
+        fits at the model's edge that it did not look at get their new start."""
+        stats = self.stats
+        pars, f, status = res.pars, res.twice_nll, res.status
+        stats.continued += int(np.sum(res.continued & wanted))
+        stats.at_edge += int(np.sum(res.edge_refit & wanted))
+        stats.lower_at_edge += int(np.sum(res.edge_lower & wanted))
+        # 1. continue from where the first pass stopped (those the chunk had no room for)
+        late = np.flatnonzero((status != CONVERGED) & wanted & ~res.continued)
+        if late.size:
+            stats.continued += late.size
+            pars[late], f[late], status[late] = self._continue(kind, data[late], pars[late], group)
+        # 2. minima at the model's edge (optimize.at_edge) that the chunk call did not
+        # look at: a new start from the suggested init (heavily damped Gauss-Newton),
+        # the lower minimum kept
+        done = np.flatnonzero((status == CONVERGED) & wanted & ~res.edge_checked)
+        edge = done[at_edge(self.model, data[done], pars[done])]
+        if edge.size:
+            r = self._refit(kind, data[edge], mu_test[edge], init=self._start(kind, mu_test[edge]), retry=False,
+                            damping=RESTART_DAMPING)
+            lower = r.converged & (r.twice_nll < f[edge])
+            _store(pars, f, status, edge[lower], _select(r, lower))
+            stats.at_edge += edge.size
+            stats.lower_at_edge += int(lower.sum())
 
     def _start(self, kind, mu_test):
         """:func:`new_start` of the host's retries for fits [R] of one kind, the POI of
@@ -575,44 +653,44 @@ class ToyCalculator:
             free = free & ~self.poi_mask
         return new_start(init, x0, free, self.bounds[:, 0], self.bounds[:, 1], xp=np)
 
-    def _rescue(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, drawn):
-        """Steps 3 to 5 of the host's retries for one chunk, after :meth:`_settle`, in
-        place; returns failed [C]."""
+    def _rescue(self, kind, data, mu_test, res: ChunkFits, wanted):
+        """Steps 3 and 4 of the host's retries for the ``wanted`` [C] fits of one kind of
+        a chunk, after :meth:`_settle`, in place."""
         stats = self.stats
-        for kind, res in (("free", free_res), ("fixed", fixed_res)):
-            pars, f, status = res.pars, res.twice_nll, res.status
-            still = np.flatnonzero((status != CONVERGED) & drawn)
-            if still.size == 0:
-                continue
-            # 3. new starts from the suggested init, Newton and heavily damped Gauss-Newton:
-            # hard toys have several minima (empty bins, the POI at its bound), and the
-            # lower converged one is kept; 4. iminuit where neither converged
-            start = self._start(kind, mu_test[still])
-            stats.restarted += still.size
-            candidates = [self._refit(kind, data[still], mu_test[still], init=start, retry=False, newton=True),
-                          self._refit(kind, data[still], mu_test[still], init=start, retry=False, damping=RESTART_DAMPING)]
-            r = _lowest_converged(candidates)
-            _store(pars, f, status, still, r)
-            rest = ~r.converged
-            if rest.any():
-                r = self._refit(kind, data[still[rest]], mu_test[still[rest]], init=start[rest], damping=RESTART_DAMPING,
-                                retry=True)
-                stats.minuit += int(np.sum(r.by_minuit))
-                _store(pars, f, status, still[rest], r)
+        pars, f, status = res.pars, res.twice_nll, res.status
+        still = np.flatnonzero((status != CONVERGED) & wanted)
+        if still.size == 0:
+            return
+        # 3. new starts from the suggested init, Newton and heavily damped Gauss-Newton:
+        # hard toys have several minima (empty bins, the POI at its bound), and the
+        # lower converged one is kept; 4. iminuit where neither converged
+        start = self._start(kind, mu_test[still])
+        stats.restarted += still.size
+        candidates = [self._refit(kind, data[still], mu_test[still], init=start, retry=False, newton=True),
+                      self._refit(kind, data[still], mu_test[still], init=start, retry=False, damping=RESTART_DAMPING)]
+        r = _lowest_converged(candidates)
+        _store(pars, f, status, still, r)
+        rest = ~r.converged
+        if rest.any():
+            r = self._refit(kind, data[still[rest]], mu_test[still[rest]], init=start[rest], damping=RESTART_DAMPING,
+                            retry=True)
+            stats.minuit += int(np.sum(r.by_minuit))
+            _store(pars, f, status, still[rest], r)
 
-        # 5. a free fit above its fixed twin sits in a local minimum: refit from the twin
-        # (those the chunk call had no room for, or whose refit there did not converge)
-        stats.local_minima += int(refitted.sum())
+    def _local_minima(self, data, free_res: ChunkFits, fixed_res: ChunkFits, refitted, wanted):
+        """Step 5 of the host's retries, in place: a free fit above its fixed twin sits in
+        a local minimum: refit from the twin (of the ``wanted`` [C] toys, those the chunk
+        call had no room for, or whose refit there did not converge)."""
+        self.stats.local_minima += int(refitted.sum())
         f_free, f_fixed = free_res.twice_nll, fixed_res.twice_nll
         worse = np.flatnonzero(
-            local_minimum(f_free, f_fixed, free_res.status, fixed_res.status, self.tol, xp=np) & ~refitted
+            local_minimum(f_free, f_fixed, free_res.status, fixed_res.status, self.tol, xp=np) & ~refitted & wanted
         )
         if worse.size:
-            stats.local_minima += worse.size
+            self.stats.local_minima += worse.size
             r = self._refit("free", data[worse], None, init=fixed_res.pars[worse], retry=True)
             better = r.converged & (r.twice_nll < f_free[worse])
             _store(free_res.pars, f_free, free_res.status, worse[better], _select(r, better))
-        return (free_res.status != CONVERGED) | (fixed_res.status != CONVERGED)
 
     # -- rows --------------------------------------------------------------------------
     def teststats(self, hypothesis, mu_index, toy_index, bar=None) -> tuple[np.ndarray, np.ndarray]:
@@ -648,7 +726,7 @@ class ToyCalculator:
                     jnp.asarray(gen), init, jnp.asarray(self.mus[i]), poi_mask, free, lo, hi, self.tol,
                     jnp.asarray(rows.size))
             compiled_call, compile_seconds = _compiled(args, group, capacity, refits, self.maxiter, queue,
-                                                       self.kernel_dir)
+                                                       self.side, self.kernel_dir)
             self.stats.compile_seconds += compile_seconds
             return rows, self.mus[i][: rows.size], compiled_call(*args)
 
@@ -666,17 +744,18 @@ class ToyCalculator:
             repairing = time.perf_counter()
             with jax.default_device(device):
                 defer = queue and sum(held(*job) for job in deferred) < _DEFERRED_BYTES
-                bad = rest() if rest is not None else self._repair(data, mu_test, free_res, fixed_res, refitted,
-                                                                     group, defer)
+                repaired = rest() if rest is not None else self._repair(data, mu_test, free_res, fixed_res, refitted,
+                                                                          group, defer)
             self.stats.host_retry_seconds += time.perf_counter() - repairing
-            if callable(bad):
-                deferred.append((rows, mu_test, data, free_res, fixed_res, refitted, bad))
+            if callable(repaired):
+                deferred.append((rows, mu_test, data, free_res, fixed_res, refitted, repaired))
                 return
+            bad, needed = repaired
             ts = from_fits(self.test_stat, mu_test, fixed_res.twice_nll, free_res.twice_nll, free_res.pars[:, poi])
             out[rows] = np.where(bad, np.nan, ts)
             failed[rows] = bad
             self.stats.toys += rows.size
-            self.stats.fits += 2 * rows.size
+            self.stats.fits += rows.size + int(needed.sum())
             self.stats.failed += int(bad.sum())
             if bar is not None:
                 bar.update(rows.size)
@@ -694,7 +773,8 @@ class ToyCalculator:
                 # the next chunk runs on the device while the host reads and repairs this one
                 pending = dispatch(*chunks[k + 1]) if k + 1 < len(chunks) else None
                 waited = time.perf_counter()
-                host = chunk_outputs([np.asarray(a)[: rows.size].copy() for a in outputs])
+                host = chunk_outputs([np.asarray(a)[: rows.size].copy() for a in outputs])[:4]  # the host
+                # decides itself which fixed-POI fits it needs (_retries), once the free fits are final
                 self.stats.device_wait_seconds += time.perf_counter() - waited
                 while len(queued) >= _QUEUED_CHUNKS:  # bounded: each holds a chunk's outputs
                     queued.popleft().result()
@@ -757,16 +837,16 @@ def _compiled_cache_key(args, *static):
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 
 
-def _compiled(args, group, capacity, refits, maxiter, queue, kernel_dir=None):
+def _compiled(args, group, capacity, refits, maxiter, queue, side, kernel_dir=None):
     """The compiled chunk function for these argument shapes, and its compile seconds
     (0 when it was compiled before); through :func:`_exported` where ``kernel_dir``."""
-    key = _compiled_cache_key(args, group, capacity, refits, maxiter, queue)
+    key = _compiled_cache_key(args, group, capacity, refits, maxiter, queue, side)
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
     start = time.perf_counter()
     statics = dict(first_steps=FIRST_PASS_STEPS, maxiter=maxiter, group=group, capacity=capacity, refits=refits,
-                   queue=queue)
+                   queue=queue, side=side)
     if kernel_dir is None:
         compiled = toy_chunk.lower(*args, **statics).compile()
     else:
