@@ -17,10 +17,11 @@ A one-sided statistic (``q``, ``qtilde``: 0 where muhat > mu; ``q0``: 0 where mu
 does not need the fixed-POI fit of a toy whose converged free fit puts muhat there: on a
 CPU the chunk call does not run it (half of the s+b toys' fixed-POI fits at the tested
 mu; 1Lbb's toys 17% faster), as ROOT's ProfileLikelihoodTestStat skips it. Such a toy's
-free fit is then not checked against its twin for a local minimum: on 4,096 toys at mu
-= 1 that check would have moved 1 1Lbb and 4 sbottom test statistics from 0 to
-0.001-0.15 (a free fit stuck at a muhat above mu whose deeper minimum lies below it;
-pyhf fits both and checks neither). ``all_fixed_fits=True`` fits and checks every
+free fit is then not checked against its twin for a local minimum: of 20,000
+pseudo-experiments at mu = 1 that check would have moved 11 sbottom and 4 1Lbb test
+statistics from 0 to at most 0.15 and 0.65 (a free fit stuck at a muhat above mu whose
+deeper minimum lies below it; pyhf fits both and checks neither;
+benchmarks/skipped_twins.py). ``all_fixed_fits=True`` fits and checks every
 twin. The rule is the host's, on the final free fits, so that a CPU and an accelerator
 (whose lockstep pass fits both kinds) give the same test statistics.
 
