@@ -208,6 +208,30 @@ def test_fixed_poi_fits_a_one_sided_statistic_does_not_need_are_skipped(docs_ws)
         assert np.sum(np.concatenate([skip.teststat_sb, skip.teststat_b]) == 0) >= skipped
 
 
+def test_the_chunk_call_on_a_cpu_does_not_fit_the_twins_it_skips(docs_ws):
+    """On a CPU the chunk call runs the free fits first, then only the fixed-POI fits
+    that qtilde needs: a skipped twin comes back unfitted (-2 log L inf), the others
+    fitted, and the skipped ones are exactly the toys whose free fit converged above mu."""
+    from gpufit.infer.toys import chunk_outputs, continuation_capacity, refit_capacity, toy_chunk
+    from gpufit.optimize import CONVERGED
+    from gpufit.optimize.fit import FIRST_PASS_STEPS
+
+    model = docs_ws.model()
+    calc = ToyCalculator(model, docs_ws.data(model), [1.0], ntoys=None, progress=False)
+    n, group = 64, 16
+    h, i, t = np.repeat([0, 1], n // 2), np.zeros(n, np.int64), np.tile(np.arange(n // 2), 2)
+    gen = np.where((h == 0)[:, None], calc.gen_sb[i], calc.gen_b[i])
+    out = toy_chunk(model.compiled, np.uint32(3), h, i, t, gen, model.suggested_init(), calc.mus[i], calc.poi_mask,
+                    calc.free, calc.bounds[:, 0], calc.bounds[:, 1], calc.tol, n, first_steps=FIRST_PASS_STEPS,
+                    maxiter=300, group=group, capacity=continuation_capacity(n, group),
+                    refits=refit_capacity(n, group), queue=True, side=1)
+    _, free, fixed, _, skipped = chunk_outputs([np.asarray(a) for a in out])
+    muhat, converged = free.pars[:, model.poi_index], free.status == CONVERGED
+    assert 8 < skipped.sum() < n - 8 and np.all(converged)
+    np.testing.assert_array_equal(skipped, muhat > 1.0)
+    assert np.all(np.isinf(fixed.twice_nll[skipped])) and np.all(fixed.status[~skipped] == CONVERGED)
+
+
 def test_toy_pars_init_and_q0(docs_ws):
     model = docs_ws.model()
     data = docs_ws.data(model)
