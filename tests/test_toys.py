@@ -479,6 +479,7 @@ def test_cli_toys(tmp_path):
     res = runner.invoke(main, ["hypotest", "example:docs", "--calculator", "toys", "--ntoys", "200", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "failed toys: 0" in res.output and "compile" in res.output
+    assert "fixed-POI fits not needed" in res.output  # qtilde's skipped twins are reported
     res = runner.invoke(main, ["limit", "example:docs", "--calculator", "toys", "--ntoys", "200", "--mus", "0.5:4:8", "--json"])
     assert res.exit_code == 0, res.output
     assert len(strict_json(res.stdout)["mus"]) == 8

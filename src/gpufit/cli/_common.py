@@ -140,6 +140,8 @@ def toy_report(p: dict) -> None:
         f"{info['toy_pars']}), {info['toys']} toys / {info['fits']} fits in {info['seconds']:.1f} s "
         f"(compile {info['compile_seconds']:.1f} s)"
     )
+    if info.get("skipped"):  # one-sided statistics: the fixed-POI fits whose result is 0 by muhat
+        click.echo(f"  fixed-POI fits not needed (the statistic is 0 by the free fit's mu-hat): {info['skipped']}")
     retried = info["continued"] + info["restarted"] + info["local_minima"]
     click.echo(
         f"  failed toys: {p['n_failed']} (fits retried: {retried}, of which iminuit: {info['minuit']}; "
