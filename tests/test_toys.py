@@ -206,6 +206,13 @@ def test_fixed_poi_fits_a_one_sided_statistic_does_not_need_are_skipped(docs_ws)
             np.testing.assert_allclose(getattr(skip, key), getattr(every, key), rtol=0, atol=1e-9)
         # the skipped toys are some of those whose statistic is 0
         assert np.sum(np.concatenate([skip.teststat_sb, skip.teststat_b]) == 0) >= skipped
+    # pyhf's names are the same statistics: qmu_tilde is one-sided (0 at muhat = 2 > mu = 1;
+    # the calculator once took it for the two-sided one), tmu_tilde is not
+    at_two = np.where(np.arange(model.n_pars) == model.poi_index, 2.0, model.suggested_init())
+    signal_like = np.asarray(model.expected_data(at_two))
+    q, t = (ToyCalculator(model, signal_like, [1.0], name, ntoys=None, progress=False).teststat_obs[0]
+            for name in ("qmu_tilde", "tmu_tilde"))
+    assert q == 0 < t
 
 
 def test_the_chunk_call_on_a_cpu_does_not_fit_the_twins_it_skips(docs_ws):

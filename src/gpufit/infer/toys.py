@@ -419,7 +419,8 @@ class ToyCalculator:
     Args:
         model, data: the model and the observed data [N + A].
         mus: tested POI values [M].
-        test_stat: ``"qtilde"``, ``"q"``, ``"q0"``, ``"t"`` or ``"ttilde"``.
+        test_stat: ``"qtilde"``, ``"q"``, ``"q0"``, ``"t"`` or ``"ttilde"`` (or pyhf's
+            names: ``"qmu_tilde"``, ``"qmu"``, ``"tmu"``, ``"tmu_tilde"``).
         ntoys: toys per hypothesis and mu, for :meth:`run`; None for a calculator that
             only computes the rows it is given (:meth:`teststats`: a campaign's job).
         seed: campaign seed, 0 <= seed < 2**32; the toys depend only on
