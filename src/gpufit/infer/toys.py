@@ -144,6 +144,15 @@ def local_minimum(f_free, f_fixed, status_free, status_fixed, tol, xp=jnp):
             & (f_free > f_fixed + xp.maximum(1e-5, 10.0 * tol)))
 
 
+def settled_by_free(side, muhat, status, mu_test, xp=jnp):
+    """Toys [C] whose converged free fit (``muhat``, ``status`` [C]) alone settles a
+    one-sided statistic of side ``side`` at ``mu_test`` [C] (0 by its muhat:
+    :func:`~gpufit.infer.test_statistics.zero_by_muhat`): their fixed-POI fit is not
+    needed. The chunk call's rule and the host's (on the final free fits). ``xp``: the
+    array namespace."""
+    return (status == CONVERGED) & zero_by_muhat(side, muhat, mu_test, xp=xp)
+
+
 def new_start(init, x0, free, lo, hi, xp=jnp):
     """The new start of fits [R, P] whose first start led them astray (converged at the
     model's edge, or not at all), as :func:`gpufit.fit` would start them: the suggested
@@ -306,10 +315,11 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
     start_f, start_x = new_start(init, gen_pars, free_f, lo, hi), new_start(init, x_fixed, free_x, lo, hi)
 
     def unneeded(free_fits):
-        """Toys whose free fit settles their test statistic alone."""
+        """Toys whose free fit settles their test statistic alone, with nothing left to
+        check at the model's edge (the host would restart it: its muhat may move)."""
         pars, _, status, _, checked = free_fits[:5]
         muhat = jnp.sum(jnp.where(poi_mask, pars, 0.0), axis=-1)
-        return (status == CONVERGED) & checked & zero_by_muhat(side, muhat, mu_test, xp=jnp)
+        return settled_by_free(side, muhat, status, mu_test) & checked
 
     if queue:
         real = jnp.arange(c) < n_real
@@ -584,18 +594,16 @@ class ToyCalculator:
         their twin in the chunk call already.
         """
         retries = functools.partial(self._retries, data, mu_test, free_res, fixed_res, refitted, group)
-        needed = ~self._settled_by_free(free_res, mu_test)  # so far: a free fit that moves may change it
+        needed = self._needed(free_res, mu_test)  # so far: a free fit that moves may change it
         unconverged = (free_res.status != CONVERGED) | ((fixed_res.status != CONVERGED) & needed)
         unsettled = defer and (np.any(unconverged) or np.any(
             local_minimum(free_res.twice_nll, fixed_res.twice_nll, free_res.status, fixed_res.status, self.tol, xp=np)
             & ~refitted & needed))
         return retries if unsettled else retries()
 
-    def _settled_by_free(self, free_res: ChunkFits, mu_test):
-        """Toys [C] whose converged free fit alone settles a one-sided test statistic (0,
-        by its muhat: :func:`~gpufit.infer.test_statistics.zero_by_muhat`)."""
-        muhat = free_res.pars[:, self.model.poi_index]
-        return (free_res.status == CONVERGED) & zero_by_muhat(self.side, muhat, mu_test)
+    def _needed(self, free_res: ChunkFits, mu_test):
+        """Toys [C] whose test statistic needs their fixed-POI fit (:func:`settled_by_free`)."""
+        return ~settled_by_free(self.side, free_res.pars[:, self.model.poi_index], free_res.status, mu_test, xp=np)
 
     def _retries(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
         """Steps 1-5 of one chunk's retries: the free fits' steps 1-4 (:meth:`_settle`,
@@ -609,7 +617,7 @@ class ToyCalculator:
         drawn = ~invalid_data(self.model, data).any(axis=-1)
         self._settle("free", data, mu_test, free_res, drawn, group)
         self._rescue("free", data, mu_test, free_res, drawn)
-        needed = ~self._settled_by_free(free_res, mu_test)
+        needed = self._needed(free_res, mu_test)
         self.stats.skipped += int(np.sum(~needed))
         self._settle("fixed", data, mu_test, fixed_res, drawn & needed, group)
         self._rescue("fixed", data, mu_test, fixed_res, drawn & needed)
