@@ -331,6 +331,11 @@ def test_a_rows_only_calculator_refuses_to_run_without_ntoys(docs_ws):
         calc.run()
 
 
+def _counts(stats: dict) -> dict:
+    """A toy run's counts, without its seconds."""
+    return {k: v for k, v in stats.items() if not k.endswith("seconds")}
+
+
 @pytest.mark.slow
 def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypatch):
     """A tight tolerance leaves many fits unconverged after a first pass. Stepping as on
@@ -355,7 +360,24 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
     monkeypatch.setattr(device, "platform", lambda: "gpu")
     roomy = run(128, 256)  # the same seed: the first 128 toys of the queued run
     monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (16, 16))
+    monkeypatch.setattr(toys, "refit_capacity", lambda chunk, group: (1, 1))  # the host refits local minima
+    opened, open_rows = [], toys.ToyCalculator._open
+
+    def spy(self, *args):
+        rows = open_rows(self, *args)
+        opened.append((int(rows.sum()), rows.size))
+        return rows
+
+    monkeypatch.setattr(toys.ToyCalculator, "_open", spy)
     cramped = run(128, 256)
+    # only the toys the host retries leave the device whole; reading every toy whole
+    # changes nothing: no toy the retries touch was left on the device
+    monkeypatch.setattr(toys.ToyCalculator, "_open", lambda self, per_toy, mu_test: np.ones(mu_test.size, bool))
+    read_all = run(128, 256)
+    assert 0 < sum(k for k, _ in opened) < sum(n for _, n in opened)
+    assert _counts(read_all["stats"]) == _counts(cramped["stats"])
+    for key in ("teststat_sb", "teststat_b"):
+        np.testing.assert_array_equal(read_all[key], cramped[key])
     assert roomy["stats"]["continued"] > 16  # more than the cramped call has room for
     assert cramped["stats"]["continued"] == roomy["stats"]["continued"]
     # local minima are refitted in the chunk call (or on the host) alike
@@ -414,8 +436,8 @@ def test_on_a_cpu_the_retries_wait_for_the_last_chunk_call(docs_ws, monkeypatch)
     import gpufit.infer.toys as toys
 
     returned, seen_at = [], []
-    split = toys.chunk_outputs
-    monkeypatch.setattr(toys, "chunk_outputs", lambda outputs: (returned.append(1), split(outputs))[1])
+    fetch = toys.ToyCalculator._fetch  # the host reads a chunk call's outputs once it has returned
+    monkeypatch.setattr(toys.ToyCalculator, "_fetch", lambda self, *args: (returned.append(1), fetch(self, *args))[1])
     for name in ("_continue", "_refit"):  # every compiled call of the retries goes through one of them
 
         def spy(self, *args, _original=getattr(toys.ToyCalculator, name), **kwargs):

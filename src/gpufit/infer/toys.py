@@ -11,7 +11,9 @@ model's suggested initial values (heavily damped Gauss-Newton), keeping the lowe
 minimum, and refits from its fixed-POI twin every free fit that ended above that twin
 (a local minimum: the twin's point is admissible for the free fit), as many of each as
 the call has room for, without a trip to the host. The next chunk is dispatched before
-the host reads this one.
+the host reads this one, and what the host reads of it is a few numbers per toy (each
+fit's -2 log L, status and flags, the free fit's muhat: :class:`PerToy`); a toy's
+dataset and parameters leave the device only where the host retries one of its fits.
 
 A one-sided statistic (``q``, ``qtilde``: 0 where muhat > mu; ``q0``: 0 where muhat < 0)
 does not need the fixed-POI fit of a toy whose converged free fit puts muhat there: on a
@@ -222,6 +224,38 @@ def chunk_outputs(outputs):
     data, *fits, refitted, skipped = outputs
     per_kind = len(ChunkFits._fields)
     return data, ChunkFits(*fits[:per_kind]), ChunkFits(*fits[per_kind:]), refitted, skipped
+
+
+class PerToy(NamedTuple):
+    """What the host reads of every toy of a chunk call (:func:`toy_chunk`), host arrays
+    [C]: the free fit's muhat, and per kind every field of :class:`ChunkFits` but the
+    parameters (``free``, ``fixed``: six arrays each, in that order)."""
+
+    muhat: np.ndarray
+    free: tuple
+    fixed: tuple
+    refitted: np.ndarray
+
+
+def per_toy(outputs, poi_mask, xp=jnp):
+    """The fields of :class:`PerToy` from a chunk call's outputs (``poi_mask`` [P] bool;
+    ``xp``: NumPy for a CPU's outputs, read in place, JAX inside a compiled call)."""
+    _, free, fixed, refitted, _ = chunk_outputs(outputs)
+    return xp.sum(xp.where(poi_mask, free.pars, 0.0), axis=-1), tuple(free[1:]), tuple(fixed[1:]), refitted
+
+
+def rows_of(outputs, index):
+    """The toys ``index`` [R] of a chunk call's outputs, whole: data [R, N + A], the free
+    and the fixed-POI fits (:class:`ChunkFits`), refitted [R]. Taken from the call's own
+    outputs rather than drawn again from their keys: a retry must fit the very dataset
+    the call fitted, to the last bit, and a second compiled draw may round differently."""
+    data, free, fixed, refitted, _ = chunk_outputs(outputs)
+    return data[index], ChunkFits(*(a[index] for a in free)), ChunkFits(*(a[index] for a in fixed)), refitted[index]
+
+
+# an accelerator's: the few numbers per toy, and the rows the host needs, leave the device
+_per_toy_on_device = _device.jit(per_toy, static_argnames=("xp",))
+_rows_on_device = _device.jit(rows_of)
 
 
 def _edge_restarts(m, data, pars, f, status, start, free, lo, hi, tol, first_steps, maxiter, group, capacity, queue):
@@ -577,9 +611,42 @@ class ToyCalculator:
                 o[rows] = np.asarray(r)[: rows.size]
         return out
 
+    def _fetch(self, outputs, n, mu_test):
+        """A chunk call's outputs on the host: :class:`PerToy` of its first ``n`` toys, and
+        whole (:func:`rows_of`, host copies) only the toys whose fits the host's retries
+        may touch (:meth:`_open`), with their indices [R]. What else the call computed stays
+        on the device: a GPU's chunk ships back a few numbers per toy, not its datasets
+        and parameters."""
+        if _device.platform() == "cpu":  # host memory already: read in place, no compiled call
+            # (one beside the next chunk call could hang XLA's CPU runtime, :meth:`_repair`)
+            host = [np.asarray(a) for a in outputs]
+            toys = PerToy(*jax.tree_util.tree_map(lambda a: a[:n], per_toy(host, self.poi_mask, xp=np)))
+            index = np.flatnonzero(self._open(toys, mu_test))
+            return toys, index, rows_of(host, index)
+        toys = jax.device_get(_per_toy_on_device(outputs, jnp.asarray(self.poi_mask), xp=jnp))
+        toys = PerToy(*jax.tree_util.tree_map(lambda a: a[:n], toys))
+        index = np.flatnonzero(self._open(toys, mu_test))
+        # the rows padded to a power of two: a handful of compiled gathers serve every chunk
+        size = max(8, 1 << (index.size - 1).bit_length()) if index.size else 8
+        padded = np.resize(index, size) if index.size else np.zeros(size, np.int64)
+        rows = jax.device_get(_rows_on_device(outputs, jnp.asarray(padded, jnp.int32)))
+        return toys, index, jax.tree_util.tree_map(lambda a: np.array(a[: index.size]), rows)
+
+    def _open(self, per_toy: PerToy, mu_test):
+        """Toys [C] whose fits the host's retries may touch (:meth:`_retries`: an
+        unconverged fit, a converged one the call did not check at the model's edge, a
+        local minimum it did not refit), counting a fixed-POI fit only where the test
+        statistic needs it. The others are final as the chunk call left them."""
+        free, fixed = ChunkFits(None, *per_toy.free), ChunkFits(None, *per_toy.fixed)
+        needed = self._needed(per_toy.muhat, free.status, mu_test)
+        unfinished = [(res.status != CONVERGED) | ~res.edge_checked for res in (free, fixed)]
+        minimum = local_minimum(free.twice_nll, fixed.twice_nll, free.status, fixed.status, self.tol, xp=np)
+        return unfinished[0] | ((unfinished[1] | (minimum & ~per_toy.refitted)) & needed)
+
     def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group, defer=False):
-        """The host's retries of one chunk (steps 1-5 of the module's docstring), in place;
-        returns failed [C] bool and needed [C] bool (toys whose test statistic used their
+        """The host's retries of the toys of a chunk that :meth:`_fetch` took whole (steps
+        1-5 of the module's docstring), in place; returns drawn [R] bool (toys drawn from
+        a valid expectation) and needed [R] bool (toys whose test statistic uses their
         fixed-POI fit, :meth:`_retries`). With ``defer``, a chunk with unconverged fits (or
         a local minimum the call did not refit) returns instead a callable that makes its
         retries and returns the same, to be called once the device is idle. On a CPU the
@@ -590,40 +657,78 @@ class ToyCalculator:
         compiled call here.
 
         ``free_res`` and ``fixed_res``: the chunk call's fits (host arrays, whose pars,
-        twice_nll and status are updated here); ``refitted`` [C]: free fits refitted from
+        twice_nll and status are updated here); ``refitted`` [R]: free fits refitted from
         their twin in the chunk call already.
         """
         retries = functools.partial(self._retries, data, mu_test, free_res, fixed_res, refitted, group)
-        needed = self._needed(free_res, mu_test)  # so far: a free fit that moves may change it
+        # so far: a free fit that moves may change it
+        needed = self._needed(free_res.pars[:, self.model.poi_index], free_res.status, mu_test)
         unconverged = (free_res.status != CONVERGED) | ((fixed_res.status != CONVERGED) & needed)
         unsettled = defer and (np.any(unconverged) or np.any(
             local_minimum(free_res.twice_nll, fixed_res.twice_nll, free_res.status, fixed_res.status, self.tol, xp=np)
             & ~refitted & needed))
         return retries if unsettled else retries()
 
-    def _needed(self, free_res: ChunkFits, mu_test):
-        """Toys [C] whose test statistic needs their fixed-POI fit (:func:`settled_by_free`)."""
-        return ~settled_by_free(self.side, free_res.pars[:, self.model.poi_index], free_res.status, mu_test, xp=np)
+    def _needed(self, muhat, status, mu_test):
+        """Toys [C] whose test statistic needs their fixed-POI fit, from their free fits'
+        ``muhat`` and ``status`` [C] (:func:`settled_by_free`)."""
+        return ~settled_by_free(self.side, muhat, status, mu_test, xp=np)
 
     def _retries(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group):
-        """Steps 1-5 of one chunk's retries: the free fits' steps 1-4 (:meth:`_settle`,
-        :meth:`_rescue`), then those of the fixed-POI fits that the test statistic still
-        needs once the free fits are final, then step 5 (:meth:`_local_minima`). A
-        fixed-POI fit not needed (the chunk call may have skipped it) takes the free fit's
-        -2 log L, as ROOT's ProfileLikelihoodTestStat does, and cannot fail the toy.
-        Returns failed [C] bool and needed [C] bool."""
+        """Steps 1-5 of the retries of a chunk's toys [R]: the free fits' steps 1-4
+        (:meth:`_settle`, :meth:`_rescue`), then those of the fixed-POI fits that the test
+        statistic still needs once the free fits are final, then step 5
+        (:meth:`_local_minima`). Returns drawn [R] bool and needed [R] bool
+        (:meth:`_tally`)."""
         # a toy drawn from a NaN expectation (a broken model) has no valid data: its fits
         # have failed, and no retry can help (fit() refuses such data)
         drawn = ~invalid_data(self.model, data).any(axis=-1)
         self._settle("free", data, mu_test, free_res, drawn, group)
         self._rescue("free", data, mu_test, free_res, drawn)
-        needed = self._needed(free_res, mu_test)
-        self.stats.skipped += int(np.sum(~needed))
+        needed = self._needed(free_res.pars[:, self.model.poi_index], free_res.status, mu_test)
         self._settle("fixed", data, mu_test, fixed_res, drawn & needed, group)
         self._rescue("fixed", data, mu_test, fixed_res, drawn & needed)
         self._local_minima(data, free_res, fixed_res, refitted, needed)
-        fixed_res.twice_nll[~needed] = free_res.twice_nll[~needed]
-        return (free_res.status != CONVERGED) | ((fixed_res.status != CONVERGED) & needed), needed
+        return drawn, needed
+
+    def _teststats(self, toys: PerToy, index, whole, repaired, mu_test):
+        """The test statistics [C] of a chunk's toys once its retries are made: every
+        toy's numbers (:meth:`_fetch`), those of the toys ``index`` [R] as the retries
+        left them (``whole``: their data and both fits; ``repaired``: drawn and needed
+        [R] from :meth:`_retries`). Counts the chunk call's work (:meth:`_tally`).
+
+        Returns:
+            teststat [C], failed [C] bool, needed [C] bool (toys whose fixed-POI fit was used).
+        """
+        free, fixed = ChunkFits(None, *toys.free), ChunkFits(None, *toys.fixed)
+        muhat, f_free, s_free = toys.muhat.copy(), free.twice_nll.copy(), free.status.copy()
+        f_fixed, s_fixed = fixed.twice_nll.copy(), fixed.status.copy()
+        _, free_res, fixed_res, _ = whole
+        muhat[index], f_free[index] = free_res.pars[:, self.model.poi_index], free_res.twice_nll
+        s_free[index], f_fixed[index], s_fixed[index] = free_res.status, fixed_res.twice_nll, fixed_res.status
+        drawn, needed = np.ones(muhat.size, bool), self._needed(muhat, s_free, mu_test)
+        drawn[index], needed[index] = repaired
+        self._tally(toys, drawn, needed)
+        # a fixed-POI fit not needed (the chunk call may have skipped it) takes the free
+        # fit's -2 log L, as ROOT's ProfileLikelihoodTestStat does, and cannot fail the toy
+        f_fixed = np.where(needed, f_fixed, f_free)
+        failed = (s_free != CONVERGED) | ((s_fixed != CONVERGED) & needed)
+        return from_fits(self.test_stat, mu_test, f_fixed, f_free, muhat), failed, needed
+
+    def _tally(self, per_toy: PerToy, drawn, needed):
+        """Counts what the chunk call did for its toys [C] (``drawn``, ``needed``: as
+        :meth:`_retries` returns them, True and the chunk's own elsewhere): the fits it
+        continued, restarted at the model's edge (and which went lower) and refitted
+        from their twin, of the fits the toys use, and the fixed-POI fits not needed.
+        What the host's retries did, they count themselves."""
+        stats = self.stats
+        for fields, wanted in ((per_toy.free, drawn), (per_toy.fixed, drawn & needed)):
+            res = ChunkFits(None, *fields)
+            stats.continued += int(np.sum(res.continued & wanted))
+            stats.at_edge += int(np.sum(res.edge_refit & wanted))
+            stats.lower_at_edge += int(np.sum(res.edge_lower & wanted))
+        stats.local_minima += int(per_toy.refitted.sum())
+        stats.skipped += int(np.sum(~needed))
 
     def _settle(self, kind, data, mu_test, res: ChunkFits, wanted, group):
         """Steps 1 and 2 of the host's retries for the ``wanted`` [C] fits of one kind of
@@ -631,9 +736,6 @@ class ToyCalculator:
         fits at the model's edge that it did not look at get their new start."""
         stats = self.stats
         pars, f, status = res.pars, res.twice_nll, res.status
-        stats.continued += int(np.sum(res.continued & wanted))
-        stats.at_edge += int(np.sum(res.edge_refit & wanted))
-        stats.lower_at_edge += int(np.sum(res.edge_lower & wanted))
         # 1. continue from where the first pass stopped (those the chunk had no room for)
         late = np.flatnonzero((status != CONVERGED) & wanted & ~res.continued)
         if late.size:
@@ -691,7 +793,6 @@ class ToyCalculator:
         """Step 5 of the host's retries, in place: a free fit above its fixed twin sits in
         a local minimum: refit from the twin (of the ``wanted`` [C] toys, those the chunk
         call had no room for, or whose refit there did not converge)."""
-        self.stats.local_minima += int(refitted.sum())
         f_free, f_fixed = free_res.twice_nll, fixed_res.twice_nll
         worse = np.flatnonzero(
             local_minimum(f_free, f_fixed, free_res.status, fixed_res.status, self.tol, xp=np) & ~refitted & wanted
@@ -714,7 +815,7 @@ class ToyCalculator:
         toy_index = np.asarray(toy_index, np.int64)
         out = np.full(hypothesis.size, np.nan)
         failed = np.zeros(hypothesis.size, bool)
-        model, poi = self.model, self.model.poi_index
+        model = self.model
         compiled = model.compiled
         # a run smaller than a chunk pads only to a power of two (a few compiled shapes)
         slots = lockstep_slots(model)
@@ -744,24 +845,24 @@ class ToyCalculator:
 
         deferred = []  # the chunks whose retries wait until the device is idle (a CPU's)
 
-        def held(rows, mu_test, data, free_res, fixed_res, *_):
+        def held(rows, mu_test, toys, index, whole, *_):
             """Bytes a deferred chunk holds."""
-            return data.nbytes + sum(a.nbytes for a in free_res + fixed_res)
+            return sum(a.nbytes for a in jax.tree_util.tree_leaves((toys, whole)))
 
-        def finish(rows, mu_test, data, free_res, fixed_res, refitted, rest=None):
-            """The host's part of one chunk (:class:`ChunkFits` of both kinds): its retries,
-            then its test statistics; ``rest``: the retries of a deferred chunk."""
+        def finish(rows, mu_test, toys: PerToy, index, whole, rest=None):
+            """The host's part of one chunk (:meth:`_fetch`): the retries of its toys
+            ``index`` (``whole``: their data and both fits), then every toy's test
+            statistic; ``rest``: the retries of a deferred chunk."""
             repairing = time.perf_counter()
             with jax.default_device(device):
                 defer = queue and sum(held(*job) for job in deferred) < _DEFERRED_BYTES
-                repaired = rest() if rest is not None else self._repair(data, mu_test, free_res, fixed_res, refitted,
-                                                                          group, defer)
+                repaired = rest() if rest is not None else self._repair(whole[0], mu_test[index], *whole[1:], group,
+                                                                          defer)
             self.stats.host_retry_seconds += time.perf_counter() - repairing
             if callable(repaired):
-                deferred.append((rows, mu_test, data, free_res, fixed_res, refitted, repaired))
+                deferred.append((rows, mu_test, toys, index, whole, repaired))
                 return
-            bad, needed = repaired
-            ts = from_fits(self.test_stat, mu_test, fixed_res.twice_nll, free_res.twice_nll, free_res.pars[:, poi])
+            ts, bad, needed = self._teststats(toys, index, whole, repaired, mu_test)
             out[rows] = np.where(bad, np.nan, ts)
             failed[rows] = bad
             self.stats.toys += rows.size
@@ -783,8 +884,7 @@ class ToyCalculator:
                 # the next chunk runs on the device while the host reads and repairs this one
                 pending = dispatch(*chunks[k + 1]) if k + 1 < len(chunks) else None
                 waited = time.perf_counter()
-                host = chunk_outputs([np.asarray(a)[: rows.size].copy() for a in outputs])[:4]  # the host
-                # decides itself which fixed-POI fits it needs (_retries), once the free fits are final
+                host = self._fetch(outputs, rows.size, mu_test)
                 self.stats.device_wait_seconds += time.perf_counter() - waited
                 while len(queued) >= _QUEUED_CHUNKS:  # bounded: each holds a chunk's outputs
                     queued.popleft().result()
