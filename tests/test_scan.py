@@ -152,6 +152,44 @@ def test_padded_points_have_the_likelihood_of_each_point_alone(grid):
         assert abs(together.twice_nll[i] - alone.twice_nll) < 1e-9
 
 
+def test_a_parameter_on_one_bin_in_one_point_and_on_several_in_another_stacks():
+    """The damped step puts a constrained parameter that acts on one main bin on the
+    diagonal of its N x N matrix (``_solver.solve_damped``). A signal normsys on a
+    one-bin channel in one point and on two channels in another is one parameter of
+    one stacked shape: the stack treats it as acting on several bins in every point,
+    and each point's fit in the stack reaches its minimum alone."""
+    def spec(channels):
+        syst = {"name": "sig_syst", "type": "normsys", "data": {"hi": 1.2, "lo": 0.85}}
+        bkg = {"name": "background", "data": None, "modifiers": [
+            {"name": "lumi", "type": "normsys", "data": {"hi": 1.02, "lo": 0.98}}]}
+        data = {"A": [20.0], "B": [15.0, 9.0]}
+        return {"channels": [{"name": name, "samples": [
+                    dict(bkg, data=[d * 0.8 for d in data[name]]),
+                    {"name": "signal", "data": [2.0] * len(data[name]),
+                     "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]
+                     + ([syst] if name in channels else [])}]} for name in ("A", "B")],
+                "observations": [{"name": name, "data": data[name]} for name in ("A", "B")],
+                "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"}
+
+    points = [gpufit.Workspace(spec(channels)) for channels in (("A",), ("A", "B"))]
+    models = [ws.model() for ws in points]
+    syst = models[0].parameter_names.index("sig_syst")
+    alone = [np.asarray(m.compiled_numpy.local) for m in models]
+    assert syst in alone[0] and syst not in alone[1]  # one bin in the first point only
+    assert len({stack_key(m.compiled_numpy) for m in models}) == 1
+    stacked, padded = pad_models(models)
+    for twin in padded:
+        assert syst in np.asarray(twin.compiled_numpy.spread) and syst not in np.asarray(twin.compiled_numpy.local)
+    data = np.stack([union_data(twin, ws.data(m)) for twin, ws, m in zip(padded, points, models)])
+    free = np.stack([~twin.fixed_parameters() for twin in padded])
+    inits = np.stack([twin.suggested_init() for twin in padded])
+    together = fit_points(stacked, padded, np.arange(2), data, inits, free)
+    for i, (ws, model) in enumerate(zip(points, models)):
+        one = gpufit.fit(model, ws.data(model), hesse=False)
+        assert together.converged[i] and one.converged
+        assert abs(together.twice_nll[i] - one.twice_nll) < 1e-9
+
+
 def test_points_whose_shared_parameter_differs_in_kind_compile_apart():
     """A parameter that is a normsys (Gaussian constraint) in one point and a normfactor
     (none) in another cannot be one parameter of a union: such points form families of

@@ -168,6 +168,7 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
     def floats(values):
         return np.asarray(values, dtype=dtype)
 
+    layout = layout_tables(factor_index, delta_index, bin_of, npars, norm_par, hist_par, n_main)
     return CompiledModel(
         nominal=floats(nominal),
         bin_matrix=floats(bin_matrix),
@@ -185,9 +186,9 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
         pois_par=ints(pois_par),
         pois_tau=floats(pois_tau),
         aux_order=aux_order,
-        **layout_tables(factor_index, delta_index, bin_of, npars, norm_par, hist_par, n_main),
+        **layout,
         **constraint_fields(npars, n_aux, (gauss_par, gauss_aux, gauss_sigma), (pois_par, pois_aux, pois_tau),
-                            constrained_mask, dtype),
+                            constrained_mask, layout, n_main, dtype),
         normsys_code=modifier_settings["normsys"]["interpcode"],
         histosys_code=modifier_settings["histosys"]["interpcode"],
         n_main=int(n_main),

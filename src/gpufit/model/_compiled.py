@@ -36,8 +36,10 @@ ARRAY_FIELDS = (
     "con_sigma",  # [P] Gaussian width (1.0 elsewhere)
     "con_tau",  # [P] Poisson scale factor (1.0 elsewhere)
     "unconstrained",  # [U] int, parameters solved through the Schur complement
-    "constrained",  # [C] int, parameters solved through the Woodbury identity
-    "partition_inverse",  # [P] int, concat(x[unconstrained], x[constrained])[partition_inverse] == x
+    "spread",  # [G] int, constrained parameters acting on several main bins (the Woodbury product)
+    "local",  # [L] int, constrained parameters acting on one main bin (its diagonal)
+    "local_bin",  # [L] int, that bin
+    "partition_inverse",  # [P] int, concat(x[unconstrained], x[spread], x[local])[partition_inverse] == x
 )
 STATIC_FIELDS = ("normsys_code", "histosys_code", "n_main")
 
@@ -77,7 +79,9 @@ class CompiledModel:
     con_sigma: object
     con_tau: object
     unconstrained: object
-    constrained: object
+    spread: object
+    local: object
+    local_bin: object
     partition_inverse: object
     normsys_code: str
     histosys_code: str

@@ -21,11 +21,11 @@ import dataclasses
 import numpy as np
 
 from ._compiled import ARRAY_FIELDS, CompiledModel
-from ._tables import layout_tables
+from ._tables import layout_tables, single_bins, solver_partition
 from ._union import in_union, structure_key, union_layout
 
 # arrays that must agree in shape (not in value) for points to be stacked
-_SHAPE_FIXED = ("gauss_par", "pois_par", "aux_order", "con_aux", "unconstrained", "constrained", "jac_index")
+_SHAPE_FIXED = ("gauss_par", "pois_par", "aux_order", "con_aux", "unconstrained", "jac_index")
 
 
 def stack_key(m: CompiledModel) -> tuple:
@@ -124,8 +124,33 @@ def stack(models: list[CompiledModel], shape: dict | None = None) -> CompiledMod
     ``take(stacked, s)``)."""
     shape = shape or pad_shape(models)
     padded = [pad_to(m, shape) for m in models]
+    split = _common_split(padded)
+    padded = [dataclasses.replace(m, **split) for m in padded]
     arrays = {name: np.stack([getattr(m, name) for m in padded]) for name in ARRAY_FIELDS}
     return dataclasses.replace(padded[0], **arrays)
+
+
+def _common_split(models: list[CompiledModel]) -> dict:
+    """One solver split (:func:`~gpufit.model._tables.solver_partition`) for models of one
+    shape: a constrained parameter counts as acting on one main bin only where it acts
+    on the same one (or on none) in every model, so that every point has the same
+    [G] and [L] arrays (a signal's normsys may reach several bins in one point and one
+    bin in another)."""
+    n_main, n_pars = models[0].n_main, models[0].con_aux.shape[0]
+    masks = []
+    for m in models:
+        mask = np.zeros(n_pars, dtype=bool)
+        mask[np.concatenate([m.spread, m.local])] = True
+        masks.append(mask)
+    if any(not np.array_equal(mask, masks[0]) for mask in masks):
+        raise ValueError("these models constrain different parameters; stack them by stack_key")
+    ones = np.stack([single_bins(m.jac_index, m.jac_entries.shape[0], n_main, n_pars) for m in models])  # [S, P]
+    acts = (ones >= 0) & (ones < n_main)
+    first = np.where(acts, ones, n_main).min(axis=0)
+    last = np.where(acts, ones, -1).max(axis=0)
+    several = np.any(ones < 0, axis=0) | (acts.any(axis=0) & (first != last))
+    common = np.where(several, -1, np.where(acts.any(axis=0), last, n_main)).astype(np.int32)
+    return solver_partition(masks[0], common, n_main)
 
 
 def take(stacked: CompiledModel, index) -> CompiledModel:

@@ -161,9 +161,11 @@ def _union_tables(model, par_map, gauss, pois, aux_of):
     pois_par = np.concatenate([own_pois, np.flatnonzero(pois & inert)])
     aux_order = np.empty(n_aux, dtype=np.int32)
     aux_order[aux_of[np.concatenate([gauss_par, pois_par])]] = np.arange(n_aux)
-    constraints = constraint_fields(n_pars, n_aux, (own_gauss, aux_of[own_gauss], host.gauss_sigma),
-                                    (own_pois, aux_of[own_pois], host.pois_tau), gauss | pois, host.nominal.dtype)
     bin_of = np.argmax(host.bin_matrix, axis=1)
+    layout = layout_tables(factor_index, host.delta_index, bin_of, n_pars, normsys_par, histosys_par, host.n_main)
+    constraints = constraint_fields(n_pars, n_aux, (own_gauss, aux_of[own_gauss], host.gauss_sigma),
+                                    (own_pois, aux_of[own_pois], host.pois_tau), gauss | pois, layout, host.n_main,
+                                    host.nominal.dtype)
     dtype = host.nominal.dtype
 
     def ones(count):
@@ -179,7 +181,7 @@ def _union_tables(model, par_map, gauss, pois, aux_of):
         pois_par=pois_par.astype(np.int32),
         pois_tau=np.concatenate([host.pois_tau, ones(pois_par.size - own_pois.size)]),
         aux_order=aux_order,
-        **layout_tables(factor_index, host.delta_index, bin_of, n_pars, normsys_par, histosys_par, host.n_main),
+        **layout,
         **constraints,
     )
 
