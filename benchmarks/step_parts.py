@@ -2,7 +2,8 @@
 Gauss-Newton step timed alone, and the solver's while loop around them.
 
     python benchmarks/step_parts.py [--models gen40,sbottom,1lbb] [--batches 1024,8192,32768]
-                                    [--solves lapack,unrolled] [--out benchmarks/results/step-parts-cpu.json]
+                                    [--solves lapack,unrolled] [--splits local,dense]
+                                    [--out benchmarks/results/step-parts-cpu.json]
 
 Rows (microseconds per fit, warm, best of ``--repeat``; datasets are Poisson
 fluctuations of the observed data):
@@ -28,11 +29,17 @@ relative difference of the unrolled step from the library's. On an H200 at 1,024
 fits the library's solve cost 0.74 us a fit, 3.6x the likelihood's derivatives
 (session 8): a GPU's batched solvers have a latency that narrow lockstep passes pay in
 every step. A question for a GPU; on a CPU LAPACK's is the faster (session 15).
+
+``--splits``: the constrained parameters that act on one main bin (``m.local``: a gamma
+per bin) on the diagonal of the damped step's N x N matrix, as the solver makes it
+(``local``), or every constrained parameter in its product (``dense``: the solver before
+session 19); the same step to rounding, reported as for ``--solves``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -78,6 +85,16 @@ def unrolled_cho_solve(matrix, rhs):
 SOLVES = {"lapack": LIBRARY_CHO_SOLVE, "unrolled": unrolled_cho_solve}
 
 
+def with_split(m, split):
+    """The compiled tables ``m`` with the damped step's split ``split`` (see above)."""
+    if split == "local":
+        return m
+    if split != "dense":
+        raise SystemExit(f"unknown split {split!r}; choose local or dense")
+    return dataclasses.replace(m, spread=jnp.concatenate([m.spread, m.local]), local=m.local[:0],
+                               local_bin=m.local_bin[:0])
+
+
 def best_time(fn, repeat):
     jax.block_until_ready(fn())  # compile
     times = []
@@ -88,8 +105,7 @@ def best_time(fn, repeat):
     return min(times)
 
 
-def parts(model, data, x0, free, lo, hi):
-    m = model.compiled
+def parts(m, data, x0, free, lo, hi):
 
     @jax.jit
     def value(data, x):
@@ -135,6 +151,7 @@ def main():
     parser.add_argument("--batches", default="1024,8192,32768")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--solves", default="lapack", help="lapack and/or unrolled (see above)")
+    parser.add_argument("--splits", default="local", help="local and/or dense (see above)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "step-parts-cpu.json"))
     args = parser.parse_args()
     rows = []
@@ -146,25 +163,29 @@ def main():
         for n in (int(x) for x in args.batches.split(",")):
             datasets = jnp.asarray(fits.datasets(model, np.asarray(data), n))
             x0 = jnp.broadcast_to(jnp.asarray(model.suggested_init()), (n, model.n_pars))
-            steps = {}
+            first = None  # the step of the first variant, the others' reference
             for solve in args.solves.split(","):
-                _solver._cho_solve = SOLVES[solve]  # read when a kernel is traced: trace them all again
-                jax.clear_caches()
-                row = {"model": name, "parameters": model.n_pars, "bins": model.n_main, "batch": n, "solve": solve}
-                timed = parts(model, datasets, x0, free, lo, hi)
-                for part, (fn, per) in timed.items():
-                    row[f"{part}_us_per_fit"] = 1e6 * best_time(fn, args.repeat) / n / per
-                steps[solve] = np.asarray(timed["solve"][0]())
-                if solve != "lapack" and "lapack" in steps:
-                    ref = steps["lapack"]
-                    row["max_rel_diff_vs_lapack"] = float(np.max(np.abs(steps[solve] - ref))
-                                                          / max(np.max(np.abs(ref)), 1e-300))
-                rows.append(row)
-                print(f"{name:8s} P={model.n_pars:4d} N={model.n_main:4d} batch {n:6d} {solve:8s} us per fit: "
-                      + "  ".join(f"{k[:-11]} {v:8.3f}" for k, v in row.items() if k.endswith("_us_per_fit"))
-                      + (f"  max rel diff {row['max_rel_diff_vs_lapack']:.1e}" if "max_rel_diff_vs_lapack" in row
-                         else ""), flush=True)
-                write_report(args.out, "step_parts.py", args, rows)
+                for split in args.splits.split(","):
+                    _solver._cho_solve = SOLVES[solve]  # read when a kernel is traced: trace them all again
+                    jax.clear_caches()
+                    row = {"model": name, "parameters": model.n_pars, "bins": model.n_main, "batch": n,
+                           "solve": solve, "split": split, "local_parameters": int(np.asarray(model.compiled.local).size)}
+                    timed = parts(with_split(model.compiled, split), datasets, x0, free, lo, hi)
+                    for part, (fn, per) in timed.items():
+                        row[f"{part}_us_per_fit"] = 1e6 * best_time(fn, args.repeat) / n / per
+                    step = np.asarray(timed["solve"][0]())
+                    if first is None:
+                        first = step
+                    else:
+                        row["max_rel_diff_vs_first"] = float(np.max(np.abs(step - first))
+                                                             / max(np.max(np.abs(first)), 1e-300))
+                    rows.append(row)
+                    print(f"{name:8s} P={model.n_pars:4d} N={model.n_main:4d} batch {n:6d} {solve:8s} {split:5s} "
+                          "us per fit: "
+                          + "  ".join(f"{k[:-11]} {v:8.3f}" for k, v in row.items() if k.endswith("_us_per_fit"))
+                          + (f"  max rel diff {row['max_rel_diff_vs_first']:.1e}" if "max_rel_diff_vs_first" in row
+                             else ""), flush=True)
+                    write_report(args.out, "step_parts.py", args, rows)
             _solver._cho_solve = SOLVES["lapack"]
     print(f"wrote {args.out}")
 
