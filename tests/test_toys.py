@@ -232,7 +232,7 @@ def test_the_chunk_call_on_a_cpu_does_not_fit_the_twins_it_skips(docs_ws):
                     calc.free, calc.bounds[:, 0], calc.bounds[:, 1], calc.tol, n, first_steps=FIRST_PASS_STEPS,
                     maxiter=300, group=group, capacity=continuation_capacity(n, group),
                     refits=refit_capacity(n, group), queue=True, side=1)
-    _, free, fixed, _, skipped = chunk_outputs([np.asarray(a) for a in out])
+    _, free, fixed, _, skipped, _ = chunk_outputs([np.asarray(a) for a in out])
     muhat, converged = free.pars[:, model.poi_index], free.status == CONVERGED
     assert 8 < skipped.sum() < n - 8 and np.all(converged)
     np.testing.assert_array_equal(skipped, muhat > 1.0)

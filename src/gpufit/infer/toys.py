@@ -12,8 +12,9 @@ minimum, and refits from its fixed-POI twin every free fit that ended above that
 (a local minimum: the twin's point is admissible for the free fit), as many of each as
 the call has room for, without a trip to the host. The next chunk is dispatched before
 the host reads this one, and what the host reads of it is a few numbers per toy (each
-fit's -2 log L, status and flags, the free fit's muhat: :class:`PerToy`); a toy's
-dataset and parameters leave the device only where the host retries one of its fits.
+fit's -2 log L, status and flags, the free fit's muhat: :class:`PerToy`, outputs of the
+call); a toy's dataset and parameters leave the device only where the host retries one
+of its fits.
 
 A one-sided statistic (``q``, ``qtilde``: 0 where muhat > mu; ``q0``: 0 where muhat < 0)
 does not need the fixed-POI fit of a toy whose converged free fit puts muhat there: on a
@@ -220,10 +221,10 @@ class ChunkFits(NamedTuple):
 
 def chunk_outputs(outputs):
     """:func:`toy_chunk`'s flat outputs (host or device arrays) -> data, the free fits and
-    the fixed-POI fits (:class:`ChunkFits`), refitted, skipped."""
-    data, *fits, refitted, skipped = outputs
+    the fixed-POI fits (:class:`ChunkFits`), refitted, skipped, muhat."""
+    data, *fits, refitted, skipped, muhat = outputs
     per_kind = len(ChunkFits._fields)
-    return data, ChunkFits(*fits[:per_kind]), ChunkFits(*fits[per_kind:]), refitted, skipped
+    return data, ChunkFits(*fits[:per_kind]), ChunkFits(*fits[per_kind:]), refitted, skipped, muhat
 
 
 class PerToy(NamedTuple):
@@ -237,11 +238,12 @@ class PerToy(NamedTuple):
     refitted: np.ndarray
 
 
-def per_toy(outputs, poi_mask, xp=jnp):
-    """The fields of :class:`PerToy` from a chunk call's outputs (``poi_mask`` [P] bool;
-    ``xp``: NumPy for a CPU's outputs, read in place, JAX inside a compiled call)."""
-    _, free, fixed, refitted, _ = chunk_outputs(outputs)
-    return xp.sum(xp.where(poi_mask, free.pars, 0.0), axis=-1), tuple(free[1:]), tuple(fixed[1:]), refitted
+def per_toy(outputs) -> PerToy:
+    """:class:`PerToy` of a chunk call's outputs: a selection of them, so that reading it
+    from a device is a few transfers that wait for this chunk call alone (a computation
+    on its outputs would queue behind the next chunk call, dispatched meanwhile)."""
+    _, free, fixed, refitted, _, muhat = chunk_outputs(outputs)
+    return PerToy(muhat, tuple(free[1:]), tuple(fixed[1:]), refitted)
 
 
 def rows_of(outputs, index):
@@ -249,13 +251,11 @@ def rows_of(outputs, index):
     and the fixed-POI fits (:class:`ChunkFits`), refitted [R]. Taken from the call's own
     outputs rather than drawn again from their keys: a retry must fit the very dataset
     the call fitted, to the last bit, and a second compiled draw may round differently."""
-    data, free, fixed, refitted, _ = chunk_outputs(outputs)
+    data, free, fixed, refitted, *_ = chunk_outputs(outputs)
     return data[index], ChunkFits(*(a[index] for a in free)), ChunkFits(*(a[index] for a in fixed)), refitted[index]
 
 
-# an accelerator's: the few numbers per toy, and the rows the host needs, leave the device
-_per_toy_on_device = _device.jit(per_toy, static_argnames=("xp",))
-_rows_on_device = _device.jit(rows_of)
+_rows_on_device = _device.jit(rows_of)  # an accelerator's: only the toys the host retries leave it
 
 
 def _edge_restarts(m, data, pars, f, status, start, free, lo, hi, tol, first_steps, maxiter, group, capacity, queue):
@@ -338,7 +338,8 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
         tuples; a skipped fixed-POI fit keeps its start, with twice_nll inf and status
         MAX_ITERATIONS); refitted [C] bool: free fits whose refit from the twin
         converged here (lower or not); skipped [C] bool: toys whose fixed-POI fit was
-        not needed.
+        not needed; muhat [C]: the free fits' POI (what the host reads of their
+        parameters, :class:`PerToy`).
     """
     keys = toy_keys(seed, hypothesis, mu_index, toy_index)
     data = sample_toys(m, gen_pars, keys)
@@ -399,7 +400,8 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
     better = refitted & (f3 < ff[rows])
     pf, ff = _put(pf, rows, p3, better), _put(ff, rows, f3, better)
     refitted = jnp.zeros(c, bool).at[rows].set(refitted)
-    return (data, pf, ff) + tuple(free_fits[2:]) + tuple(fixed_fits) + (refitted, skipped)
+    muhat = jnp.sum(jnp.where(poi_mask, pf, 0.0), axis=-1)
+    return (data, pf, ff) + tuple(free_fits[2:]) + tuple(fixed_fits) + (refitted, skipped, muhat)
 
 
 @dataclasses.dataclass
@@ -612,25 +614,28 @@ class ToyCalculator:
         return out
 
     def _fetch(self, outputs, n, mu_test):
-        """A chunk call's outputs on the host: :class:`PerToy` of its first ``n`` toys, and
-        whole (:func:`rows_of`, host copies) only the toys whose fits the host's retries
-        may touch (:meth:`_open`), with their indices [R]. What else the call computed stays
-        on the device: a GPU's chunk ships back a few numbers per toy, not its datasets
-        and parameters."""
-        if _device.platform() == "cpu":  # host memory already: read in place, no compiled call
-            # (one beside the next chunk call could hang XLA's CPU runtime, :meth:`_repair`)
-            host = [np.asarray(a) for a in outputs]
-            toys = PerToy(*jax.tree_util.tree_map(lambda a: a[:n], per_toy(host, self.poi_mask, xp=np)))
-            index = np.flatnonzero(self._open(toys, mu_test))
-            return toys, index, rows_of(host, index)
-        toys = jax.device_get(_per_toy_on_device(outputs, jnp.asarray(self.poi_mask), xp=jnp))
-        toys = PerToy(*jax.tree_util.tree_map(lambda a: a[:n], toys))
-        index = np.flatnonzero(self._open(toys, mu_test))
-        # the rows padded to a power of two: a handful of compiled gathers serve every chunk
+        """What the host reads of every toy of a chunk call (:class:`PerToy`, its first ``n``
+        toys), and the toys [R] whose fits its retries may touch (:meth:`_open`), which
+        :meth:`_whole` then takes whole. A GPU's chunk ships back a few numbers per toy,
+        not its datasets and parameters."""
+        if _device.platform() == "cpu":  # host memory already: read in place
+            toys = jax.tree_util.tree_map(np.asarray, per_toy(outputs))
+        else:
+            toys = jax.device_get(per_toy(outputs))
+        toys = PerToy(*jax.tree_util.tree_map(lambda a: a[:n], tuple(toys)))
+        return toys, np.flatnonzero(self._open(toys, mu_test))
+
+    def _whole(self, outputs, index):
+        """The toys ``index`` [R] of a chunk call's outputs, whole (:func:`rows_of`), as host
+        copies: on a CPU read in place (a compiled call beside the next chunk call could
+        hang XLA's CPU runtime, :meth:`_repair`), elsewhere gathered on the device, the
+        rows padded to a power of two (a handful of compiled gathers serve every chunk)."""
+        if _device.platform() == "cpu":
+            return rows_of([np.asarray(a) for a in outputs], index)
         size = max(8, 1 << (index.size - 1).bit_length()) if index.size else 8
         padded = np.resize(index, size) if index.size else np.zeros(size, np.int64)
         rows = jax.device_get(_rows_on_device(outputs, jnp.asarray(padded, jnp.int32)))
-        return toys, index, jax.tree_util.tree_map(lambda a: np.array(a[: index.size]), rows)
+        return jax.tree_util.tree_map(lambda a: np.array(a[: index.size]), rows)
 
     def _open(self, per_toy: PerToy, mu_test):
         """Toys [C] whose fits the host's retries may touch (:meth:`_retries`: an
@@ -845,22 +850,27 @@ class ToyCalculator:
 
         deferred = []  # the chunks whose retries wait until the device is idle (a CPU's)
 
-        def held(rows, mu_test, toys, index, whole, *_):
-            """Bytes a deferred chunk holds."""
-            return sum(a.nbytes for a in jax.tree_util.tree_leaves((toys, whole)))
+        def held(rows, mu_test, toys, index, outputs, *_):
+            """Bytes a deferred chunk holds: its call's outputs."""
+            return sum(a.nbytes for a in outputs)
 
-        def finish(rows, mu_test, toys: PerToy, index, whole, rest=None):
+        def finish(rows, mu_test, toys: PerToy, index, outputs, rest=None):
             """The host's part of one chunk (:meth:`_fetch`): the retries of its toys
-            ``index`` (``whole``: their data and both fits), then every toy's test
-            statistic; ``rest``: the retries of a deferred chunk."""
+            ``index``, taken whole from the call's ``outputs`` (:meth:`_whole`), then
+            every toy's test statistic; ``rest``: a deferred chunk's toys taken whole
+            and their retries."""
             repairing = time.perf_counter()
             with jax.default_device(device):
-                defer = queue and sum(held(*job) for job in deferred) < _DEFERRED_BYTES
-                repaired = rest() if rest is not None else self._repair(whole[0], mu_test[index], *whole[1:], group,
-                                                                          defer)
+                if rest is None:
+                    whole = self._whole(outputs, index)
+                    defer = queue and sum(held(*job) for job in deferred) < _DEFERRED_BYTES
+                    repaired = self._repair(whole[0], mu_test[index], *whole[1:], group, defer)
+                else:
+                    whole, retries = rest
+                    repaired = retries()
             self.stats.host_retry_seconds += time.perf_counter() - repairing
             if callable(repaired):
-                deferred.append((rows, mu_test, toys, index, whole, repaired))
+                deferred.append((rows, mu_test, toys, index, outputs, (whole, repaired)))
                 return
             ts, bad, needed = self._teststats(toys, index, whole, repaired, mu_test)
             out[rows] = np.where(bad, np.nan, ts)
@@ -888,7 +898,7 @@ class ToyCalculator:
                 self.stats.device_wait_seconds += time.perf_counter() - waited
                 while len(queued) >= _QUEUED_CHUNKS:  # bounded: each holds a chunk's outputs
                     queued.popleft().result()
-                queued.append(retries.submit(finish, rows, mu_test, *host))
+                queued.append(retries.submit(finish, rows, mu_test, *host, outputs))
             for job in queued:
                 job.result()
             for job in deferred:  # every chunk call has returned: the device is idle
