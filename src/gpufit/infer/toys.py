@@ -630,10 +630,11 @@ class ToyCalculator:
         copies: on a CPU read in place (a compiled call beside the next chunk call could
         hang XLA's CPU runtime, :meth:`_repair`), elsewhere gathered on the device, the
         rows padded to a power of two (a handful of compiled gathers serve every chunk)."""
+        if not index.size:  # nothing to take: no call on the device
+            return rows_of([np.empty((0,) + a.shape[1:], a.dtype) for a in outputs], index)
         if _device.platform() == "cpu":
             return rows_of([np.asarray(a) for a in outputs], index)
-        size = max(8, 1 << (index.size - 1).bit_length()) if index.size else 8
-        padded = np.resize(index, size) if index.size else np.zeros(size, np.int64)
+        padded = np.resize(index, max(8, 1 << (index.size - 1).bit_length()))
         rows = jax.device_get(_rows_on_device(outputs, jnp.asarray(padded, jnp.int32)))
         return jax.tree_util.tree_map(lambda a: np.array(a[: index.size]), rows)
 
@@ -649,7 +650,7 @@ class ToyCalculator:
         return unfinished[0] | ((unfinished[1] | (minimum & ~per_toy.refitted)) & needed)
 
     def _repair(self, data, mu_test, free_res: ChunkFits, fixed_res: ChunkFits, refitted, group, defer=False):
-        """The host's retries of the toys of a chunk that :meth:`_fetch` took whole (steps
+        """The host's retries of the toys of a chunk that :meth:`_whole` took whole (steps
         1-5 of the module's docstring), in place; returns drawn [R] bool (toys drawn from
         a valid expectation) and needed [R] bool (toys whose test statistic uses their
         fixed-POI fit, :meth:`_retries`). With ``defer``, a chunk with unconverged fits (or
