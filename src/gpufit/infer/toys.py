@@ -230,11 +230,11 @@ def chunk_outputs(outputs):
 class PerToy(NamedTuple):
     """What the host reads of every toy of a chunk call (:func:`toy_chunk`), host arrays
     [C]: the free fit's muhat, and per kind every field of :class:`ChunkFits` but the
-    parameters (``free``, ``fixed``: six arrays each, in that order)."""
+    parameters (``pars`` None)."""
 
     muhat: np.ndarray
-    free: tuple
-    fixed: tuple
+    free: ChunkFits
+    fixed: ChunkFits
     refitted: np.ndarray
 
 
@@ -243,7 +243,7 @@ def per_toy(outputs) -> PerToy:
     from a device is a few transfers that wait for this chunk call alone (a computation
     on its outputs would queue behind the next chunk call, dispatched meanwhile)."""
     _, free, fixed, refitted, _, muhat = chunk_outputs(outputs)
-    return PerToy(muhat, tuple(free[1:]), tuple(fixed[1:]), refitted)
+    return PerToy(muhat, free._replace(pars=None), fixed._replace(pars=None), refitted)
 
 
 def rows_of(outputs, index):
@@ -349,12 +349,14 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
     free_x = jnp.broadcast_to(free & ~poi_mask, gen_pars.shape)
     start_f, start_x = new_start(init, gen_pars, free_f, lo, hi), new_start(init, x_fixed, free_x, lo, hi)
 
+    def poi_of(pars):  # [C, P] -> [C]
+        return jnp.sum(jnp.where(poi_mask, pars, 0.0), axis=-1)
+
     def unneeded(free_fits):
         """Toys whose free fit settles their test statistic alone, with nothing left to
         check at the model's edge (the host would restart it: its muhat may move)."""
         pars, _, status, _, checked = free_fits[:5]
-        muhat = jnp.sum(jnp.where(poi_mask, pars, 0.0), axis=-1)
-        return settled_by_free(side, muhat, status, mu_test) & checked
+        return settled_by_free(side, poi_of(pars), status, mu_test) & checked
 
     if queue:
         real = jnp.arange(c) < n_real
@@ -400,8 +402,7 @@ def toy_chunk(m, seed, hypothesis, mu_index, toy_index, gen_pars, init, mu_test,
     better = refitted & (f3 < ff[rows])
     pf, ff = _put(pf, rows, p3, better), _put(ff, rows, f3, better)
     refitted = jnp.zeros(c, bool).at[rows].set(refitted)
-    muhat = jnp.sum(jnp.where(poi_mask, pf, 0.0), axis=-1)
-    return (data, pf, ff) + tuple(free_fits[2:]) + tuple(fixed_fits) + (refitted, skipped, muhat)
+    return (data, pf, ff) + tuple(free_fits[2:]) + tuple(fixed_fits) + (refitted, skipped, poi_of(pf))
 
 
 @dataclasses.dataclass
@@ -618,11 +619,8 @@ class ToyCalculator:
         toys), and the toys [R] whose fits its retries may touch (:meth:`_open`), which
         :meth:`_whole` then takes whole. A GPU's chunk ships back a few numbers per toy,
         not its datasets and parameters."""
-        if _device.platform() == "cpu":  # host memory already: read in place
-            toys = jax.tree_util.tree_map(np.asarray, per_toy(outputs))
-        else:
-            toys = jax.device_get(per_toy(outputs))
-        toys = PerToy(*jax.tree_util.tree_map(lambda a: a[:n], tuple(toys)))
+        # transfers of the outputs alone (on a CPU, views of host memory: no compiled call)
+        toys = jax.tree_util.tree_map(lambda a: a[:n], jax.device_get(per_toy(outputs)))
         return toys, np.flatnonzero(self._open(toys, mu_test))
 
     def _whole(self, outputs, index):
@@ -643,7 +641,7 @@ class ToyCalculator:
         unconverged fit, a converged one the call did not check at the model's edge, a
         local minimum it did not refit), counting a fixed-POI fit only where the test
         statistic needs it. The others are final as the chunk call left them."""
-        free, fixed = ChunkFits(None, *per_toy.free), ChunkFits(None, *per_toy.fixed)
+        free, fixed = per_toy.free, per_toy.fixed
         needed = self._needed(per_toy.muhat, free.status, mu_test)
         unfinished = [(res.status != CONVERGED) | ~res.edge_checked for res in (free, fixed)]
         minimum = local_minimum(free.twice_nll, fixed.twice_nll, free.status, fixed.status, self.tol, xp=np)
@@ -706,7 +704,7 @@ class ToyCalculator:
         Returns:
             teststat [C], failed [C] bool, needed [C] bool (toys whose fixed-POI fit was used).
         """
-        free, fixed = ChunkFits(None, *toys.free), ChunkFits(None, *toys.fixed)
+        free, fixed = toys.free, toys.fixed
         muhat, f_free, s_free = toys.muhat.copy(), free.twice_nll.copy(), free.status.copy()
         f_fixed, s_fixed = fixed.twice_nll.copy(), fixed.status.copy()
         _, free_res, fixed_res, _ = whole
@@ -728,8 +726,7 @@ class ToyCalculator:
         from their twin, of the fits the toys use, and the fixed-POI fits not needed.
         What the host's retries did, they count themselves."""
         stats = self.stats
-        for fields, wanted in ((per_toy.free, drawn), (per_toy.fixed, drawn & needed)):
-            res = ChunkFits(None, *fields)
+        for res, wanted in ((per_toy.free, drawn), (per_toy.fixed, drawn & needed)):
             stats.continued += int(np.sum(res.continued & wanted))
             stats.at_edge += int(np.sum(res.edge_refit & wanted))
             stats.lower_at_edge += int(np.sum(res.edge_lower & wanted))
