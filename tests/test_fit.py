@@ -283,6 +283,57 @@ def test_a_queue_of_lockstep_slots_takes_the_same_steps_as_lockstep_groups():
     np.testing.assert_array_equal(some[0][37:], np.asarray(args[2])[37:])
 
 
+def test_a_chain_of_fits_in_one_slot_equals_the_fits_run_one_kind_after_another():
+    """``minimize_chain`` (the toys' queue on a CPU): each row's fits run one after the
+    other in one slot, a later one starting from what the earlier ones recorded, run only
+    where its ``go`` holds, with its own damping; each ends where the same fit ends in a
+    batch of its own kind, and the rows past ``count`` are not fitted."""
+    import jax.numpy as jnp
+
+    model = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6)).model()
+    m, data, x0, free, lo, hi, tol = _solver_args(model, 40, seed=5)
+    b, poi = data.shape[0], model.poi_index
+    count = 37
+    odd = jnp.arange(b) % 2 == 1
+    displaced = x0.at[:, poi].set(2.0)
+    fixed = jnp.broadcast_to(free.at[poi].set(False), x0.shape)
+    free = jnp.broadcast_to(free, x0.shape)
+
+    def third_start(rec):  # from the first fit's end, the POI fixed above its muhat
+        return rec["x"][0].at[:, poi].add(0.5)
+
+    def start(phase, row, rec):
+        x = jnp.stack([x0[row], displaced[row], third_start(rec)[row]])[phase, jnp.arange(row.size)]
+        mask = jnp.where((phase == 2)[:, None], fixed[row], free[row])
+        lam0 = jnp.where(phase == 1, 1.0, _solver.DAMPING)
+        go = jnp.stack([jnp.ones(row.shape, bool), odd[row], jnp.ones(row.shape, bool)])[phase, jnp.arange(row.size)]
+        return x, mask, lam0, go
+
+    def record(phase, row, done, end, rec):
+        at = jnp.where(done, row, b)
+        return {key: rec[key].at[phase, at].set(value, mode="drop")
+                for key, value in (("x", end.x), ("f", end.f), ("n_iter", end.n_iter))}
+
+    records = {"x": jnp.zeros((3,) + x0.shape), "f": jnp.full((3, b), jnp.inf), "n_iter": jnp.zeros((3, b), int)}
+    chain = _solver.minimize_chain(m, data, count, 3, start, record, records, lo, hi, 300, tol, 16)
+    chain = {key: np.asarray(value) for key, value in chain.items()}
+
+    def alone(starts, mask, lam0):
+        return [np.asarray(a) for a in _solver.minimize_batch(m, data, starts, mask, lo, hi, tol, maxiter=300, group=8,
+                                                              lam0=lam0)]
+
+    first = alone(x0, free, _solver.DAMPING)
+    second = alone(displaced, free, 1.0)
+    third = alone(jnp.asarray(first[0]).at[:, poi].add(0.5), fixed, _solver.DAMPING)
+    ran = np.arange(b) < count
+    for k, (fits, rows) in enumerate(((first, ran), (second, ran & np.asarray(odd)), (third, ran))):
+        np.testing.assert_allclose(chain["f"][k][rows], fits[1][rows], rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(chain["n_iter"][k][rows], fits[3][rows])
+        assert np.all(np.isinf(chain["f"][k][~rows]))
+    assert np.ptp(first[3][ran]) > 5 and np.any(second[1] != first[1])  # the phases differ from each other
+    np.testing.assert_allclose(chain["x"][2][ran][:, poi], first[0][ran][:, poi] + 0.5, rtol=0, atol=1e-12)
+
+
 
 def test_result_flags_limits_and_hesse_validity(docs_ws):
     """A POI pushed to its lower bound is flagged at_limit; a proper minimum has a valid

@@ -4,7 +4,7 @@ One fit's step is written for one dataset and vmapped; a group of fits loops in
 lockstep while any is still active, freezing the finished ones (their status is the
 per-fit mask). A lockstep group runs as long as its slowest fit, unless: a narrow
 group (a CPU's 8 to 64) is a queue of slots, each refilled with the next fit as soon as its
-own finishes (:func:`_minimize_queue`); a wide group (a GPU's chunk) runs as a funnel
+own finishes (:func:`minimize_chain`); a wide group (a GPU's chunk) runs as a funnel
 of ever narrower passes that carry the stragglers' state (:func:`_minimize_group`). A
 fit runs in two phases, each a loop of the same four readable pieces (step, acceptance,
 damping, termination):
@@ -70,6 +70,7 @@ STATUS = {
     STALLED: "stalled",
 }
 _LAMBDA_MIN, _LAMBDA_MAX = 1e-12, 1e10
+DAMPING = 1e-3  # the initial damping of a fit's first start
 NEWTON_EDM = 0.0  # Gauss-Newton hands over to Newton below this edm (-2 log L units); 0: never
 NEWTON_AFTER = 0  # ... or after this many steps; 0: never
 EDGE_FRACTION = 0.1  # a step keeps at least this fraction of an empty bin's expected count
@@ -325,7 +326,7 @@ def _gn_init(m, data, x0, lam0):
 
 def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_after, fresh=None, lam0=None):
     """One Gauss-Newton step of ONE running fit: the step, its acceptance, the damping
-    and the status after it. ``fresh`` [] bool (the queue, :func:`_minimize_queue`): the
+    and the status after it. ``fresh`` [] bool (the queue, :func:`minimize_chain`): the
     slot holds a new fit at ``s.x`` whose evaluation this step makes instead of a step
     (the same one evaluation, so refilling a slot costs nothing extra). Vmapped with
     ``axis_name=_FITS`` (:func:`_bounded_step`)."""
@@ -375,16 +376,85 @@ def _gn_loop(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
     return jax.lax.while_loop(lambda s: jnp.sum(s.status == RUNNING) > running_at_most, body, s)
 
 
-def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count):
-    """Gauss-Newton fits of a batch [B] through ``slots`` lockstep slots, each of which
-    takes the next fit as soon as its own has finished: the batch costs its fits' total
-    steps / ``slots`` (plus the last fits' tail), not the slowest fit of every group.
-    Measured on 512 1Lbb toys (2-core CPU, 16 slots): 2.3 ms a fit against 4.8 ms in
-    groups of 16 that each run as long as their slowest fit, the same minima to the bit.
+class FitEnd(NamedTuple):
+    """How fits of a chain's slots [S] ended (:func:`minimize_chain`)."""
 
-    Only the first ``count`` fits (traced) are run; the others keep their start, with
-    twice_nll inf, status MAX_ITERATIONS and no steps. A fit's steps depend on its own
-    row alone, so it ends where it would in any lockstep group of ``slots``.
+    x: jax.Array  # [S, P]
+    f: jax.Array  # [S]
+    status: jax.Array  # [S]
+    n_iter: jax.Array  # [S]
+    edm: jax.Array  # [S]
+    nu_empty: jax.Array  # [S, N]: the expected count of each empty main bin at the end (no meaning elsewhere)
+
+
+def minimize_chain(m, data, count, n_phases: int, start, record, records, lo, hi, maxiter, tol, slots: int):
+    """Gauss-Newton fits through ``slots`` lockstep slots, each of which takes the next
+    fit as soon as its own has finished: a batch costs its fits' total steps / ``slots``
+    (plus the last fits' tail), not the slowest fit of every group. Measured on 512
+    1Lbb toys (2-core CPU, 16 slots): 2.3 ms a fit against 4.8 ms in groups of 16 that
+    each run as long as their slowest fit, the same minima to the bit.
+
+    Each of the first ``count`` rows (traced) of ``data`` [B, N + A] is a chain of up to
+    ``n_phases`` fits that run one after the other in one slot: phase 0 always, then
+    each later phase whose ``go`` holds once the fits before it are recorded (a
+    restart, a second kind of fit, ...). A chain's fits see the results of its earlier
+    ones, and one loop (one compiled solver) serves them all, with one tail. A fit's
+    steps depend on its own row and start alone, so it ends where it would in any
+    lockstep group of ``slots``.
+
+    Args:
+        start: ``start(phase [S], row [S], records) -> x0 [S, P], free [S, P] bool,
+            lam0 [S], go [S] bool``, the start of a phase of each row, and whether it
+            runs (phase 0 always does).
+        record: ``record(phase [S], row [S], done [S] bool, end: FitEnd, records) ->
+            records``, the records with the fits that ended (``done``) written in.
+        records: any pytree, the chains' results so far (the first ``record``'s input).
+        lo, hi [P]; maxiter, tol: as :func:`minimize_batch`.
+
+    Returns:
+        the records after the last fit.
+    """
+    b = data.shape[0]
+    row = jnp.arange(slots)
+    row = jnp.where(row < count, row, b)  # the row of each slot; b: none
+    at = jnp.minimum(row, b - 1)
+    phase = jnp.zeros(slots, int)
+    x0, free, lam0, _ = start(phase, at, records)
+    s = jax.vmap(lambda d, x, l0: _gn_init(m, d, x, l0))(data[at], x0, lam0)
+    s = s._replace(status=jnp.where(row < b, s.status, CONVERGED))  # a slot without a fit stays frozen
+    step = jax.vmap(lambda d, st, fr, new, l0: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, 0.0, None, new, l0),
+                    axis_name=_FITS)
+
+    def body(carry):
+        s, row, phase, after, free, lam0, fresh, records = carry
+        at = jnp.minimum(row, b - 1)
+        s = jax.vmap(_pick)((s.status == RUNNING) | fresh, step(data[at], s, free, fresh, lam0), s)
+        done = (s.status != RUNNING) & (row < b)
+        empty = data[at, : m.n_main] == 0
+        end = FitEnd(s.x, s.f, s.status, s.n_iter, s.edm, jnp.where(empty, 1.0 / s.curvature[1], jnp.inf))
+        records = record(phase, at, done, end, records)
+        later = jnp.full(slots, n_phases)  # each row's next phase: the first later one that goes
+        for j in range(n_phases - 1, 0, -1):
+            later = jnp.where((j > phase) & start(jnp.full(slots, j), at, records)[3], j, later)
+        ended = done & (later == n_phases)
+        following = after + jnp.cumsum(ended) - 1  # the next rows, one per slot whose chain ended
+        row = jnp.where(ended, jnp.where(following < count, following, b), row)
+        phase = jnp.where(ended, 0, jnp.where(done, later, phase))
+        fresh = done & (row < b)
+        x0, free0, lam00, _ = start(phase, jnp.minimum(row, b - 1), records)
+        s = s._replace(x=jnp.where(fresh[:, None], x0, s.x), status=jnp.where(fresh, RUNNING, s.status))
+        return (s, row, phase, after + jnp.sum(ended), jnp.where(fresh[:, None], free0, free),
+                jnp.where(fresh, lam00, lam0), fresh, records)
+
+    carry = (s, row, phase, jnp.asarray(slots), free, lam0, jnp.zeros(slots, bool), records)
+    return jax.lax.while_loop(lambda c: jnp.any(c[1] < b), body, carry)[-1]
+
+
+def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count):
+    """Gauss-Newton fits of a batch [B] through the queue's lockstep slots
+    (:func:`minimize_chain`, one fit a row). Only the first ``count`` fits (traced) are
+    run; the others keep their start, with twice_nll inf, status MAX_ITERATIONS and no
+    steps.
 
     Args:
         data [B, N + A], x0 [B, P], free [B, P] bool, lo and hi [P]; count [] int.
@@ -393,31 +463,18 @@ def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count)
         pars [B, P], twice_nll [B], status [B], n_iter [B], edm [B].
     """
     b = x0.shape[0]
-    row = jnp.arange(slots)
-    row = jnp.where(row < count, row, b)  # the fit in each slot; b: none
-    s = jax.vmap(lambda d, x: _gn_init(m, d, x, lam0))(data[jnp.minimum(row, b - 1)], x0[jnp.minimum(row, b - 1)])
-    s = s._replace(status=jnp.where(row < b, s.status, CONVERGED))  # a slot without a fit stays frozen
-    out = (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS, s.status.dtype),
-           jnp.zeros(b, s.n_iter.dtype), jnp.full(b, jnp.inf, x0.dtype))
-    step = jax.vmap(lambda d, st, fr, new: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, 0.0, None, new, lam0),
-                    axis_name=_FITS)
 
-    def body(carry):
-        s, row, after, out, fresh = carry
-        at = jnp.minimum(row, b - 1)
-        s = jax.vmap(_pick)((s.status == RUNNING) | fresh, step(data[at], s, free[at], fresh), s)
-        done = (s.status != RUNNING) & (row < b)
-        out = tuple(o.at[jnp.where(done, row, b)].set(v, mode="drop")  # row b: nothing written
-                    for o, v in zip(out, (s.x, s.f, s.status, s.n_iter, s.edm)))
-        following = after + jnp.cumsum(done) - 1  # the next fits, one per finished slot
-        row = jnp.where(done, jnp.where(following < count, following, b), row)
-        fresh = done & (row < b)
-        s = s._replace(x=jnp.where(fresh[:, None], x0[jnp.minimum(row, b - 1)], s.x),
-                       status=jnp.where(fresh, RUNNING, s.status))
-        return s, row, after + jnp.sum(done), out, fresh
+    def start(phase, row, out):
+        return x0[row], free[row], jnp.full(row.shape, lam0, x0.dtype), jnp.ones(row.shape, bool)
 
-    carry = (s, row, jnp.asarray(slots), out, jnp.zeros(slots, bool))
-    return jax.lax.while_loop(lambda c: jnp.any(c[1] < b), body, carry)[3]
+    def record(phase, row, done, end, out):
+        where = jnp.where(done, row, b)  # row b: nothing written
+        return tuple(o.at[where].set(v, mode="drop") for o, v in zip(out, (end.x, end.f, end.status, end.n_iter,
+                                                                            end.edm)))
+
+    out = (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS), jnp.zeros(b, int),
+           jnp.full(b, jnp.inf, x0.dtype))
+    return minimize_chain(m, data, count, 1, start, record, out, lo, hi, maxiter, tol, slots)
 
 
 def funnel_widths(batch: int, group: int | None) -> tuple[int, ...]:
@@ -516,7 +573,7 @@ def _minimize_group(m, data, x0, free, lo, hi, maxiter, tol, lam0, newton_edm, n
 
 
 @functools.partial(jit, static_argnames=("maxiter", "group", "newton_edm", "newton_after", "funnel", "queue"))
-def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: int | None = None, lam0=1e-3,
+def minimize_batch(m, data, x0, free, lo, hi, tol, maxiter: int = 200, group: int | None = None, lam0=DAMPING,
                    newton_edm: float = NEWTON_EDM, newton_after: int = NEWTON_AFTER,
                    funnel: tuple[int, ...] | None = None, queue: bool = False, count=None):
     """Minimize -2 log L for B datasets at once.
@@ -599,7 +656,7 @@ def value_and_grad_one(m, data, pars):
 
 
 @functools.partial(jit, static_argnames=("group",))
-def minimize_points(stacked, point, data, x0, free, lo, hi, active, tol, maxiter, lam0=1e-3, group: int = 16):
+def minimize_points(stacked, point, data, x0, free, lo, hi, active, tol, maxiter, lam0=DAMPING, group: int = 16):
     """Minimize -2 log L for B fits of the models of a stack (the signal points of a
     patchset padded to one shape, ``gpufit.model.stack``), each fit of its own point:
     one compiled call for a whole grid's fits, in lockstep groups of ``group``.

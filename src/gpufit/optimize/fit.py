@@ -14,7 +14,7 @@ from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
 from ._edge import edge_fit
 from ._result import FitResult
-from ._solver import (CONVERGED, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points, value_and_grad_one,
+from ._solver import (CONVERGED, DAMPING, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points, value_and_grad_one,
                       value_one)
 
 DEFAULT_TOL = 1e-8
@@ -225,7 +225,7 @@ def fit(
     maxiter: int = DEFAULT_MAXITER,
     retry: bool = True,
     chunk_size: int | None = None,
-    damping: float = 1e-3,
+    damping: float = DAMPING,
     newton: bool = False,
 ) -> FitResult:
     """Maximum-likelihood fits, one per dataset.
