@@ -288,6 +288,7 @@ def test_a_chain_of_fits_in_one_slot_equals_the_fits_run_one_kind_after_another(
     other in one slot, a later one starting from what the earlier ones recorded, run only
     where its ``go`` holds, with its own damping; each ends where the same fit ends in a
     batch of its own kind, and the rows past ``count`` are not fitted."""
+    import jax
     import jax.numpy as jnp
 
     model = gpufit.Workspace(generate_workspace(seed=1, n_channels=2, n_bins=6)).model()
@@ -315,7 +316,7 @@ def test_a_chain_of_fits_in_one_slot_equals_the_fits_run_one_kind_after_another(
                 for key, value in (("x", end.x), ("f", end.f), ("n_iter", end.n_iter))}
 
     records = {"x": jnp.zeros((3,) + x0.shape), "f": jnp.full((3, b), jnp.inf), "n_iter": jnp.zeros((3, b), int)}
-    chain = _solver.minimize_chain(m, data, count, 3, start, record, records, lo, hi, 300, tol, 16)
+    chain = jax.jit(lambda: _solver.minimize_chain(m, data, count, 3, start, record, records, lo, hi, 300, tol, 16))()
     chain = {key: np.asarray(value) for key, value in chain.items()}
 
     def alone(starts, mask, lam0):
