@@ -299,8 +299,8 @@ def _chained_fits(m, data, gen_pars, x_fixed, free_f, free_x, start_f, start_x, 
 
     One solver loop serves them all, where one a kind of fit did before: the chunk kernel
     of a 12-bin generated model compiles in 4.4 s instead of 7.7 s, and a chunk has one
-    tail instead of five. ``free_f``, ``free_x`` [C, P] bool: the
-    free parameters of each kind; ``poi_of``: parameters [S, P] -> their POI [S].
+    tail instead of five. ``free_f``, ``free_x`` [C, P] bool: the free parameters of
+    each kind; ``poi_of``: parameters [S, P] -> their POI [S].
 
     Returns:
         the free and the fixed-POI fits (the seven fields of :class:`ChunkFits` each; a
