@@ -14,8 +14,8 @@ from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
 from ._edge import edge_fit
 from ._result import FitResult
-from ._solver import (CONVERGED, DAMPING, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points, value_and_grad_one,
-                      value_one)
+from ._solver import (CONVERGED, DAMPING, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points,
+                      value_and_grad_one, value_one)
 
 DEFAULT_TOL = 1e-8
 DEFAULT_MAXITER = 300
