@@ -333,19 +333,20 @@ def _chained_fits(m, data, gen_pars, x_fixed, free_f, free_x, start_f, start_x, 
         # every gather before every scatter, one scatter an array: XLA then updates the
         # records in place (a read between two writes copied the [C, P] arrays each step)
         converged = end.status == CONVERGED
+        stopped_at_edge = converged & ended_at_edge(n[row], end.nu_empty)
         ended, rows = {}, {}
         for name, first, again in (("free", _FREE, _FREE_EDGE), ("fixed", _FIXED, _FIXED_EDGE)):
             fits = rec[name]
+            f = fits["f"][row]
             main = done & (phase == first)
-            lower = done & (phase == again) & converged & (end.f < fits["f"][row])
-            better = done & (phase == _REFIT) & converged & (end.f < fits["f"][row]) if name == "free" else False
+            lower = done & (phase == again) & converged & (end.f < f)
+            better = done & (phase == _REFIT) & converged & (end.f < f) if name == "free" else False
             new = main | lower | better  # the fit's result: this one
             ended[name] = dict(
-                pars=jnp.where(new[:, None], end.x, fits["pars"][row]), f=jnp.where(new, end.f, fits["f"][row]),
+                pars=jnp.where(new[:, None], end.x, fits["pars"][row]), f=jnp.where(new, end.f, f),
                 status=jnp.where(main, end.status, fits["status"][row]),
                 n_iter=jnp.where(main, end.n_iter, fits["n_iter"][row]),
-                edge=jnp.where(main, converged & ended_at_edge(n[row], end.nu_empty), fits["edge"][row]),
-                lower=lower | fits["lower"][row])
+                edge=jnp.where(main, stopped_at_edge, fits["edge"][row]), lower=lower | fits["lower"][row])
             rows[name] = jnp.where(new, row, c)  # row c: nothing written
         free = ended["free"]
         final = done & ((phase == _FREE) | (phase == _FREE_EDGE))  # the free fit is final: its twin's turn
