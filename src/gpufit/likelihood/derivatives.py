@@ -15,8 +15,8 @@ a few forward passes, independent of P, where ``jax.jacfwd`` costs P of them and
 
 The exact Hessian of -2 log L (:func:`twice_nll_hessian`) uses the same entries, laid
 out per sample-bin ([K, P], through ``factor_of`` / ``delta_of``): each sample-bin's
-second derivatives are rank one plus a diagonal, so the Hessian is two K x P x P
-products instead of P autodiff passes.
+second derivatives are rank one plus a diagonal, so the Hessian is one K x P x P
+product instead of P autodiff passes.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def twice_nll_hessian(m, pars, data):
     rank-one form divides by F_k, so it is evaluated with factors clamped away from
     zero (a normfactor or gamma at 0: the terms that involve it are right, the others
     are O(clamp) instead of 0); the diagonal, where that division would cancel
-    catastrophically, is summed exactly from the entries. Two K x P x P products per
+    catastrophically, is summed exactly from the entries. One K x P x P product per
     call: use it where Gauss-Newton steps converge slowly, not for every step.
     """
     f, d, base, factor = _entries(m, pars, 2)
@@ -216,9 +216,10 @@ def twice_nll_hessian(m, pars, data):
     f_safe = jnp.where(f[0] < 0, jnp.minimum(f[0], -clamp), jnp.maximum(f[0], clamp))
     prod_safe = jnp.prod(f_safe, axis=-1)  # [K]
     g_safe = _per_sample_bin(m.factor_of, prod_safe[:, None] / f_safe * f[1])  # [K, P]
-    left = jnp.concatenate([(c * base / prod_safe)[:, None] * g_safe, c[:, None] * g_b])  # [2K, P]
-    right = jnp.concatenate([g_safe, 2.0 * g_f])
-    second = left.T @ right
+    # sum_k c_k [(B / F)_k gF_k gF_k^T + gB_k gF_k^T + gF_k gB_k^T] is the symmetric part
+    # of ONE K x P x P product, sum_k c_k (B gF / F + 2 gB)_k gF_k^T
+    left = (c * base / prod_safe)[:, None] * g_safe + 2.0 * c[:, None] * g_b  # [K, P]
+    second = left.T @ g_safe
     second = 0.5 * (second + second.T)
     diag = c @ (
         base[:, None] * _per_sample_bin(m.factor_of, others * f[2])

@@ -19,7 +19,7 @@ damping, termination):
    per bin, so near the minimum it converges only linearly (27 steps a fit on 1Lbb toys).
 2. **Newton** (optional: once the estimated distance to the minimum is below
    ``newton_edm``, or after ``newton_after`` Gauss-Newton steps): the exact Hessian
-   (:func:`gpufit.likelihood.derivatives.twice_nll_hessian`, two K x P x P products;
+   (:func:`gpufit.likelihood.derivatives.twice_nll_hessian`, one K x P x P product;
    plus the Gauss-Newton term of empty bins, which keeps steps off nu_b < 0) and a
    dense damped Cholesky solve, with the Gauss-Newton matrix where the damped
    Hessian is not positive definite; quadratic convergence in the end game.
