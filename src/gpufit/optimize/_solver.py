@@ -24,10 +24,12 @@ damping, termination):
    dense damped Cholesky solve, with the Gauss-Newton matrix where the damped
    Hessian is not positive definite; quadratic convergence in the end game.
 
-   Off by default, by measurement (benchmarks/solver.py: 1Lbb toys, 2-core CPU, groups
-   of 16): Newton throughout halves the mean steps (20.8 -> 11.7) and finds the same
-   minima, but a step costs about four Gauss-Newton ones (the Hessian 480 us a fit
-   against 170 us) and a group pays it for all its fits: 41 ms a fit against 8.5.
+   Off by default, by measurement (benchmarks/solver.py: 128 1Lbb toys, 2-core CPU,
+   groups of 16; results/solver-cpu-session21.json): Newton throughout cuts the mean
+   steps from 19.7 to 14.0 (the same minima, but for one edge fit that Newton steps
+   toward nu_b = 0 for all 300 steps), but a step costs about six Gauss-Newton ones
+   (570 us a fit against 95; the Hessian alone 300 us) and a group pays it for all its
+   fits until its slowest ends: 46.7 ms a fit against 3.3.
 
 Common to both: a parameter on a bound with the gradient (then the step) pushing
 outward is held for the step (projected Newton) and the step is clipped into the box;
