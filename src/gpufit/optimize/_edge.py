@@ -18,118 +18,171 @@ crossed), and the rest of -2 log L gets its damped Gauss-Newton model. A step so
 that quadratic program's KKT system, then a second-order correction (Nocedal & Wright,
 Numerical Optimization, section 15.6) moves back onto the targets from where the
 curvature of the edge took the step. A bin is released when its multiplier says that
-its count wants to grow. Dense P x P algebra on the host: it runs for the few fits that
-the batched solver leaves unconverged, before MIGRAD.
+its count wants to grow. A compiled loop of dense (P + N) x (P + N) solves, vmapped over
+a batch (:func:`edge_fits`): it runs for the fits that end at the edge (``fit``'s
+``at_edge``), the converged ones included, and for the unconverged ones before MIGRAD.
 """
+
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._device import jit
 from ..likelihood.derivatives import twice_nll_gradient_curvature
 from ..likelihood.kernels import expected_main
-from ._solver import _LAMBDA_MAX, EDGE_FRACTION, _edge_fraction, _held, _precision, _ridge, damping_rule
+from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIONS, NOT_FINITE, RUNNING, STALLED,
+                      _edge_fraction, _held, _precision, _ridge, damping_rule)
 
-
-@jit
-def _evaluate(m, data, pars):
-    return twice_nll_gradient_curvature(m, pars, data)
-
-
-_expected_main = jit(expected_main)
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
 CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu)
 
 
-def _kkt(matrix, g, jac_a, rhs, active):
-    """The step of ``min g.d + d.matrix.d / 2`` subject to ``jac_a d = rhs``, on the
-    ``active`` parameters [P] bool (0 elsewhere): d [P] and the multipliers [A]."""
-    idx = np.flatnonzero(active)
-    k, a = idx.size, jac_a.shape[0]
-    kkt = np.zeros((k + a, k + a))
-    kkt[:k, :k] = matrix[np.ix_(idx, idx)]
-    kkt[:k, k:] = jac_a[:, idx].T
-    kkt[k:, :k] = jac_a[:, idx]
-    sol = np.linalg.lstsq(kkt, np.concatenate([-g[idx], rhs]), rcond=None)[0]
-    delta = np.zeros(g.shape)
-    delta[idx] = sol[:k]
-    return delta, sol[k:]
+class _Edge(NamedTuple):
+    x: jax.Array  # [P]
+    f: jax.Array  # []
+    g: jax.Array  # [P]
+    jac: jax.Array  # [N, P]
+    w: jax.Array  # [N]
+    c: jax.Array  # [P]
+    lam: jax.Array  # []
+    edm: jax.Array  # []
+    released: jax.Array  # [N] bool: bins let go of for good (their minimum is inside the model)
+    n_iter: jax.Array  # [] int
+    status: jax.Array  # [] int
 
 
-def edge_fit(compiled, data, x0, free, lo, hi, tol, maxiter=300):
-    """Minimize -2 log L of ONE fit whose minimum lies at the edge of empty bins.
+class _Kkt(NamedTuple):
+    """The equality-constrained quadratic model of one step, factorized once: the step of
+    ``min g.d + d.M.d / 2`` subject to ``J_h d = r`` is ``d = d0 - Y mu`` with
+    ``M d0 = -g``, ``Y = M^-1 J_h^T`` and ``S mu = J_h d0 - r``, ``S = J_h Y`` (N x N,
+    the identity's rows for bins not held)."""
+
+    d0: jax.Array  # [P]
+    y: jax.Array  # [P, N]
+    s: jax.Array  # [N, N]
+    rows: jax.Array  # [N, P]: the held bins' gradients on the active set, unit length
+    unit: jax.Array  # [N]: their lengths (1 elsewhere)
+    held: jax.Array  # [N] bool
+
+
+def _kkt(matrix, g, jac, held, active):
+    """:class:`_Kkt` of the damped matrix [P, P] (positive definite), gradient g [P], the
+    ``held`` bins' rows of ``jac`` [N, P] on the ``active`` parameters [P] bool (the step is
+    0 elsewhere): one P x P Cholesky factorization, shapes fixed whatever is held."""
+    both = active[:, None] & active[None, :]
+    factor = (jnp.linalg.cholesky(jnp.where(both, matrix, jnp.eye(g.shape[0], dtype=g.dtype))), True)
+    rows = jnp.where(held[:, None] & active[None, :], jac, 0.0)
+    norm = jnp.sqrt(jnp.sum(rows * rows, axis=1))
+    held = held & (norm > 0)  # a row that vanishes on the active set constrains nothing
+    unit = jnp.where(held, norm, 1.0)
+    rows = rows / unit[:, None]
+    sol = jax.scipy.linalg.cho_solve(factor, jnp.concatenate([jnp.where(active, -g, 0.0)[:, None], rows.T], axis=1))
+    y = sol[:, 1:]
+    return _Kkt(sol[:, 0], y, rows @ y + jnp.diag(jnp.where(held, 0.0, 1.0)), rows, unit, held)
+
+
+def _kkt_step(k: _Kkt, rhs, gradient=True):
+    """The step [P] that meets ``J_h d = rhs`` [N] for the held bins, and the
+    multipliers [N] (0 for bins not held); without ``gradient``, the least change in the
+    model's metric that does (a second-order correction)."""
+    d0 = k.d0 if gradient else jnp.zeros_like(k.d0)
+    mu = jnp.linalg.solve(k.s, jnp.where(k.held, k.rows @ d0 - rhs / k.unit, 0.0))
+    return d0 - k.y @ mu, jnp.where(k.held, mu / k.unit, 0.0)
+
+
+def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
+    """One step of ONE fit along the edge (the module's docstring)."""
+    n_main = m.n_main
+    empty = data[:n_main] == 0
+    dtype = s.x.dtype
+    nu = jnp.where(empty, 1.0 / jnp.where(empty, s.w, 1.0), jnp.inf)  # w = 1/nu in empty bins
+    target = jnp.maximum(EDGE_FRACTION * nu, bottom)
+
+    def solve(held):
+        w_rest = jnp.where(held, 0.0, s.w)  # the held bins leave the objective ...
+        curv = 2.0 * ((s.jac.T * w_rest) @ s.jac + jnp.diag(s.c))
+        g_rest = s.g - 2.0 * jnp.sum(jnp.where(held[:, None], s.jac, 0.0), axis=0)  # ... with their 2 nu_b
+        dg = jnp.diag(curv)
+        damped = curv + jnp.diag(s.lam * dg + _ridge(dtype) * jnp.maximum(jnp.max(dg), 1.0))
+        active = _held(s.x, g_rest, lo, hi, free)  # the batched solver's two-metric projection
+        k = _kkt(damped, g_rest, s.jac, held, active)
+        delta, _ = _kkt_step(k, target - nu)
+        pushed = active & ~_held(s.x, -delta, lo, hi, active)
+        again = jax.lax.psum(jnp.any(pushed) & (s.status == RUNNING), _FITS) > 0  # once for the batch
+        k = jax.lax.cond(again, lambda: _kkt(damped, g_rest, s.jac, held, active & ~pushed), lambda: k)
+        delta, mult = _kkt_step(k, target - nu)
+        return delta, mult, curv, g_rest, k
+
+    # g = g_rest + 2 J_h^T = J_h^T (2 - mult) at a solution: a minimum on the edge has
+    # 2 - mult >= 0 (the count would rise into the model); a bin whose multiplier exceeds
+    # 2 wants its count up, and is released for good (its minimum is inside the model,
+    # where the batched solver's steps are right)
+    def releasing(carry):
+        held, released, out = carry
+        release = held & (out[1] > 2.0)
+        return held & ~release, released | release, solve(held & ~release)
+
+    held = empty & (nu < HOLD_NU) & ~s.released
+    held, released, (delta, _, curv, g_rest, kkt) = jax.lax.while_loop(
+        lambda carry: jnp.any(carry[0] & (carry[2][1] > 2.0)), releasing, (held, s.released, solve(held)))
+    edm = -(g_rest @ delta + 0.5 * delta @ curv @ delta)
+    delta = delta * _edge_fraction(s.jac @ delta, nu, empty & ~held)  # the batched solver's rule for the rest
+    x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
+
+    def correcting(carry):  # second-order corrections back onto the targets
+        k, x, _ = carry
+        nu_x = expected_main(m, x)
+        off = held & (jnp.abs(nu_x - target) > 0.5 * target)
+        back, _ = _kkt_step(kkt, target - nu_x, gradient=False)
+        return k + 1, jnp.where(jnp.any(off), jnp.where(free, jnp.clip(x + back, lo, hi), x), x), jnp.any(off)
+
+    _, x_try, _ = jax.lax.while_loop(lambda carry: (carry[0] < CORRECTIONS) & carry[2] & jnp.any(held),
+                                     correcting, (0, x_try, jnp.asarray(True)))
+    f_try, g_try, jac_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
+    ok, lam_next = damping_rule(s.f, s.lam, f_try, g_try, edm)
+    floor = jnp.maximum(tol, _precision(dtype) * jnp.abs(s.f))
+    n_iter = s.n_iter + 1
+    status = jnp.where((edm < floor) & (s.lam < 1.0), CONVERGED,
+                       jnp.where(lam_next >= _LAMBDA_MAX, STALLED,
+                                 jnp.where(n_iter >= maxiter, MAX_ITERATIONS, RUNNING)))
+    new = (x_try, f_try, g_try, jac_try, w_try, c_try)
+    old = (s.x, s.f, s.g, s.jac, s.w, s.c)
+    x, f, g, jac, w, c = (jnp.where(ok, a, b) for a, b in zip(new, old))
+    return _Edge(x, f, g, jac, w, c, lam_next, edm, released, n_iter, status)
+
+
+def _edge_one(m, data, x0, free, lo, hi, tol, maxiter, bottom):
+    f, g, jac, w, c = twice_nll_gradient_curvature(m, x0, data)
+    dtype = x0.dtype
+    s = _Edge(x0, f, g, jac, w, c, jnp.asarray(1e-3, dtype), jnp.asarray(jnp.inf, dtype),
+              jnp.zeros(w.shape, bool), jnp.asarray(0), jnp.where(jnp.isfinite(f), RUNNING, NOT_FINITE))
+    s = jax.lax.while_loop(lambda s: s.status == RUNNING,
+                           lambda s: _edge_step(m, data, s, free, lo, hi, tol, maxiter, bottom), s)
+    return s.x, s.f, s.status, s.n_iter, s.edm
+
+
+@jit
+def edge_fits(m, data, x0, free, lo, hi, tol, maxiter):
+    """Minimize -2 log L of B fits whose minimum lies at the edge of empty bins, each
+    from its start, in one compiled call (lockstep: the batch runs as long as its
+    slowest fit).
 
     Args:
-        compiled: compiled model (on the host's CPU device).
-        data [N + A], x0 [P] (finite), free [P] bool, lo and hi [P]; tol: edm
-            threshold.
+        m: compiled model; data [B, N + A], x0 [B, P] (finite), free [B, P] bool, lo and
+            hi [P]; tol: edm threshold; maxiter: steps at most (traced: one compiled call
+            serves a first pass and its continuation).
 
     Returns:
-        pars [P], twice_nll, converged (bool), edm, steps.
+        pars [B, P], twice_nll [B], status [B] (the batched solver's codes), n_iter [B], edm [B].
     """
-    n_main = int(compiled.n_main)
-    empty = np.asarray(data)[:n_main] == 0
-    cpu = jax.devices("cpu")[0]
-    compiled, data = jax.device_put((compiled, jnp.asarray(data)), cpu)
-    dtype = np.asarray(x0).dtype
-
-    def evaluate(p):
-        return [np.asarray(a, np.float64) for a in _evaluate(compiled, data, jax.device_put(p.astype(dtype), cpu))]
-
-    x = np.asarray(x0, np.float64)
-    f, g, jac, w, c = evaluate(x)
-    if not np.isfinite(f):
-        return x, f, False, np.inf, 0
-    lam, edm, floor = 1e-3, np.inf, max(tol, _precision(dtype) * abs(f))
+    dtype = x0.dtype
     # the smallest count a held bin is taken to: below it the count is rounding (the sum
     # of its samples' counts, each O(1) or more) and a step can land on either side of 0
-    scale = np.abs(np.asarray(compiled.nominal)) @ np.asarray(compiled.bin_matrix)  # [N]
-    bottom = 1e3 * np.finfo(dtype).eps * np.maximum(scale, 1.0)
-    released = np.zeros(empty.shape, bool)
-    for step in range(1, maxiter + 1):
-        nu = np.where(empty, 1.0 / np.where(empty, w, 1.0), np.inf)  # w = 1/nu in empty bins
-        held = empty & (nu < HOLD_NU) & ~released
-        while True:
-            w_rest = np.where(held, 0.0, w)  # the held bins leave the objective ...
-            curv = 2.0 * ((jac.T * w_rest) @ jac + np.diag(c))
-            g_rest = g - 2.0 * jac[held].sum(axis=0)  # ... with their 2 nu_b
-            dg = np.diag(curv)
-            damped = curv + np.diag(lam * dg + _ridge(dtype) * max(dg.max(initial=0.0), 1.0))
-            active = _held(x, g_rest, lo, hi, free)  # the batched solver's two-metric projection
-            target = np.maximum(EDGE_FRACTION * nu[held], bottom[held])
-            delta, mult = _kkt(damped, g_rest, jac[held], target - nu[held], active)
-            pushed = active & ~_held(x, -delta, lo, hi, active)
-            if pushed.any():
-                active &= ~pushed
-                delta, mult = _kkt(damped, g_rest, jac[held], target - nu[held], active)
-            # g = g_rest + 2 J_h^T = J_h^T (2 - mult) at a solution: a minimum on the
-            # edge has 2 - mult >= 0 (the count would rise into the model); a bin whose
-            # multiplier exceeds 2 wants its count up, and is released for good (its
-            # minimum is inside the model, where the batched solver's steps are right)
-            release = np.flatnonzero(held)[mult > 2.0]
-            if release.size == 0:
-                break
-            held[release] = False
-            released[release] = True
-        edm = -(g_rest @ delta + 0.5 * delta @ curv @ delta)
-        delta *= float(_edge_fraction(jac @ delta, nu, empty & ~held))  # the batched solver's rule for the rest
-        x_try = np.where(free, np.clip(x + delta, lo, hi), x)
-        for _ in range(CORRECTIONS if held.any() else 0):  # second-order corrections back onto the targets
-            nu_try = np.asarray(_expected_main(compiled, jax.device_put(x_try.astype(dtype), cpu)), np.float64)[held]
-            if np.all(np.abs(nu_try - target) <= 0.5 * target):
-                break
-            back, _ = _kkt(damped, np.zeros_like(g), jac[held], target - nu_try, active)
-            x_try = np.where(free, np.clip(x_try + back, lo, hi), x_try)
-        f_try, g_try, jac_try, w_try, c_try = evaluate(x_try)
-        ok, lam_next = damping_rule(np.asarray(f, dtype), lam, np.asarray(f_try, dtype), g_try, edm)
-        if ok:
-            x, f, g, jac, w, c = x_try, f_try, g_try, jac_try, w_try, c_try
-        if edm < floor and lam < 1.0:
-            return x, f, True, edm, step
-        lam = float(lam_next)
-        if lam >= _LAMBDA_MAX:
-            break
-    return x, f, False, edm, step
+    scale = jnp.abs(m.nominal) @ m.bin_matrix  # [N]
+    bottom = 1e3 * jnp.finfo(dtype).eps * jnp.maximum(scale, 1.0)
+    return jax.vmap(lambda d, x, fr: _edge_one(m, d, x, fr, lo, hi, tol, maxiter, bottom), axis_name=_FITS)(
+        data, x0, free)

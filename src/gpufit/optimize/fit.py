@@ -12,7 +12,7 @@ from iminuit import Minuit
 
 from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
-from ._edge import edge_fit
+from ._edge import edge_fits
 from ._result import FitResult
 from ._solver import (CONVERGED, DAMPING, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points,
                       value_and_grad_one, value_one)
@@ -24,6 +24,8 @@ DEFAULT_MAXITER = 300
 FIRST_PASS_STEPS = 30
 POINT_FITS_MAX = 2048  # fits of a grid's points per compiled call on an accelerator (not yet run on one)
 EDGE_NU = 1e-6  # an empty main bin whose expected count a fit left below this (events) is at the model's edge
+EDGE_GROUP = 16  # fits per compiled call of the solver along the edge (they step in lockstep) ...
+EDGE_FIRST_STEPS = 10  # ... in a first pass of this many steps
 RESTART_DAMPING = 1.0  # the initial damping of a new start ("heavily damped" Gauss-Newton): fit's and the toys'
 
 
@@ -325,6 +327,17 @@ def fit(
             keep = (s2 == CONVERGED) & (f2 < twice_nll[edge])
             lower = edge[keep]
             pars[lower], twice_nll[lower], edm[lower] = p2[keep], f2[keep], e2[keep]
+            # then on along the edge from the lower end: the solver's damping scales with the
+            # empty bin's curvature 1/nu_b there (~1e15), which freezes every parameter that
+            # moves nu_b, along the edge too, and reports a converged edm where the minimum
+            # lies further on (8 of 512 1Lbb fits of fluctuated data, by up to 0.42)
+            edge = edge[at_edge(model, flat_data[edge], pars[edge])]
+            frees = np.broadcast_to(free, pars[edge].shape)
+            p2, f2, s2, i2, e2 = _along_edge(compiled, flat_data[edge], pars[edge], frees, b, tol)
+            n_iter[edge] += i2
+            keep = (s2 == CONVERGED) & (f2 < twice_nll[edge])
+            lower = edge[keep]
+            pars[lower], twice_nll[lower], edm[lower] = p2[keep], f2[keep], e2[keep]
     if retry:
         by_minuit = _retry_on_host(lambda i: model, flat_data, flat_x0, pars, twice_nll, status, edm,
                                    lambda i: free, lambda i: b, tol)
@@ -384,10 +397,30 @@ def _two_passes(solve, x0, first, maxiter):
     return pars, twice_nll, status, n_iter, edm
 
 
+def _along_edge(compiled, data, x0, free, bounds, tol, maxiter=DEFAULT_MAXITER):
+    """The active-set solver along the model's edge (:func:`~gpufit.optimize._edge.edge_fits`)
+    for R fits, in compiled calls of ``EDGE_GROUP`` fits that step in lockstep: data
+    [R, N + A], x0 and free [R, P], bounds [P, 2] -> pars [R, P], twice_nll, status, n_iter,
+    edm [R]. A first pass of ``EDGE_FIRST_STEPS``, then the fits still running go on
+    together (half end within 7 steps, a few take 100 or more: a group runs as long as
+    its slowest fit)."""
+
+    def solve(rows, starts, steps):
+        out = [np.empty((0,) + x0.shape[1:]), np.empty(0), np.empty(0, int), np.empty(0, int), np.empty(0)]
+        for part, take in padded_chunks(len(rows), EDGE_GROUP):
+            res = edge_fits(compiled, jnp.asarray(data[rows[take]]), jnp.asarray(starts[take]),
+                            jnp.asarray(free[rows[take]]), jnp.asarray(bounds[:, 0]), jnp.asarray(bounds[:, 1]), tol,
+                            steps)
+            out = [np.concatenate([o, np.asarray(a)[: part.size]]) for o, a in zip(out, res)]
+        return out
+
+    return _two_passes(solve, x0, min(maxiter, EDGE_FIRST_STEPS), maxiter)
+
+
 def _edge_or_migrad(model, data, end, start, free, bounds, tol):
     """The host's last word on one unconverged fit: where the dataset has an empty main
     bin and the solver ended at a finite point, the active-set solver along the model's
-    edge (:func:`~gpufit.optimize._edge.edge_fit`: a fit that crawled along an empty
+    edge (:func:`~gpufit.optimize._edge.edge_fits`: a fit that crawled along an empty
     bin's edge, where MIGRAD fails too); where that does not converge, MIGRAD
     (:func:`_migrad`).
 
@@ -395,9 +428,9 @@ def _edge_or_migrad(model, data, end, start, free, bounds, tol):
         pars [P], twice_nll, converged, edm, by_minuit.
     """
     if np.any(data[: model.n_main] == 0) and np.all(np.isfinite(end)):
-        compiled = _kernel_tables(model)
-        p, f, converged, e, _ = edge_fit(compiled, data, end, free, bounds[:, 0], bounds[:, 1], tol)
-        if converged:
+        p, f, status, _, e = (a[0] for a in _along_edge(_kernel_tables(model), data[None], end[None], free[None],
+                                                          bounds, tol))
+        if status == CONVERGED:
             return p, f, True, e, False
     return _migrad(model, data, end, start, free, bounds, tol) + (True,)
 
