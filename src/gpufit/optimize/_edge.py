@@ -35,7 +35,7 @@ from .._device import jit
 from ..likelihood.derivatives import twice_nll_gradient_curvature
 from ..likelihood.kernels import expected_main
 from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIONS, NOT_FINITE, RUNNING, STALLED,
-                      _edge_fraction, _held, _precision, _ridge, damping_rule)
+                      _edge_fraction, _held, _precision, damping_rule, solve_damped)
 
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
 CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu)
@@ -69,18 +69,20 @@ class _Kkt(NamedTuple):
     held: jax.Array  # [N] bool
 
 
-def _kkt(matrix, g, jac, held, active):
-    """:class:`_Kkt` of the damped matrix [P, P] (positive definite), gradient g [P], the
-    ``held`` bins' rows of ``jac`` [N, P] on the ``active`` parameters [P] bool (the step is
-    0 elsewhere): one P x P Cholesky factorization, shapes fixed whatever is held."""
-    both = active[:, None] & active[None, :]
-    factor = (jnp.linalg.cholesky(jnp.where(both, matrix, jnp.eye(g.shape[0], dtype=g.dtype))), True)
+def _kkt(m, jac, w_rest, c, g, lam, held, active):
+    """:class:`_Kkt` of the damped Gauss-Newton matrix of the rest of -2 log L (weights
+    ``w_rest`` [N], ``c`` [P], damping ``lam``; :func:`~gpufit.optimize._solver.solve_damped`,
+    an N x N factorization instead of a P x P one), gradient g [P], the ``held`` bins'
+    rows of ``jac`` [N, P] on the ``active`` parameters [P] bool (the step is 0
+    elsewhere): shapes fixed whatever is held."""
     rows = jnp.where(held[:, None] & active[None, :], jac, 0.0)
     norm = jnp.sqrt(jnp.sum(rows * rows, axis=1))
     held = held & (norm > 0)  # a row that vanishes on the active set constrains nothing
     unit = jnp.where(held, norm, 1.0)
     rows = rows / unit[:, None]
-    sol = jax.scipy.linalg.cho_solve(factor, jnp.concatenate([jnp.where(active, -g, 0.0)[:, None], rows.T], axis=1))
+    # M^-1 v for each v of [-g, rows^T]: solve_damped takes a gradient, and solves
+    # M d = -gradient with M the damped matrix of 2 (J^T W J + diag c)
+    sol = solve_damped(m, jac, w_rest, c, jnp.concatenate([g[:, None], -rows.T], axis=1), lam, active)  # [P, 1 + N]
     y = sol[:, 1:]
     return _Kkt(sol[:, 0], y, rows @ y + jnp.diag(jnp.where(held, 0.0, 1.0)), rows, unit, held)
 
@@ -103,19 +105,19 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
     target = jnp.maximum(EDGE_FRACTION * nu, bottom)
 
     def solve(held):
-        w_rest = jnp.where(held, 0.0, s.w)  # the held bins leave the objective ...
-        curv = 2.0 * ((s.jac.T * w_rest) @ s.jac + jnp.diag(s.c))
-        g_rest = s.g - 2.0 * jnp.sum(jnp.where(held[:, None], s.jac, 0.0), axis=0)  # ... with their 2 nu_b
-        dg = jnp.diag(curv)
-        damped = curv + jnp.diag(s.lam * dg + _ridge(dtype) * jnp.maximum(jnp.max(dg), 1.0))
+        # the held bins leave the objective (a weight at rounding level: the factored
+        # solve divides by it), with their 2 nu_b
+        w_rest = jnp.where(held, jnp.finfo(dtype).eps * jnp.max(jnp.where(held, 0.0, s.w)), s.w)
+        g_rest = s.g - 2.0 * jnp.sum(jnp.where(held[:, None], s.jac, 0.0), axis=0)
         active = _held(s.x, g_rest, lo, hi, free)  # the batched solver's two-metric projection
-        k = _kkt(damped, g_rest, s.jac, held, active)
+        k = _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, held, active)
         delta, _ = _kkt_step(k, target - nu)
         pushed = active & ~_held(s.x, -delta, lo, hi, active)
         again = jax.lax.psum(jnp.any(pushed) & (s.status == RUNNING), _FITS) > 0  # once for the batch
-        k = jax.lax.cond(again, lambda: _kkt(damped, g_rest, s.jac, held, active & ~pushed), lambda: k)
+        k = jax.lax.cond(again, lambda: _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, held, active & ~pushed),
+                         lambda: k)
         delta, mult = _kkt_step(k, target - nu)
-        return delta, mult, curv, g_rest, k
+        return delta, mult, w_rest, g_rest, k
 
     # g = g_rest + 2 J_h^T = J_h^T (2 - mult) at a solution: a minimum on the edge has
     # 2 - mult >= 0 (the count would rise into the model); a bin whose multiplier exceeds
@@ -127,10 +129,11 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
         return held & ~release, released | release, solve(held & ~release)
 
     held = empty & (nu < HOLD_NU) & ~s.released
-    held, released, (delta, _, curv, g_rest, kkt) = jax.lax.while_loop(
+    held, released, (delta, _, w_rest, g_rest, kkt) = jax.lax.while_loop(
         lambda carry: jnp.any(carry[0] & (carry[2][1] > 2.0)), releasing, (held, s.released, solve(held)))
-    edm = -(g_rest @ delta + 0.5 * delta @ curv @ delta)
-    delta = delta * _edge_fraction(s.jac @ delta, nu, empty & ~held)  # the batched solver's rule for the rest
+    jd = s.jac @ delta
+    edm = -(g_rest @ delta + jnp.dot(w_rest * jd, jd) + jnp.dot(s.c * delta, delta))  # the undamped model's decrease
+    delta = delta * _edge_fraction(jd, nu, empty & ~held)  # the batched solver's rule for the rest
     x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
 
     def correcting(carry):  # second-order corrections back onto the targets

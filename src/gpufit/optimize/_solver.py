@@ -129,31 +129,32 @@ def solve_damped(m, jac, w, c, g, lam, active):
     1.6x faster, the same steps).
 
     Args:
-        jac [N, P], w [N], c [P], g [P], lam [], active [P] bool.
+        jac [N, P], w [N], c [P], g [P] (or [P, K]: K right-hand sides, one
+        factorization), lam [], active [P] bool.
 
     Returns:
-        delta [P].
+        delta [P] (or [P, K]).
     """
     dg = w @ (jac * jac) + c  # diagonal of J^T W J + diag(c)
     scale = jnp.maximum(jnp.max(jnp.where(active, dg, 0.0)), 1.0)
     d = jnp.where(active, c + lam * dg + _ridge(g.dtype) * scale, 1.0)
     jac = jnp.where(active, jac, 0.0)
-    r = jnp.where(active, -0.5 * g, 0.0)
+    r = jnp.where(active[:, None], -0.5 * g.reshape(g.shape[0], -1), 0.0)  # [P, K]
     u, k, loc, b_loc = m.unconstrained, m.spread, m.local, m.local_bin
-    ju, jc, dc = jac[:, u], jac[:, k], d[k]
-    jl, dl = jac[b_loc, loc], d[loc]  # [L]: each local parameter's one entry, in its bin
-    n = w.shape[0]
-    jc_scaled = jc / dc  # J_G D_G^-1  [N, G]
-    b = (jnp.diag(1.0 / w + jax.ops.segment_sum(jl * jl / dl, b_loc, num_segments=n))
+    ju, jc, dc = jac[:, u], jac[:, k], d[k, None]
+    jl, dl = jac[b_loc, loc][:, None], d[loc, None]  # [L, 1]: each local parameter's one entry, in its bin
+    n, n_rhs = w.shape[0], r.shape[1]
+    jc_scaled = jc / dc.T  # J_G D_G^-1  [N, G]
+    b = (jnp.diag(1.0 / w + jax.ops.segment_sum(jl[:, 0] ** 2 / dl[:, 0], b_loc, num_segments=n))
          + jc_scaled @ jc.T)  # [N, N]
-    rhs = jc_scaled @ r[k] + jax.ops.segment_sum(jl * r[loc] / dl, b_loc, num_segments=n)  # J_C D_C^-1 r_C
-    sol = _cho_solve(b, jnp.concatenate([rhs[:, None], ju], axis=1))  # [N, 1 + U]
-    b_s, b_ju = sol[:, 0], sol[:, 1:]
-    delta_u = _cho_solve(ju.T @ b_ju + jnp.diag(d[u]), r[u] - ju.T @ b_s)  # [U]
+    rhs = jc_scaled @ r[k] + jax.ops.segment_sum(jl * r[loc] / dl, b_loc, num_segments=n)  # J_C D_C^-1 r_C [N, K]
+    sol = _cho_solve(b, jnp.concatenate([rhs, ju], axis=1))  # [N, K + U]
+    b_s, b_ju = sol[:, :n_rhs], sol[:, n_rhs:]
+    delta_u = _cho_solve(ju.T @ b_ju + jnp.diag(d[u]), r[u] - ju.T @ b_s)  # [U, K]
     y = b_s + b_ju @ delta_u
     delta_k = (r[k] - jc.T @ y) / dc
     delta_l = (r[loc] - jl * y[b_loc]) / dl
-    return jnp.concatenate([delta_u, delta_k, delta_l])[m.partition_inverse]
+    return jnp.concatenate([delta_u, delta_k, delta_l])[m.partition_inverse].reshape(g.shape)
 
 
 def solve_newton(hessian, gauss_newton, g, lam, active, *, scale):
