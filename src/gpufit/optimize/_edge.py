@@ -9,8 +9,12 @@ without limit; when the minimum is further along the edge, every step along it l
 the curved surface, is cut to a tenth, and the fit crawls. Of the 10,000 1Lbb fits of
 ``benchmarks/fits.py`` one did that for 300 steps (nu_b = 5.5e-9, the POI on its bound
 0), then exact Newton steps and MIGRAD (three attempts, 17 s) failed from there too;
-this solver converges it in 45 steps (0.2 s), 0.055 lower, with the POI off its bound
-(MIGRAD, strategy 1, from there finds nothing lower: ``tests/test_fit.py``).
+this solver converges it in 45 steps, 0.055 lower, with the POI off its bound (MIGRAD,
+strategy 1, from there finds nothing lower: ``tests/test_fit.py``). And a fit can stop
+*converged* where it meets the edge, short of the minimum further along it: there the
+damping of the batched solver, scaled by the curvature 1/nu_b ~ 1e15, freezes every
+parameter that moves nu_b (8 of 512 1Lbb fits of fluctuated data, by up to 0.42;
+benchmarks/README.md, session 21), and MIGRAD does not move from there either.
 
 The empty bins at the edge are held as equality constraints ``nu_b(theta) = t_b`` with
 ``t_b`` a tenth of the current count (the edge is approached geometrically and never

@@ -41,7 +41,8 @@ def at_edge(model, data, pars) -> np.ndarray:
     -2 log L (benchmarks/README.md, "Minima at the edge of an empty bin"). Such fits
     get a new start, heavily damped Gauss-Newton from their start (the toys': the
     suggested init), which found 29 of those 36 alone at the cost of one fit (exact
-    Newton, 28, costs several times more), the lower minimum kept."""
+    Newton, 28, costs several times more), the lower minimum kept; ``fit`` then runs
+    the active-set solver along the edge from there (``optimize/_edge.py``)."""
     n = np.asarray(data)[..., : model.n_main]
     n = n.reshape(-1, model.n_main)
     pars = np.asarray(pars).reshape(-1, model.n_pars)
@@ -248,9 +249,10 @@ def fit(
         retry: continue the fits that did not converge with exact Newton steps from where
             the solver stopped (up to ``maxiter`` more; not those that stopped at an
             empty bin's edge), give fits that converged at such an edge a new start (the
-            lower minimum kept), then refit those still unconverged on the host: where
-            the dataset has an empty bin, with the active-set solver along its edge
-            (``optimize/_edge.py``), else or where that fails with iminuit (MIGRAD with
+            lower minimum kept) and then the active-set solver along the edge from there
+            (``optimize/_edge.py``; the lower kept again), then refit those still
+            unconverged: where the dataset has an empty bin, with that solver, else or
+            where that fails with iminuit on the host (MIGRAD with
             the exact gradient, strategy 0 from where the solver stopped; where that
             fails, strategy 1 from there and from the fit's start, the lowest valid
             minimum kept); what still fails keeps ``converged=False``.
