@@ -22,8 +22,9 @@ crossed), and the rest of -2 log L gets its damped Gauss-Newton model. A step so
 that quadratic program's KKT system, then a second-order correction (Nocedal & Wright,
 Numerical Optimization, section 15.6) moves back onto the targets from where the
 curvature of the edge took the step. A bin is released when its multiplier says that
-its count wants to grow. A compiled loop of dense (P + N) x (P + N) solves, vmapped over
-a batch (:func:`edge_fits`): it runs for the fits that end at the edge (``fit``'s
+its count wants to grow. One compiled loop, vmapped over a batch (:func:`edge_fits`),
+whose KKT steps go through the batched solver's factored Gauss-Newton solve (an N x N
+factorization, :class:`_Kkt`): it runs for the fits that end at the edge (``fit``'s
 ``at_edge``), the converged ones included, and for the unconverged ones before MIGRAD.
 """
 
