@@ -444,48 +444,38 @@ def _edge_dataset(name):
         return np.asarray(json.load(handle)["data"])
 
 
-def _assert_a_minimum_on_the_edge(model, data, result, empty_bin):
-    """``result`` is a valid point of the model (pyhf's logpdf) on the edge nu_b = 0 of
-    ``empty_bin``, not beyond it, and MIGRAD (strategy 1) from it finds nothing lower."""
+def test_fits_whose_minimum_lies_further_along_the_edge_reach_it(lbb_ws):
+    """Two fluctuations of 1Lbb's observed data whose minimum lies on the edge nu_b = 0 of
+    an empty bin, further along it than where the fits meet it:
+
+    - ``tests/data/1lbb_edge_fit.json``: Gauss-Newton crawls (every step along the
+      curved edge is cut to a tenth), and exact Newton steps and MIGRAD (three
+      attempts) failed from there too;
+    - ``tests/data/1lbb_edge_along.json``: the fits stop *converged* where they meet
+      the edge, 0.42 above the minimum (the damping, scaled by the bin's curvature
+      1/nu_b ~ 1e15, froze every parameter that moves nu_b), lower than exact Newton
+      steps from the suggested init reach (224.78).
+
+    The active-set solver along the edge takes both to a valid point of the model
+    (pyhf's logpdf) on the edge, not beyond it, from which MIGRAD (strategy 1) finds
+    nothing lower."""
     fit_module = sys.modules["gpufit.optimize.fit"]
-    assert result.converged and result.finished_by == "gpufit"
-    assert float(-2.0 * model.pyhf_model.logpdf(result.pars, data)[0]) == pytest.approx(float(result.twice_nll),
-                                                                                       rel=1e-9)
-    nu = model.expected_main(result.pars)
-    assert data[empty_bin] == 0 and 0.0 <= nu[empty_bin] < 1e-9
-    b = model.suggested_bounds()
-    referee = fit_module._minuit_refit(model, data, result.pars, ~model.fixed_parameters(), b, 1e-8, strategy=1)
-    assert referee[1] > result.twice_nll - 1e-3
-
-
-def test_a_fit_that_crawls_along_the_edge_converges_on_it(lbb_ws):
-    """A fluctuation of 1Lbb's observed data (``tests/data/1lbb_edge_fit.json``) whose
-    minimum lies on the edge nu_b = 0 of an empty bin, further along it than where the
-    fit meets it: Gauss-Newton crawls (every step along the curved edge is cut to a
-    tenth), and exact Newton steps and MIGRAD (three attempts) failed from there too. The
-    active-set solver along the edge converges it, lower, with the POI off its bound."""
-    data = _edge_dataset("1lbb_edge_fit.json")
+    data = np.stack([_edge_dataset("1lbb_edge_fit.json"), _edge_dataset("1lbb_edge_along.json")])
     model = lbb_ws.model()
-    crawled = gpufit.fit(model, data, retry=False, hesse=False)
+    crawled = gpufit.fit(model, data[0], retry=False, hesse=False)
     assert not crawled.converged and crawled.status_names == "max_iterations"
     assert crawled.value("mu_SIG") == 0.0 and crawled.twice_nll > 224.89
     result = gpufit.fit(model, data, hesse=False)
-    assert result.twice_nll == pytest.approx(224.8403, abs=1e-3) and result.value("mu_SIG") > 0.05
-    _assert_a_minimum_on_the_edge(model, data, result, 2)
-
-
-def test_a_fit_converged_where_it_met_the_edge_goes_on_along_it(lbb_ws):
-    """A fluctuation of 1Lbb's observed data (``tests/data/1lbb_edge_along.json``) whose
-    fits stopped *converged* where they met the edge nu_b = 0 of an empty bin, 0.42
-    above the minimum further along it: the damping, scaled by that bin's curvature
-    1/nu_b ~ 1e15, froze every parameter that moves nu_b. fit() now goes on along the
-    edge from there, to a minimum lower than exact Newton steps from the suggested init
-    reach (224.78)."""
-    data = _edge_dataset("1lbb_edge_along.json")
-    model = lbb_ws.model()
-    result = gpufit.fit(model, data, hesse=False)
-    assert result.twice_nll == pytest.approx(224.4825, abs=1e-3)  # 224.9072 where the fit met the edge
-    _assert_a_minimum_on_the_edge(model, data, result, 2)
+    assert result.converged.all() and (result.finished_by == "gpufit").all()
+    # 224.8949 where the first crawled, 224.9072 where the second stopped
+    np.testing.assert_allclose(result.twice_nll, [224.8403, 224.4825], rtol=0, atol=1e-3)
+    assert result.pars[0, model.poi_index] > 0.05
+    b = model.suggested_bounds()
+    for d, pars, twice_nll in zip(data, result.pars, result.twice_nll):
+        assert float(-2.0 * model.pyhf_model.logpdf(pars, d)[0]) == pytest.approx(float(twice_nll), rel=1e-9)
+        assert d[2] == 0 and 0.0 <= model.expected_main(pars)[2] < 1e-9
+        referee = fit_module._minuit_refit(model, d, pars, ~model.fixed_parameters(), b, 1e-8, strategy=1)
+        assert referee[1] > twice_nll - 1e-3
 
 
 def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
