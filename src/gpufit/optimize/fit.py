@@ -322,24 +322,24 @@ def fit(
             pars[done], twice_nll[done], status[done], edm[done] = p2[keep], f2[keep], s2[keep], e2[keep]
             n_iter[done] += i2[keep]
         # minima at the model's edge (at_edge): a new start, heavily damped, the lower kept
+        def keep_lower(rows, result):
+            p2, f2, s2, i2, e2 = result
+            n_iter[rows] += i2  # steps taken, whichever minimum is kept
+            keep = (s2 == CONVERGED) & (f2 < twice_nll[rows])
+            lower = rows[keep]
+            pars[lower], twice_nll[lower], edm[lower] = p2[keep], f2[keep], e2[keep]
+
         edge = np.flatnonzero((status == CONVERGED) & at_edge(model, flat_data, pars))
         if edge.size:
-            p2, f2, s2, i2, e2 = solve(edge, flat_x0[edge], maxiter, lam0=RESTART_DAMPING)
-            n_iter[edge] += i2  # steps taken, whichever minimum is kept
-            keep = (s2 == CONVERGED) & (f2 < twice_nll[edge])
-            lower = edge[keep]
-            pars[lower], twice_nll[lower], edm[lower] = p2[keep], f2[keep], e2[keep]
+            keep_lower(edge, solve(edge, flat_x0[edge], maxiter, lam0=RESTART_DAMPING))
             # then on along the edge from the lower end: the solver's damping scales with the
             # empty bin's curvature 1/nu_b there (~1e15), which freezes every parameter that
             # moves nu_b, along the edge too, and reports a converged edm where the minimum
             # lies further on (8 of 512 1Lbb fits of fluctuated data, by up to 0.42)
             edge = edge[at_edge(model, flat_data[edge], pars[edge])]
-            frees = np.broadcast_to(free, pars[edge].shape)
-            p2, f2, s2, i2, e2 = _along_edge(compiled, flat_data[edge], pars[edge], frees, b, tol)
-            n_iter[edge] += i2
-            keep = (s2 == CONVERGED) & (f2 < twice_nll[edge])
-            lower = edge[keep]
-            pars[lower], twice_nll[lower], edm[lower] = p2[keep], f2[keep], e2[keep]
+        if edge.size:
+            keep_lower(edge, _along_edge(compiled, flat_data[edge], pars[edge], np.broadcast_to(free, pars[edge].shape),
+                                         b, tol))
     if retry:
         by_minuit = _retry_on_host(lambda i: model, flat_data, flat_x0, pars, twice_nll, status, edm,
                                    lambda i: free, lambda i: b, tol)
@@ -408,13 +408,9 @@ def _along_edge(compiled, data, x0, free, bounds, tol, maxiter=DEFAULT_MAXITER):
     its slowest fit)."""
 
     def solve(rows, starts, steps):
-        out = [np.empty((0,) + x0.shape[1:]), np.empty(0), np.empty(0, int), np.empty(0, int), np.empty(0)]
-        for part, take in padded_chunks(len(rows), EDGE_GROUP):
-            res = edge_fits(compiled, jnp.asarray(data[rows[take]]), jnp.asarray(starts[take]),
-                            jnp.asarray(free[rows[take]]), jnp.asarray(bounds[:, 0]), jnp.asarray(bounds[:, 1]), tol,
-                            steps)
-            out = [np.concatenate([o, np.asarray(a)[: part.size]]) for o, a in zip(out, res)]
-        return out
+        return _in_chunks(rows, starts, EDGE_GROUP, lambda take, x, real: edge_fits(
+            compiled, jnp.asarray(data[take]), jnp.asarray(x), jnp.asarray(free[take]), jnp.asarray(bounds[:, 0]),
+            jnp.asarray(bounds[:, 1]), tol, steps))
 
     return _two_passes(solve, x0, min(maxiter, EDGE_FIRST_STEPS), maxiter)
 
