@@ -116,12 +116,15 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
         g_rest = s.g - 2.0 * jnp.sum(jnp.where(held[:, None], s.jac, 0.0), axis=0)
         active = _held(s.x, g_rest, lo, hi, free)  # the batched solver's two-metric projection
         k = _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, held, active)
-        delta, _ = _kkt_step(k, target - nu)
+        delta, mult = _kkt_step(k, target - nu)
         pushed = active & ~_held(s.x, -delta, lo, hi, active)
         again = jax.lax.psum(jnp.any(pushed) & (s.status == RUNNING), _FITS) > 0  # once for the batch
-        k = jax.lax.cond(again, lambda: _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, held, active & ~pushed),
-                         lambda: k)
-        delta, mult = _kkt_step(k, target - nu)
+
+        def without_pushed():
+            k2 = _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, held, active & ~pushed)
+            return (k2,) + _kkt_step(k2, target - nu)
+
+        k, delta, mult = jax.lax.cond(again, without_pushed, lambda: (k, delta, mult))
         return delta, mult, w_rest, g_rest, k
 
     # g = g_rest + 2 J_h^T = J_h^T (2 - mult) at a solution: a minimum on the edge has
