@@ -153,6 +153,7 @@ def main():
                 "pyhf_toys_timed": ref_toys, "pyhf_seconds": ref_seconds, "ratio_vs_pyhf_jax": rate / ref if ref else None,
                 "n_failed": r.n_failed, "retried": info["continued"] + info["restarted"] + info["local_minima"],
                 "minuit": info["minuit"], "at_edge": info["at_edge"], "lower_at_edge": info["lower_at_edge"],
+                "lower_along_edge": info["lower_along_edge"],
                 "fixed_poi_fits_skipped": info["skipped"],
                 "cls_obs": r.cls_obs, "cls_obs_err": r.cls_obs_err,
                 "toy_seconds": info["seconds"], "device_wait_seconds": info["device_wait_seconds"],

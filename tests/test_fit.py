@@ -497,7 +497,7 @@ def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
     ints = np.zeros(4, np.int64)
     toys = toy_chunk.lower(model.compiled, np.uint32(1), ints, ints, np.arange(4), x0, x0[0], np.ones(4, np.float32),
                            poi, free, lo, hi, 1e-6, np.int64(4), first_steps=5, maxiter=10, group=4, capacity=(4, 4),
-                           refits=(4, 4))
+                           refits=(4, 4), edge=4)
     logpdf = gpufit.model._model._jitted("logpdf").lower(model.compiled, x0, data)
     for lowered in (solver, toys, logpdf):
         dots = re.findall(r"stablehlo\.dot_general[^\n]*", lowered.as_text())

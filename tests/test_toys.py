@@ -284,12 +284,22 @@ def test_hard_toys_are_retried_not_dropped():
 
 
 @pytest.mark.slow
-def test_a_toy_fit_stopped_at_an_empty_bins_edge_is_started_again(lbb_ws, monkeypatch):
-    """1Lbb, seed 1, background-only toy 117 at mu = 1 (its data: tests/data/1lbb_edge_toy.json):
-    both fits stop at the edge of an empty bin, converged by their edm, the free one at
-    -2 log L = 221.422; the new start from the suggested init finds 221.133 for it. The
-    toy's q_mu is taken from the lower minima (fixed-POI fit: 221.690), and the run
-    counts both new starts, made inside the chunk call: the host looks at no fit's edge."""
+def test_toy_fits_stopped_at_an_empty_bins_edge_are_started_again_and_go_on_along_it(lbb_ws, monkeypatch):
+    """1Lbb, seed 1, background-only toys at mu = 1.
+
+    Toy 117 (its data: tests/data/1lbb_edge_toy.json): both fits stop at the edge of an
+    empty bin, converged by their edm, the free one at -2 log L = 221.422; the new start
+    from the suggested init finds 221.133 for it. The toy's q_mu is taken from the lower
+    minima (fixed-POI fit: 221.690), and the run counts both new starts, made inside the
+    chunk call.
+
+    Toy 1974: its free fit converges at the edge, where the batched solver's damping
+    freezes, 1.25 above the minimum further along it; the solver along the edge reaches
+    218.2291 (fixed-POI fit: 226.1988), from where MIGRAD (strategies 0 and 1) finds
+    nothing lower. Without that solver its q_mu is 6.717 instead of 7.970.
+
+    All four fits end at the edge after their new start: on a CPU the host takes them on
+    along it, and makes no new start of its own."""
     import gpufit.infer.toys as toys
 
     looked = []
@@ -302,11 +312,23 @@ def test_a_toy_fit_stopped_at_an_empty_bins_edge_is_started_again(lbb_ws, monkey
     monkeypatch.setattr(toys, "at_edge", spy)
     model = lbb_ws.model()
     calc = ToyCalculator(model, lbb_ws.data(model), [1.0], ntoys=None, seed=1, progress=False)
-    ts, failed = calc.teststats(np.array([1]), np.array([0]), np.array([117]))
-    assert not failed[0]
+    ts, failed = calc.teststats(np.array([1, 1]), np.array([0, 0]), np.array([117, 1974]))
+    assert not failed.any()
     assert ts[0] == pytest.approx(221.6902 - 221.1328, abs=2e-3)
-    assert calc.stats.at_edge == 2 and calc.stats.lower_at_edge >= 1
-    assert sum(looked) == 0
+    assert ts[1] == pytest.approx(226.1988 - 218.2291, abs=2e-3)
+    assert calc.stats.at_edge == 4 and calc.stats.lower_at_edge >= 1 and calc.stats.lower_along_edge >= 1
+    assert looked == [2, 2]  # the free fits, then the fixed-POI ones: no second look after a new start
+    # an accelerator's chunk call (given room for every new start) takes them along the
+    # edge itself: the same test statistics, and the host looks at no fit's edge
+    import gpufit._device as device
+
+    monkeypatch.setattr(device, "platform", lambda: "gpu")
+    monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (2 * chunk, 2 * chunk))
+    looked.clear()
+    again = ToyCalculator(model, lbb_ws.data(model), [1.0], ntoys=None, seed=1, progress=False)
+    ts_call, failed = again.teststats(np.array([1, 1]), np.array([0, 0]), np.array([117, 1974]))
+    assert not failed.any() and sum(looked) == 0 and again.stats.lower_along_edge >= 1
+    np.testing.assert_allclose(ts_call, ts, rtol=0, atol=1e-5)
 
 
 def test_building_a_calculator_fits_nothing(docs_ws, monkeypatch):

@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # benchmarks/ for fits.py
 import fits  # noqa: E402
 
-from gpufit.infer.toys import ToyCalculator, chunk_outputs, continuation_capacity, refit_capacity, toy_chunk  # noqa: E402
+from gpufit.infer.toys import (ToyCalculator, chunk_outputs, continuation_capacity, edge_capacity,  # noqa: E402
+                               refit_capacity, toy_chunk)
 from gpufit.optimize.fit import FIRST_PASS_STEPS  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def run(device, model, data, ntoys, seed):
                           jnp.asarray(mu_test), jnp.asarray(calc.poi_mask),
                           jnp.asarray(calc.free), lo, hi, calc.tol, jnp.asarray(rows), first_steps=FIRST_PASS_STEPS,
                           maxiter=calc.maxiter, group=rows, capacity=continuation_capacity(rows, rows),
-                          refits=refit_capacity(rows, rows))
+                          refits=refit_capacity(rows, rows), edge=edge_capacity(rows))
         data, free_fits, fixed_fits, *_ = chunk_outputs([np.asarray(a) for a in first])
     return {
         "free_obs": float(calc.free_obs.twice_nll), "fixed_obs": np.asarray(calc.fixed_obs.twice_nll),

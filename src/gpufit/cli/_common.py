@@ -145,7 +145,8 @@ def toy_report(p: dict) -> None:
     retried = info["continued"] + info["restarted"] + info["local_minima"]
     click.echo(
         f"  failed toys: {p['n_failed']} (fits retried: {retried}, of which iminuit: {info['minuit']}; "
-        f"at an empty bin's edge: {info['at_edge']}, a lower minimum found for {info['lower_at_edge']})"
+        f"at an empty bin's edge: {info['at_edge']}, a lower minimum found for {info['lower_at_edge']}, "
+        f"and further along the edge for {info['lower_along_edge']})"
     )
 
 

@@ -44,6 +44,8 @@ from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIO
 
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
 CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu)
+EDGE_GROUP = 16  # fits that step in lockstep along the edge, where a call has several groups (a CPU) ...
+EDGE_FIRST_STEPS = 10  # ... in a first pass of this many steps (half end within 7, a few take 100 or more)
 
 
 class _Edge(NamedTuple):
@@ -72,6 +74,19 @@ class _Kkt(NamedTuple):
     rows: jax.Array  # [N, P]: the held bins' gradients on the active set, unit length
     unit: jax.Array  # [N]: their lengths (1 elsewhere)
     held: jax.Array  # [N] bool
+
+
+class _Round(NamedTuple):
+    """One round of a step's KKT solves (:func:`_edge_step`)."""
+
+    held: jax.Array  # [N] bool
+    released: jax.Array  # [N] bool
+    active: jax.Array  # [P] bool
+    fresh: jax.Array  # [] bool: a new set of held bins (its projection still to make)
+    delta: jax.Array  # [P]
+    mult: jax.Array  # [N]
+    kkt: _Kkt
+    more: jax.Array  # [] bool: another round follows
 
 
 def _kkt(m, jac, w_rest, c, g, lam, held, active):
@@ -109,36 +124,43 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
     nu = jnp.where(empty, 1.0 / jnp.where(empty, s.w, 1.0), jnp.inf)  # w = 1/nu in empty bins
     target = jnp.maximum(EDGE_FRACTION * nu, bottom)
 
-    def solve(held):
+    def rest(held):
         # the held bins leave the objective (a weight at rounding level: the factored
         # solve divides by it), with their 2 nu_b
         w_rest = jnp.where(held, jnp.finfo(dtype).eps * jnp.max(jnp.where(held, 0.0, s.w)), s.w)
-        g_rest = s.g - 2.0 * jnp.sum(jnp.where(held[:, None], s.jac, 0.0), axis=0)
-        active = _held(s.x, g_rest, lo, hi, free)  # the batched solver's two-metric projection
-        k = _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, held, active)
-        delta, mult = _kkt_step(k, target - nu)
-        pushed = active & ~_held(s.x, -delta, lo, hi, active)
-        again = jax.lax.psum(jnp.any(pushed) & (s.status == RUNNING), _FITS) > 0  # once for the batch
+        return w_rest, s.g - 2.0 * jnp.sum(jnp.where(held[:, None], s.jac, 0.0), axis=0)
 
-        def without_pushed():
-            k2 = _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, held, active & ~pushed)
-            return (k2,) + _kkt_step(k2, target - nu)
-
-        k, delta, mult = jax.lax.cond(again, without_pushed, lambda: (k, delta, mult))
-        return delta, mult, w_rest, g_rest, k
-
+    # One factorization a round, in one loop (a single copy of the factored solve in the
+    # compiled step instead of four: edge_fits of a 12-bin generated model compiles in
+    # 3.3 s instead of 3.8 s):
+    # each set of held bins first on the active set of the batched solver's two-metric
+    # projection, then once more without the parameters its step pushes onto a bound;
+    # then the bins that want their count up are released and the round starts again.
     # g = g_rest + 2 J_h^T = J_h^T (2 - mult) at a solution: a minimum on the edge has
     # 2 - mult >= 0 (the count would rise into the model); a bin whose multiplier exceeds
     # 2 wants its count up, and is released for good (its minimum is inside the model,
-    # where the batched solver's steps are right)
-    def releasing(carry):
-        held, released, out = carry
-        release = held & (out[1] > 2.0)
-        return held & ~release, released | release, solve(held & ~release)
+    # where the batched solver's steps are right).
+    def one_round(r):
+        w_rest, g_rest = rest(r.held)
+        active = jnp.where(r.fresh, _held(s.x, g_rest, lo, hi, free), r.active)
+        k = _kkt(m, s.jac, w_rest, s.c, g_rest, s.lam, r.held, active)
+        delta, mult = _kkt_step(k, target - nu)
+        pushed = active & ~_held(s.x, -delta, lo, hi, active)
+        again = r.fresh & jnp.any(pushed)
+        release = ~again & r.held & (mult > 2.0)
+        return _Round(jnp.where(again, r.held, r.held & ~release), r.released | release,
+                     jnp.where(again, active & ~pushed, active), ~again, delta, mult, k,
+                     again | jnp.any(release))
 
     held = empty & (nu < HOLD_NU) & ~s.released
-    held, released, (delta, _, w_rest, g_rest, kkt) = jax.lax.while_loop(
-        lambda carry: jnp.any(carry[0] & (carry[2][1] > 2.0)), releasing, (held, s.released, solve(held)))
+    n, p = s.jac.shape
+    unset = _Kkt(jnp.zeros(p, dtype), jnp.zeros((p, n), dtype), jnp.zeros((n, n), dtype), jnp.zeros((n, p), dtype),
+                 jnp.ones(n, dtype), held)
+    r = jax.lax.while_loop(lambda r: r.more, one_round, _Round(held, s.released, free, jnp.asarray(True),
+                                                              jnp.zeros_like(s.x), jnp.zeros_like(nu), unset,
+                                                              jnp.asarray(True)))
+    held, released, delta, kkt = r.held, r.released, r.delta, r.kkt
+    w_rest, g_rest = rest(held)
     jd = s.jac @ delta
     edm = -(g_rest @ delta + jnp.dot(w_rest * jd, jd) + jnp.dot(s.c * delta, delta))  # the undamped model's decrease
     delta = delta * _edge_fraction(jd, nu, empty & ~held)  # the batched solver's rule for the rest
@@ -170,7 +192,8 @@ def _edge_one(m, data, x0, free, lo, hi, tol, maxiter, bottom):
     f, g, jac, w, c = twice_nll_gradient_curvature(m, x0, data)
     dtype = x0.dtype
     s = _Edge(x0, f, g, jac, w, c, jnp.asarray(1e-3, dtype), jnp.asarray(jnp.inf, dtype),
-              jnp.zeros(w.shape, bool), jnp.asarray(0), jnp.where(jnp.isfinite(f), RUNNING, NOT_FINITE))
+              jnp.zeros(w.shape, bool), jnp.asarray(0),
+              jnp.where(jnp.isfinite(f), jnp.where(maxiter > 0, RUNNING, MAX_ITERATIONS), NOT_FINITE))
     s = jax.lax.while_loop(lambda s: s.status == RUNNING,
                            lambda s: _edge_step(m, data, s, free, lo, hi, tol, maxiter, bottom), s)
     return s.x, s.f, s.status, s.n_iter, s.edm
@@ -184,8 +207,9 @@ def edge_fits(m, data, x0, free, lo, hi, tol, maxiter):
 
     Args:
         m: compiled model; data [B, N + A], x0 [B, P] (finite), free [B, P] bool, lo and
-            hi [P]; tol: edm threshold; maxiter: steps at most (traced: one compiled call
-            serves a first pass and its continuation).
+            hi [P]; tol: edm threshold; maxiter: steps at most, [] or [B] (traced: one
+            compiled call serves a first pass and its continuation; 0: the fit is left
+            as it is, with status MAX_ITERATIONS).
 
     Returns:
         pars [B, P], twice_nll [B], status [B] (the batched solver's codes), n_iter [B], edm [B].
@@ -195,5 +219,48 @@ def edge_fits(m, data, x0, free, lo, hi, tol, maxiter):
     # of its samples' counts, each O(1) or more) and a step can land on either side of 0
     scale = jnp.abs(m.nominal) @ m.bin_matrix  # [N]
     bottom = 1e3 * jnp.finfo(dtype).eps * jnp.maximum(scale, 1.0)
-    return jax.vmap(lambda d, x, fr: _edge_one(m, d, x, fr, lo, hi, tol, maxiter, bottom), axis_name=_FITS)(
-        data, x0, free)
+    maxiter = jnp.broadcast_to(jnp.asarray(maxiter), data.shape[:1])
+    return jax.vmap(lambda d, x, fr, k: _edge_one(m, d, x, fr, lo, hi, tol, k, bottom), axis_name=_FITS)(
+        data, x0, free, maxiter)
+
+
+def edge_pass(m, data, x0, go, free, lo, hi, tol, maxiter: int, capacity: int):
+    """:func:`edge_fits` inside a caller's compiled call (an accelerator's toy chunk, one
+    wide lockstep group) for the fits ``go`` [B] among B, as many as ``capacity`` has
+    room for: a first pass of ``EDGE_FIRST_STEPS``, then up to ``maxiter`` steps in all
+    for those still running (a lockstep group runs as long as its slowest fit). Both
+    passes are one traced loop: a single copy of the edge solver in the caller's
+    compiled code (each copy adds seconds to its compile time); a pass with nothing to
+    do is skipped.
+
+    Args:
+        data [B, N + A], x0 [B, P] (finite where ``go``), go [B] bool, free [B, P] bool,
+        lo, hi [P], tol [].
+
+    Returns:
+        pars [B, P], twice_nll [B], status [B], n_iter [B] (``x0``, inf, MAX_ITERATIONS
+        and 0 where it did not run), done [B] bool: the fits it ran (False where it had no
+        room: whoever continues them starts again from ``x0``).
+    """
+    b = data.shape[0]
+    rows = jnp.argsort(~go, stable=True)[:capacity]  # both passes take their fits from these
+    d, fr, ran = data[rows], free[rows], go[rows]
+    first = min(EDGE_FIRST_STEPS, maxiter)
+
+    def one_pass(carry, steps):
+        x, f, status, n_iter, want = carry
+        want = want & (steps > 0)
+        p2, f2, s2, k2, _ = jax.lax.cond(
+            jnp.any(want), lambda: edge_fits(m, d, x, fr, lo, hi, tol, jnp.where(want, steps, 0)),
+            lambda: (x, f, status, jnp.zeros_like(n_iter), f))
+        x, f, status = jnp.where(want[:, None], p2, x), jnp.where(want, f2, f), jnp.where(want, s2, status)
+        return (x, f, status, n_iter + jnp.where(want, k2, 0), want & (status == MAX_ITERATIONS)), want
+
+    shapes = jax.eval_shape(lambda: edge_fits(m, d, x0[rows], fr, lo, hi, tol, 0))
+    start = (x0[rows], jnp.full(capacity, jnp.inf, x0.dtype), jnp.full(capacity, MAX_ITERATIONS, shapes[2].dtype),
+             jnp.zeros(capacity, shapes[3].dtype), ran)
+    (x, f, status, n_iter, _), _ = jax.lax.scan(one_pass, start, jnp.asarray([first, maxiter - first]))
+    out_f = jnp.full(b, jnp.inf, x0.dtype).at[rows].set(jnp.where(ran, f, jnp.inf))
+    out_s = jnp.full(b, MAX_ITERATIONS, status.dtype).at[rows].set(jnp.where(ran, status, MAX_ITERATIONS))
+    return (x0.at[rows].set(jnp.where(ran[:, None], x, x0[rows])), out_f, out_s,
+            jnp.zeros(b, n_iter.dtype).at[rows].set(jnp.where(ran, n_iter, 0)), jnp.zeros(b, bool).at[rows].set(ran))

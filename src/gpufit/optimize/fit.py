@@ -12,7 +12,7 @@ from iminuit import Minuit
 
 from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
-from ._edge import edge_fits
+from ._edge import EDGE_FIRST_STEPS, EDGE_GROUP, edge_fits
 from ._result import FitResult
 from ._solver import (CONVERGED, DAMPING, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points,
                       value_and_grad_one, value_one)
@@ -24,8 +24,6 @@ DEFAULT_MAXITER = 300
 FIRST_PASS_STEPS = 30
 POINT_FITS_MAX = 2048  # fits of a grid's points per compiled call on an accelerator (not yet run on one)
 EDGE_NU = 1e-6  # an empty main bin whose expected count a fit left below this (events) is at the model's edge
-EDGE_GROUP = 16  # fits per compiled call of the solver along the edge (they step in lockstep) ...
-EDGE_FIRST_STEPS = 10  # ... in a first pass of this many steps
 RESTART_DAMPING = 1.0  # the initial damping of a new start ("heavily damped" Gauss-Newton): fit's and the toys'
 
 
@@ -338,8 +336,8 @@ def fit(
             # lies further on (8 of 512 1Lbb fits of fluctuated data, by up to 0.42)
             edge = edge[at_edge(model, flat_data[edge], pars[edge])]
         if edge.size:
-            keep_lower(edge, _along_edge(compiled, flat_data[edge], pars[edge], np.broadcast_to(free, pars[edge].shape),
-                                         b, tol))
+            keep_lower(edge, along_edge(model, flat_data[edge], pars[edge], np.broadcast_to(free, pars[edge].shape),
+                                        b, tol))
     if retry:
         by_minuit = _retry_on_host(lambda i: model, flat_data, flat_x0, pars, twice_nll, status, edm,
                                    lambda i: free, lambda i: b, tol)
@@ -399,13 +397,16 @@ def _two_passes(solve, x0, first, maxiter):
     return pars, twice_nll, status, n_iter, edm
 
 
-def _along_edge(compiled, data, x0, free, bounds, tol, maxiter=DEFAULT_MAXITER):
+def along_edge(model, data, x0, free, bounds, tol, maxiter=DEFAULT_MAXITER):
     """The active-set solver along the model's edge (:func:`~gpufit.optimize._edge.edge_fits`)
-    for R fits, in compiled calls of ``EDGE_GROUP`` fits that step in lockstep: data
+    for R fits from where they ended at it (:func:`at_edge`), in compiled calls of
+    ``EDGE_GROUP`` fits that step in lockstep: data
     [R, N + A], x0 and free [R, P], bounds [P, 2] -> pars [R, P], twice_nll, status, n_iter,
     edm [R]. A first pass of ``EDGE_FIRST_STEPS``, then the fits still running go on
     together (half end within 7 steps, a few take 100 or more: a group runs as long as
     its slowest fit)."""
+
+    compiled = _kernel_tables(model)
 
     def solve(rows, starts, steps):
         return _in_chunks(rows, starts, EDGE_GROUP, lambda take, x, real: edge_fits(
@@ -426,8 +427,7 @@ def _edge_or_migrad(model, data, end, start, free, bounds, tol):
         pars [P], twice_nll, converged, edm, by_minuit.
     """
     if np.any(data[: model.n_main] == 0) and np.all(np.isfinite(end)):
-        p, f, status, _, e = (a[0] for a in _along_edge(_kernel_tables(model), data[None], end[None], free[None],
-                                                          bounds, tol))
+        p, f, status, _, e = (a[0] for a in along_edge(model, data[None], end[None], free[None], bounds, tol))
         if status == CONVERGED:
             return p, f, True, e, False
     return _migrad(model, data, end, start, free, bounds, tol) + (True,)
