@@ -363,9 +363,10 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
     """A tight tolerance leaves many fits unconverged after a first pass. Stepping as on
     an accelerator (the chunk one lockstep group: a first pass of FIRST_PASS_STEPS, then
     the stragglers continued in the call as far as it has room), with that room cut to
-    16 fits most continue from the host instead: the same kernel, so the same test
-    statistics (to rounding) and the same accounting. A CPU's queue, which runs every
-    fit to its end in the call, reaches the same test statistics."""
+    16 fits and one refit most continue, and the local minima are refitted, from the
+    host instead: the same kernel, and the same test statistics as a CPU's queue, which
+    runs every fit to its end in the call. Reading every toy whole changes nothing: no
+    toy the retries touch was left on the device."""
     import gpufit._device as device
     import gpufit.infer.toys as toys
 
@@ -380,7 +381,6 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
 
     queued = run(256, 512)  # the chunk kernel of the retry-thread tests too: one compilation
     monkeypatch.setattr(device, "platform", lambda: "gpu")
-    roomy = run(128, 256)  # the same seed: the first 128 toys of the queued run
     monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (16, 16))
     monkeypatch.setattr(toys, "refit_capacity", lambda chunk, group: (1, 1))  # the host refits local minima
     opened, open_rows = [], toys.ToyCalculator._open
@@ -391,24 +391,21 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
         return rows
 
     monkeypatch.setattr(toys.ToyCalculator, "_open", spy)
-    cramped = run(128, 256)
+    cramped = run(128, 256)  # the same seed: the first 128 toys of the queued run
     # only the toys the host retries leave the device whole; reading every toy whole
-    # changes nothing: no toy the retries touch was left on the device
+    # changes nothing
     monkeypatch.setattr(toys.ToyCalculator, "_open", lambda self, per_toy, mu_test: np.ones(mu_test.size, bool))
     read_all = run(128, 256)
     assert 0 < sum(k for k, _ in opened) < sum(n for _, n in opened)
     assert _counts(read_all["stats"]) == _counts(cramped["stats"])
     for key in ("teststat_sb", "teststat_b"):
         np.testing.assert_array_equal(read_all[key], cramped[key])
-    assert roomy["stats"]["continued"] > 16  # more than the cramped call has room for
-    assert cramped["stats"]["continued"] == roomy["stats"]["continued"]
-    # local minima are refitted in the chunk call (or on the host) alike
-    assert cramped["stats"]["local_minima"] == roomy["stats"]["local_minima"] > 0
-    assert cramped["n_failed"] == roomy["n_failed"] == queued["n_failed"] == 0
+    assert cramped["stats"]["continued"] > 16  # more than the call has room for: the host continued the rest
+    assert cramped["stats"]["local_minima"] > 1  # the same: one refit in the call, the others from the host
+    assert cramped["n_failed"] == queued["n_failed"] == 0
     for key in ("teststat_sb", "teststat_b"):
-        np.testing.assert_allclose(cramped[key], roomy[key], rtol=0, atol=1e-9)
         # the queue steps on where the accelerator's first pass stops and starts again
-        np.testing.assert_allclose(queued[key][:, :128], roomy[key], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(queued[key][:, :128], cramped[key], rtol=0, atol=1e-6)
 
 
 def test_continuation_room_scales_with_the_chunk_where_the_chunk_is_one_group():
