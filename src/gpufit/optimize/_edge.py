@@ -45,7 +45,7 @@ from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIO
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
 CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu)
 EDGE_GROUP = 16  # fits that step in lockstep along the edge, where a call has several groups (a CPU) ...
-EDGE_FIRST_STEPS = 10  # ... in a first pass of this many steps (half end within 7, a few take 100 or more)
+EDGE_PASSES = (2, 8, 32)  # ... in passes of at most this many steps, then the rest (fit.along_edge)
 
 
 class _Edge(NamedTuple):
@@ -225,13 +225,11 @@ def edge_fits(m, data, x0, free, lo, hi, tol, maxiter):
 
 
 def edge_pass(m, data, x0, go, free, lo, hi, tol, maxiter: int, capacity: int):
-    """:func:`edge_fits` inside a caller's compiled call (an accelerator's toy chunk, one
-    wide lockstep group) for the fits ``go`` [B] among B, as many as ``capacity`` has
-    room for: a first pass of ``EDGE_FIRST_STEPS``, then up to ``maxiter`` steps in all
-    for those still running (a lockstep group runs as long as its slowest fit). Both
-    passes are one traced loop: a single copy of the edge solver in the caller's
-    compiled code (each copy adds seconds to its compile time); a pass with nothing to
-    do is skipped.
+    """:func:`edge_fits` inside a caller's compiled call (an accelerator's toy chunk) for
+    the fits ``go`` [B] among B, as many as ``capacity`` has room for, in one lockstep
+    group (an accelerator's: passes would not narrow it) of up to ``maxiter`` steps. One
+    copy of the edge solver in the caller's compiled code: each copy adds seconds to its
+    compile time.
 
     Args:
         data [B, N + A], x0 [B, P] (finite where ``go``), go [B] bool, free [B, P] bool,
@@ -243,24 +241,18 @@ def edge_pass(m, data, x0, go, free, lo, hi, tol, maxiter: int, capacity: int):
         room: whoever continues them starts again from ``x0``).
     """
     b = data.shape[0]
-    rows = jnp.argsort(~go, stable=True)[:capacity]  # both passes take their fits from these
-    d, fr, ran = data[rows], free[rows], go[rows]
-    first = min(EDGE_FIRST_STEPS, maxiter)
+    rows = jnp.argsort(~go, stable=True)[:capacity]
+    ran = go[rows]
 
-    def one_pass(carry, steps):
-        x, f, status, n_iter, want = carry
-        want = want & (steps > 0)
-        p2, f2, s2, k2, _ = jax.lax.cond(
-            jnp.any(want), lambda: edge_fits(m, d, x, fr, lo, hi, tol, jnp.where(want, steps, 0)),
-            lambda: (x, f, status, jnp.zeros_like(n_iter), f))
-        x, f, status = jnp.where(want[:, None], p2, x), jnp.where(want, f2, f), jnp.where(want, s2, status)
-        return (x, f, status, n_iter + jnp.where(want, k2, 0), want & (status == MAX_ITERATIONS)), want
+    def run():
+        return edge_fits(m, data[rows], x0[rows], free[rows], lo, hi, tol, jnp.where(ran, maxiter, 0))[:4]
 
-    shapes = jax.eval_shape(lambda: edge_fits(m, d, x0[rows], fr, lo, hi, tol, 0))
-    start = (x0[rows], jnp.full(capacity, jnp.inf, x0.dtype), jnp.full(capacity, MAX_ITERATIONS, shapes[2].dtype),
-             jnp.zeros(capacity, shapes[3].dtype), ran)
-    (x, f, status, n_iter, _), _ = jax.lax.scan(one_pass, start, jnp.asarray([first, maxiter - first]))
-    out_f = jnp.full(b, jnp.inf, x0.dtype).at[rows].set(jnp.where(ran, f, jnp.inf))
-    out_s = jnp.full(b, MAX_ITERATIONS, status.dtype).at[rows].set(jnp.where(ran, status, MAX_ITERATIONS))
-    return (x0.at[rows].set(jnp.where(ran[:, None], x, x0[rows])), out_f, out_s,
+    def idle():  # no fit at the edge (most chunks of most models): not even a first evaluation
+        shapes = jax.eval_shape(run)
+        return (x0[rows],) + tuple(jnp.full(a.shape, v, a.dtype) for a, v in zip(shapes[1:], (jnp.inf, MAX_ITERATIONS, 0)))
+
+    p, f, status, n_iter = jax.lax.cond(jnp.any(ran), run, idle)
+    return (x0.at[rows].set(jnp.where(ran[:, None], p, x0[rows])),
+            jnp.full(b, jnp.inf, f.dtype).at[rows].set(jnp.where(ran, f, jnp.inf)),
+            jnp.full(b, MAX_ITERATIONS, status.dtype).at[rows].set(jnp.where(ran, status, MAX_ITERATIONS)),
             jnp.zeros(b, n_iter.dtype).at[rows].set(jnp.where(ran, n_iter, 0)), jnp.zeros(b, bool).at[rows].set(ran))
