@@ -249,7 +249,8 @@ def edge_pass(m, data, x0, go, free, lo, hi, tol, maxiter: int, capacity: int):
 
     def idle():  # no fit at the edge (most chunks of most models): not even a first evaluation
         shapes = jax.eval_shape(run)
-        return (x0[rows],) + tuple(jnp.full(a.shape, v, a.dtype) for a, v in zip(shapes[1:], (jnp.inf, MAX_ITERATIONS, 0)))
+        return (x0[rows],) + tuple(jnp.full(a.shape, v, a.dtype)
+                                   for a, v in zip(shapes[1:], (jnp.inf, MAX_ITERATIONS, 0)))
 
     p, f, status, n_iter = jax.lax.cond(jnp.any(ran), run, idle)
     return (x0.at[rows].set(jnp.where(ran[:, None], p, x0[rows])),
