@@ -64,6 +64,7 @@ def main():
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
     cpu = jax.devices("cpu")[0]
     gpu = jax.devices()[0]
     print(f"comparing {gpu} with {cpu}")
