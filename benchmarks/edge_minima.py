@@ -69,7 +69,7 @@ def fit_rows(n, seed):
     }
 
 
-def engine_fits(model, n, along):
+def engine_fits(model, observed, n, along):
     """The toy engine's run of ``n`` toys per hypothesis at mu = 1 (seed 0, one chunk), with
     or without the solver along the edge: its result, and -2 log L [2n] of its free and
     fixed-POI fits (inf where a fixed-POI fit was not needed), in row order."""
@@ -87,7 +87,7 @@ def engine_fits(model, n, along):
 
     toys_module.ToyCalculator._teststats = spy
     try:
-        calc = ToyCalculator(model, observed_1lbb(model), [1.0], ntoys=n, seed=0, progress=False, chunk_size=2 * n)
+        calc = ToyCalculator(model, observed, [1.0], ntoys=n, seed=0, progress=False, chunk_size=2 * n)
         calc.run()  # compiles (and warms the host's kernels)
         seen.clear()
         result = calc.run()
@@ -98,13 +98,9 @@ def engine_fits(model, n, along):
     return calc, result, seen[0]
 
 
-def observed_1lbb(model):
-    return gpufit.Workspace.example("1lbb").data(model)
-
-
 def toy_rows(n):
-    model = gpufit.Workspace.example("1lbb").model()
-    runs = {along: engine_fits(model, n, along) for along in (True, False)}
+    model, observed = fits.load("1lbb")
+    runs = {along: engine_fits(model, observed, n, along) for along in (True, False)}
     calc = runs[True][0]
     refit = {"free": [], "fixed": [], "q": []}
     for hypothesis, gen in ((SIGNAL_PLUS_BACKGROUND, calc.gen_sb), (BACKGROUND_ONLY, calc.gen_b)):

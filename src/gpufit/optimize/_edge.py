@@ -44,8 +44,8 @@ from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIO
 
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
 CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu)
-EDGE_GROUP = 16  # fits that step in lockstep along the edge, where a call has several groups (a CPU) ...
-EDGE_PASSES = (2, 8, 32)  # ... in passes of at most this many steps, then the rest (fit.along_edge)
+EDGE_GROUP = 16  # fits per compiled call of the host's solver along the edge (fit.along_edge), in lockstep ...
+EDGE_PASSES = (2, 8, 32)  # ... in passes of at most this many steps, then the rest
 
 
 class _Edge(NamedTuple):
