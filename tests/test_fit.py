@@ -474,7 +474,9 @@ def test_fits_whose_minimum_lies_further_along_the_edge_reach_it(lbb_ws):
     for d, pars, twice_nll in zip(data, result.pars, result.twice_nll):
         assert float(-2.0 * model.pyhf_model.logpdf(pars, d)[0]) == pytest.approx(float(twice_nll), rel=1e-9)
         assert d[2] == 0 and 0.0 <= model.expected_main(pars)[2] < 1e-9
-        referee = fit_module._minuit_refit(model, d, pars, ~model.fixed_parameters(), b, 1e-8, strategy=1)
+        # MIGRAD once: on the edge it ends invalid (its numerical steps cross nu_b = 0), and
+        # iminuit's reruns at strategy 2 (numerical Hessians: 11,000 calls, 6 s) find the same
+        referee = fit_module._minuit_refit(model, d, pars, ~model.fixed_parameters(), b, 1e-8, strategy=1, iterate=1)
         assert referee[1] > twice_nll - 1e-3
 
 

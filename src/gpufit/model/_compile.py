@@ -38,6 +38,12 @@ def _modifier_bins(spec_channels: dict, config) -> dict:
     return {key: sorted(value) for key, value in bins.items()}
 
 
+def _rounded_up(n: int) -> int:
+    """``n`` rounded up to a step of 1/16 to 1/32 of it (counts below 32 as they are)."""
+    step = 1 << max(0, n.bit_length() - 5)
+    return -(-n // step) * step
+
+
 def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> CompiledModel:
     """Build the NumPy arrays of a model. ``config`` is the pyhf model's ``config``."""
     spec_channels = {c["name"]: c for c in modelspec["channels"]}
@@ -114,6 +120,14 @@ def compile_model(modelspec: dict, config, modifier_settings: dict, dtype) -> Co
             factor_rows.extend(rows_f)
             delta_rows.extend(rows_d)
 
+    # the term counts rounded up with inert terms (the factor 1, the shift 0; no entry
+    # points at them): the points of a patchset carry a few more or fewer signal terms
+    # (sbottom's: 1,489 to 1,500 histosys terms), and rounded up they share one shape,
+    # so one compiled kernel serves them all instead of one compilation per point
+    n_norm, n_hist = _rounded_up(len(norm_par)), _rounded_up(len(hist_par))
+    for terms, inert, count in ((norm_par, 0, n_norm), (norm_hi, 1.0, n_norm), (norm_lo, 1.0, n_norm),
+                                (hist_par, 0, n_hist), (hist_up, 0.0, n_hist), (hist_down, 0.0, n_hist)):
+        terms.extend([inert] * (count - len(terms)))
     n_terms = len(norm_par)
     factor_pad = npars + n_terms  # index of the trailing 1.0
     delta_pad = len(hist_par)  # index of the trailing 0.0

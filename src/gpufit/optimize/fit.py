@@ -164,8 +164,9 @@ def _kernel_tables(model):
     return model.compiled if model.backend == "jax" else model.compiled_numpy
 
 
-def _minuit_refit(model, data, x0, free, bounds, tol, strategy=0):
-    """Careful single fit with iminuit (MIGRAD with the exact JAX gradient)."""
+def _minuit_refit(model, data, x0, free, bounds, tol, strategy=0, iterate=5):
+    """Careful single fit with iminuit (MIGRAD with the exact JAX gradient); where MIGRAD
+    ends invalid, iminuit runs it again up to ``iterate`` times in all, at strategy 2."""
     compiled = _kernel_tables(model)
     # MIGRAD calls back once per point: on an accelerator each call would be a round
     # trip to the device, so the callbacks run on the host's CPU device
@@ -189,7 +190,7 @@ def _minuit_refit(model, data, x0, free, bounds, tol, strategy=0):
     minuit.tol = max(tol * 50.0, 1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        minuit.migrad(ncall=max(5_000, 50 * len(minuit.values)))  # bounded: ~3 ms a call on 1Lbb
+        minuit.migrad(ncall=max(5_000, 50 * len(minuit.values)), iterate=iterate)  # bounded: ~3 ms a call on 1Lbb
     return np.asarray(minuit.values), float(minuit.fval), bool(minuit.valid), float(minuit.fmin.edm)
 
 
