@@ -480,6 +480,26 @@ def test_fits_whose_minimum_lies_further_along_the_edge_reach_it(lbb_ws):
         assert referee[1] > twice_nll - 1e-3
 
 
+def test_the_edge_solver_follows_a_curved_edge_in_few_steps(lbb_ws):
+    """``tests/data/1lbb_edge_curved.json``: a fixed-POI 1Lbb toy fit stopped at an empty
+    bin's edge, where the edge curves. Each step's second-order corrections move back
+    onto the held bin's target with the Jacobian where they start; with the Jacobian of
+    the step's start (a chord) they fell short, the trial points lay beyond the edge
+    (-2 log L inf), were refused, the damping grew, and the fit took 113 steps."""
+    import json
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "data", "1lbb_edge_curved.json")) as handle:
+        toy = json.load(handle)
+    model = lbb_ws.model()
+    data, start, free = (np.asarray(toy[k]) for k in ("data", "start", "free"))
+    pars, twice_nll, status, n_iter, _ = gpufit.optimize.along_edge(model, data[None], start[None], free[None],
+                                                                    model.suggested_bounds(), 1e-6)
+    assert status[0] == gpufit.optimize.CONVERGED and n_iter[0] <= 25
+    assert twice_nll[0] == pytest.approx(219.48098, abs=1e-4)
+    assert 0.0 <= model.expected_main(pars[0])[data[: model.n_main] == 0].min() < 1e-9
+
+
 def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
     """Every matrix product of the solver and of the toy kernel is traced at HIGHEST
     precision: JAX's default runs float32 products in TF32 on recent NVIDIA GPUs, where

@@ -37,13 +37,12 @@ import jax
 import jax.numpy as jnp
 
 from .._device import jit
-from ..likelihood.derivatives import twice_nll_gradient_curvature
-from ..likelihood.kernels import expected_main
+from ..likelihood.derivatives import expected_main_and_jacobian, twice_nll_gradient_curvature
 from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIONS, NOT_FINITE, RUNNING, STALLED,
                       _edge_fraction, _held, _precision, damping_rule, solve_damped)
 
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
-CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu)
+CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu and its Jacobian)
 EDGE_GROUP = 16  # fits per compiled call of the host's solver along the edge (fit.along_edge), in lockstep ...
 EDGE_PASSES = (2, 8, 32)  # ... in passes of at most this many steps, then the rest
 
@@ -85,7 +84,6 @@ class _Round(NamedTuple):
     fresh: jax.Array  # [] bool: a new set of held bins (its projection still to make)
     delta: jax.Array  # [P]
     mult: jax.Array  # [N]
-    kkt: _Kkt
     more: jax.Array  # [] bool: another round follows
 
 
@@ -107,13 +105,23 @@ def _kkt(m, jac, w_rest, c, g, lam, held, active):
     return _Kkt(sol[:, 0], y, rows @ y + jnp.diag(jnp.where(held, 0.0, 1.0)), rows, unit, held)
 
 
-def _kkt_step(k: _Kkt, rhs, gradient=True):
+def _kkt_step(k: _Kkt, rhs):
     """The step [P] that meets ``J_h d = rhs`` [N] for the held bins, and the
-    multipliers [N] (0 for bins not held); without ``gradient``, the least change in the
-    model's metric that does (a second-order correction)."""
-    d0 = k.d0 if gradient else jnp.zeros_like(k.d0)
-    mu = jnp.linalg.solve(k.s, jnp.where(k.held, k.rows @ d0 - rhs / k.unit, 0.0))
-    return d0 - k.y @ mu, jnp.where(k.held, mu / k.unit, 0.0)
+    multipliers [N] (0 for bins not held)."""
+    mu = jnp.linalg.solve(k.s, jnp.where(k.held, k.rows @ k.d0 - rhs / k.unit, 0.0))
+    return k.d0 - k.y @ mu, jnp.where(k.held, mu / k.unit, 0.0)
+
+
+def _least_norm(jac, held, active, rhs):
+    """The shortest step [P] on the ``active`` parameters [P] bool that meets
+    ``J_h d = rhs`` [N] for the ``held`` bins [N] bool (jac [N, P])."""
+    rows = jnp.where(held[:, None] & active[None, :], jac, 0.0)
+    norm = jnp.sqrt(jnp.sum(rows * rows, axis=1))
+    held = held & (norm > 0)
+    unit = jnp.where(held, norm, 1.0)
+    rows = rows / unit[:, None]
+    gram = rows @ rows.T + jnp.diag(jnp.where(held, 0.0, 1.0))
+    return rows.T @ jnp.linalg.solve(gram, jnp.where(held, rhs / unit, 0.0))
 
 
 def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
@@ -149,28 +157,28 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
         again = r.fresh & jnp.any(pushed)
         release = ~again & r.held & (mult > 2.0)
         return _Round(jnp.where(again, r.held, r.held & ~release), r.released | release,
-                     jnp.where(again, active & ~pushed, active), ~again, delta, mult, k,
-                     again | jnp.any(release))
+                     jnp.where(again, active & ~pushed, active), ~again, delta, mult, again | jnp.any(release))
 
     held = empty & (nu < HOLD_NU) & ~s.released
-    n, p = s.jac.shape
-    unset = _Kkt(jnp.zeros(p, dtype), jnp.zeros((p, n), dtype), jnp.zeros((n, n), dtype), jnp.zeros((n, p), dtype),
-                 jnp.ones(n, dtype), held)
     r = jax.lax.while_loop(lambda r: r.more, one_round, _Round(held, s.released, free, jnp.asarray(True),
-                                                              jnp.zeros_like(s.x), jnp.zeros_like(nu), unset,
-                                                              jnp.asarray(True)))
-    held, released, delta, kkt = r.held, r.released, r.delta, r.kkt
+                                                              jnp.zeros_like(s.x), jnp.zeros_like(nu), jnp.asarray(True)))
+    held, released, delta = r.held, r.released, r.delta
     w_rest, g_rest = rest(held)
     jd = s.jac @ delta
     edm = -(g_rest @ delta + jnp.dot(w_rest * jd, jd) + jnp.dot(s.c * delta, delta))  # the undamped model's decrease
     delta = delta * _edge_fraction(jd, nu, empty & ~held)  # the batched solver's rule for the rest
     x_try = jnp.where(free, jnp.clip(s.x + delta, lo, hi), s.x)
 
-    def correcting(carry):  # second-order corrections back onto the targets
+    # second-order corrections back onto the targets, each the shortest move that meets
+    # the held bins' targets to first order where it starts: with the Jacobian of the
+    # step's start (a chord) they did not converge where the edge curves, the trial point
+    # fell beyond the edge (nu_b < 0: -2 log L is inf) and was refused, and the damping
+    # grew; one 1Lbb fit took 113 steps instead of 16 (benchmarks/README.md, session 23)
+    def correcting(carry):
         k, x, _ = carry
-        nu_x = expected_main(m, x)
+        nu_x, jac_x = expected_main_and_jacobian(m, x)
         off = held & (jnp.abs(nu_x - target) > 0.5 * target)
-        back, _ = _kkt_step(kkt, target - nu_x, gradient=False)
+        back = _least_norm(jac_x, held, r.active, target - nu_x)
         return k + 1, jnp.where(jnp.any(off), jnp.where(free, jnp.clip(x + back, lo, hi), x), x), jnp.any(off)
 
     _, x_try, _ = jax.lax.while_loop(lambda carry: (carry[0] < CORRECTIONS) & carry[2] & jnp.any(held),
