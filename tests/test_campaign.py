@@ -91,19 +91,13 @@ def test_jobs_one_by_one_and_reruns_are_no_ops(docs, local_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_dask_local_cluster_equals_local(docs, local_run, tmp_path):
-    _plan(docs, tmp_path)
-    summary = executors.run(str(tmp_path), executor="dask", workers=2)
-    assert len(summary["ran"]) == 4
-    _assert_same(_arrays(str(tmp_path)), _arrays(local_run))
-
-
-@pytest.mark.slow
 def test_dask_gpu_workers_run_the_campaign(docs, local_run, tmp_path, monkeypatch):
     """``--gpu`` on the embedded cluster: one worker per GPU, each declaring GPU=1 and
     seeing its own GPU alone, memory on demand. Two fake GPU ids on this CPU: the tasks ask
     for GPU=1 and the campaign finishes with the local answer (it used to wait forever for
-    a resource no worker declared)."""
+    a resource no worker declared). The embedded cluster without ``--gpu`` (a
+    LocalCluster: the same tasks, the same ``run_job``) runs in notebook 03, and a
+    scheduler's address in :func:`test_killed_dask_worker_changes_nothing`."""
     from distributed import Client
 
     from gpufit.executors import runner as executors

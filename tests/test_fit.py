@@ -391,6 +391,7 @@ def test_a_minimum_at_the_edge_of_an_empty_bin_is_reached_in_few_steps(lbb_ws):
     restarts and iminuit, 22 s; the toy was lost). The end-game edge weights
     (``_solver._edge_weights``) take ~100. The minimum, 238.217532, is the lowest found
     for it by several solver variants and by MIGRAD (strategy 1) from their end points."""
+    import jax
     import jax.numpy as jnp
 
     from gpufit.infer.sampling import sample_toys, toy_keys
@@ -400,7 +401,7 @@ def test_a_minimum_at_the_edge_of_an_empty_bin_is_reached_in_few_steps(lbb_ws):
     mu = {model.poi_name: 1.0}
     gen = gpufit.fit(model, lbb_ws.data(model), fixed=mu, hesse=False).pars
     keys = toy_keys(jnp.asarray(0, jnp.uint32), jnp.asarray([0]), jnp.asarray([0]), jnp.asarray([571]))
-    data = np.asarray(sample_toys(model.compiled, jnp.asarray(gen[None]), keys))[0]
+    data = np.asarray(jax.jit(sample_toys)(model.compiled, jnp.asarray(gen[None]), keys))[0]
     empty = np.flatnonzero(data[: model.n_main] == 0)
     assert empty.size == 1
     result = gpufit.fit(model, data, fixed=mu, retry=False, hesse=False)
