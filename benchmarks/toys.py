@@ -17,7 +17,8 @@ seconds kept in the JSON (this machine's speed drifts by 15-30% between runs). p
 backend and scipy (its fastest set-up) after a warm-up call, on ``--pyhf-toys`` toys or as many as
 ``--pyhf-seconds`` of its work take (sized from a 2-toy run), with the numpy>=2.4 percentile shim
 (:func:`gpufit.testing.pyhf_percentile_shim`). pyhf's jax runs can abort on a failed
-fit (1Lbb); such a row says so instead of a rate.
+fit (1Lbb): such a run is repeated on new toys (``pyhf_aborted_runs`` counts them), and a
+row says so instead of a rate only where every attempt aborted.
 """
 
 from __future__ import annotations
@@ -55,17 +56,31 @@ def load(name, dtype="float64"):
     return model, ws.data(model)
 
 
+PYHF_ATTEMPTS = 3  # pyhf runs of one size, each on new toys, before its row gives up
+
+
 def time_pyhf(model, data, ntoys, mu=1.0, seconds=0.0):
-    """pyhf toys/s (jax backend + scipy), the toys and seconds timed, or an error message:
-    ``ntoys`` toys, or as many as ``seconds`` of pyhf's work take (sized from a 2-toy run
-    after the warm-up, then enlarged until one timed run lasts that long)."""
+    """pyhf toys/s (jax backend + scipy), the toys and seconds timed, the runs that aborted
+    on a failed fit, and an error message where every attempt did: ``ntoys`` toys, or as
+    many as ``seconds`` of pyhf's work take (sized from a 2-toy run after the warm-up,
+    then enlarged until one timed run lasts that long). A run that aborts is run again
+    on new toys (pyhf draws them afresh), up to ``PYHF_ATTEMPTS`` times; the aborted
+    runs' seconds are not counted, which flatters pyhf."""
     pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
     pm = model.pyhf_model
+    aborted = [0]
 
     def run(n):
-        start = time.perf_counter()
-        pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=n, track_progress=False)
-        return time.perf_counter() - start
+        for attempt in range(PYHF_ATTEMPTS):
+            start = time.perf_counter()
+            try:
+                pyhf.infer.hypotest(mu, data, pm, calctype="toybased", ntoys=n, track_progress=False)
+            except Exception:  # noqa: BLE001 - pyhf's fit failed on one of its toys
+                aborted[0] += 1
+                if attempt == PYHF_ATTEMPTS - 1:
+                    raise
+                continue
+            return time.perf_counter() - start
 
     try:
         with pyhf_percentile_shim():
@@ -78,9 +93,9 @@ def time_pyhf(model, data, ntoys, mu=1.0, seconds=0.0):
                     break
                 ntoys = int(np.ceil(1.2 * ntoys * seconds / elapsed))
                 elapsed = run(ntoys)
-        return ntoys / elapsed, ntoys, elapsed, None
-    except Exception as err:  # noqa: BLE001 - a failed pyhf fit ends its run; report it
-        return None, ntoys, None, f"{type(err).__name__}: {str(err)[:120]}"
+        return ntoys / elapsed, ntoys, elapsed, aborted[0], None
+    except Exception as err:  # noqa: BLE001 - every attempt failed; report it
+        return None, ntoys, None, aborted[0], f"{type(err).__name__}: {str(err)[:120]}"
     finally:
         pyhf.set_backend("numpy")
 
@@ -130,9 +145,9 @@ def main():
 
     for name in args.models.split(","):
         model, data = load(name, args.dtype)
-        ref, ref_toys, ref_seconds, ref_error = (
+        ref, ref_toys, ref_seconds, ref_aborted, ref_error = (
             time_pyhf(model, data, args.pyhf_toys, args.mu, args.pyhf_seconds) if args.pyhf_toys
-            else (None, 0, None, "not run"))
+            else (None, 0, None, 0, "not run"))
         for ntoys in (int(n) for n in args.ntoys.split(",")):
             # the first call compiles the chunk and the retry shapes it meets; time the second
             first = time.perf_counter()
@@ -150,7 +165,7 @@ def main():
                 "gpufit_fits_per_s": info["fits"] * rate / ntoys, "compile_seconds": compiling,
                 "timed_call_compile_seconds": timed_compiling, "gpufit_toys_per_s_without_compiles": steady,
                 "first_call_seconds": first_call, "pyhf_jax_toys_per_s": ref, "pyhf_error": ref_error,
-                "pyhf_toys_timed": ref_toys, "pyhf_seconds": ref_seconds, "ratio_vs_pyhf_jax": rate / ref if ref else None,
+                "pyhf_toys_timed": ref_toys, "pyhf_seconds": ref_seconds, "pyhf_aborted_runs": ref_aborted, "ratio_vs_pyhf_jax": rate / ref if ref else None,
                 "n_failed": r.n_failed, "retried": info["continued"] + info["restarted"] + info["local_minima"],
                 "minuit": info["minuit"], "at_edge": info["at_edge"], "lower_at_edge": info["lower_at_edge"],
                 "lower_along_edge": info["lower_along_edge"],
