@@ -383,6 +383,7 @@ def test_minimum_on_the_edge_of_an_empty_bin():
         assert result.value("b") == pytest.approx(2.0, abs=b_tol)
 
 
+@pytest.mark.slow
 def test_a_minimum_at_the_edge_of_an_empty_bin_is_reached_in_few_steps(lbb_ws):
     """A 1Lbb pseudo-experiment (seed 0, s+b at mu = 1, toy 571; its generating point the
     fixed-POI fit to the observed data) with one empty bin whose expected count the
@@ -445,6 +446,7 @@ def _edge_dataset(name):
         return np.asarray(json.load(handle)["data"])
 
 
+@pytest.mark.slow
 def test_fits_whose_minimum_lies_further_along_the_edge_reach_it(lbb_ws):
     """Two fluctuations of 1Lbb's observed data whose minimum lies on the edge nu_b = 0 of
     an empty bin, further along it than where the fits meet it:

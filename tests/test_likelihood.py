@@ -161,6 +161,7 @@ def test_grad_is_finite_at_bounds(sbottom):
 
 
 @pytest.mark.parametrize("name", ["sbottom", "generated"])
+@pytest.mark.slow
 def test_structured_solve_equals_dense_solve(name, sbottom):
     """The Woodbury/Schur step equals a dense solve of the same damped matrix; the
     constrained parameters it takes as acting on one main bin (on the diagonal of its

@@ -99,6 +99,7 @@ def _alone(grid, name):
     return model, ws.data(model)
 
 
+@pytest.mark.slow
 def test_padded_points_have_the_likelihood_of_each_point_alone(grid):
     """Padding is inert: every point, in the union of the grid's parameters and padded to
     the longest tables, has its own log-likelihood, derivatives and minima; the
@@ -347,6 +348,7 @@ def test_contour_lines_lie_where_cls_crosses_the_level():
         plotting.contour_plot(dict(fake, labels=["m1"]))
 
 
+@pytest.mark.slow
 def test_a_grid_campaign_merges_to_each_points_toy_hypotest(grid, tmp_path):
     """plan --patchset: (point x mu x toys) jobs; the merged rows equal gpufit.hypotest
     with toys on each point, seeded with the point's seed; a limit per point from the mu
@@ -378,6 +380,7 @@ def test_a_grid_campaign_merges_to_each_points_toy_hypotest(grid, tmp_path):
     assert row["cls_obs"] == direct.cls_obs and row["cls_exp"] == direct.cls_exp.tolist()
 
 
+@pytest.mark.slow
 def test_a_point_in_the_union_of_the_grids_parameters_draws_and_fits_its_own_toys(grid):
     """sig_500_100 lacks sig_xsec and sig_extra: in the grid's union layout (the auxiliary
     data of the parameters it lacks inserted among its own) its toys are its own draws

@@ -165,6 +165,7 @@ def test_a_count_depends_on_its_own_key_and_rate_only():
             np.testing.assert_array_equal(changed[keep], base[keep])
 
 
+@pytest.mark.slow
 def test_same_seed_any_chunk_size_identical_and_seeds_independent(docs_ws):
     model = docs_ws.model()
     data = docs_ws.data(model)
@@ -184,6 +185,7 @@ def test_same_seed_any_chunk_size_identical_and_seeds_independent(docs_ws):
     assert abs(np.corrcoef(first[0], first[1])[0, 1]) < 0.1
 
 
+@pytest.mark.slow
 def test_fixed_poi_fits_a_one_sided_statistic_does_not_need_are_skipped(docs_ws):
     """qtilde is 0 wherever the free fit's muhat lies above mu, and q0 wherever it lies
     below 0, whatever the fixed-POI fit gives: those fits are not run (as ROOT's
@@ -448,6 +450,7 @@ def test_host_retries_compute_on_the_callers_device(monkeypatch):
     assert seen and all(device == cpu for device in seen)
 
 
+@pytest.mark.slow
 def test_on_a_cpu_the_retries_wait_for_the_last_chunk_call(docs_ws, monkeypatch):
     """Two compiled calls at once can hang XLA's CPU runtime (benchmarks/README, sessions
     14 and 16). On a CPU the host's retries of a chunk with unconverged fits (here every
