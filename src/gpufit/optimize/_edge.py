@@ -87,17 +87,24 @@ class _Round(NamedTuple):
     more: jax.Array  # [] bool: another round follows
 
 
+def _unit_rows(jac, held, active):
+    """The ``held`` bins' rows of ``jac`` [N, P] on the ``active`` parameters [P] bool, of
+    unit length (0 for bins not held), their lengths (1 elsewhere), and the held bins
+    whose row does not vanish there: rows [N, P], unit [N], held [N] bool."""
+    rows = jnp.where(held[:, None] & active[None, :], jac, 0.0)
+    norm = jnp.sqrt(jnp.sum(rows * rows, axis=1))
+    held = held & (norm > 0)  # a row that vanishes on the active set constrains nothing
+    unit = jnp.where(held, norm, 1.0)
+    return rows / unit[:, None], unit, held
+
+
 def _kkt(m, jac, w_rest, c, g, lam, held, active):
     """:class:`_Kkt` of the damped Gauss-Newton matrix of the rest of -2 log L (weights
     ``w_rest`` [N], ``c`` [P], damping ``lam``; :func:`~gpufit.optimize._solver.solve_damped`,
     an N x N factorization instead of a P x P one), gradient g [P], the ``held`` bins'
     rows of ``jac`` [N, P] on the ``active`` parameters [P] bool (the step is 0
     elsewhere): shapes fixed whatever is held."""
-    rows = jnp.where(held[:, None] & active[None, :], jac, 0.0)
-    norm = jnp.sqrt(jnp.sum(rows * rows, axis=1))
-    held = held & (norm > 0)  # a row that vanishes on the active set constrains nothing
-    unit = jnp.where(held, norm, 1.0)
-    rows = rows / unit[:, None]
+    rows, unit, held = _unit_rows(jac, held, active)
     # M^-1 v for each v of [-g, rows^T]: solve_damped takes a gradient, and solves
     # M d = -gradient with M the damped matrix of 2 (J^T W J + diag c)
     sol = solve_damped(m, jac, w_rest, c, jnp.concatenate([g[:, None], -rows.T], axis=1), lam, active)  # [P, 1 + N]
@@ -115,11 +122,7 @@ def _kkt_step(k: _Kkt, rhs):
 def _least_norm(jac, held, active, rhs):
     """The shortest step [P] on the ``active`` parameters [P] bool that meets
     ``J_h d = rhs`` [N] for the ``held`` bins [N] bool (jac [N, P])."""
-    rows = jnp.where(held[:, None] & active[None, :], jac, 0.0)
-    norm = jnp.sqrt(jnp.sum(rows * rows, axis=1))
-    held = held & (norm > 0)
-    unit = jnp.where(held, norm, 1.0)
-    rows = rows / unit[:, None]
+    rows, unit, held = _unit_rows(jac, held, active)
     gram = rows @ rows.T + jnp.diag(jnp.where(held, 0.0, 1.0))
     return rows.T @ jnp.linalg.solve(gram, jnp.where(held, rhs / unit, 0.0))
 
