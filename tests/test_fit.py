@@ -3,6 +3,7 @@
 import copy
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pyhf
 import pytest
@@ -199,15 +200,51 @@ def _solver_args(model, n, seed):
 
 
 @pytest.mark.slow
-def test_newton_phase_reaches_the_gauss_newton_minima_in_fewer_steps(sbottom):
-    """Exact-Hessian steps (newton_edm=inf) find the same minima as Gauss-Newton alone on
-    sbottom toys, with no more steps per fit on average (quadratic end game)."""
+def test_newton_phase_and_secant_end_game_reach_the_gauss_newton_minima_in_fewer_steps(sbottom):
+    """Exact-Hessian steps (newton_edm=inf) and the Gauss-Newton end game's secant pairs
+    (the default) find the same minima as plain Gauss-Newton (pairs=0) on sbottom toys,
+    in fewer steps per fit on average: both end quadratically or nearly, where plain
+    Gauss-Newton gains a fixed fraction a step (32 toys: 8.97 steps, Newton 7.34, the
+    pairs 7.25)."""
     args = _solver_args(sbottom[0], 32, seed=3)
-    gn = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, newton_edm=0.0)]
-    nt = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, newton_edm=float("inf"))]
-    assert np.all(gn[2] == _solver.CONVERGED) and np.all(nt[2] == _solver.CONVERGED)
-    np.testing.assert_allclose(nt[1], gn[1], atol=1e-6, rtol=0)
-    assert nt[3].mean() < gn[3].mean()
+    gn = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, pairs=0)]
+    nt = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16, newton_edm=float("inf"),
+                                                        pairs=0)]
+    sec = [np.asarray(a) for a in _solver.minimize_batch(*args, maxiter=300, group=16)]
+    for other in (nt, sec):
+        assert np.all(other[2] == _solver.CONVERGED)
+        np.testing.assert_allclose(other[1], gn[1], atol=1e-6, rtol=0)
+        assert other[3].mean() < 0.9 * gn[3].mean()
+    assert np.all(gn[2] == _solver.CONVERGED)
+
+
+def test_the_secant_pairs_solve_a_linear_fixed_point_problem_in_few_steps():
+    """_anderson on a quadratic, the Gauss-Newton-like iteration x <- x - G^-1 (H x - b)
+    with G != H: plain iteration converges linearly (by 0.83 a step here), the pairs reach the
+    solution to 1e-10 within P + 2 steps (on a linear problem Anderson acceleration is
+    GMRES, which ends after at most P directions)."""
+    rng = np.random.default_rng(0)
+    p = 6
+    a = rng.normal(size=(p, p))
+    h = a @ a.T + p * np.eye(p)
+    g = np.diag(np.diag(h)) * np.linspace(0.6, 5.0, p)  # a wrong curvature: e <- (1 - G^-1 H) e
+    b = rng.normal(size=p)
+    solution = np.linalg.solve(h, b)
+    scale = jnp.asarray(np.diag(g))
+    held = jnp.ones(p, bool)
+
+    def run(accelerate, steps):
+        x = jnp.zeros(p)
+        mem = _solver._no_secants(p, x.dtype, p)
+        for _ in range(steps):
+            delta = jnp.asarray(np.linalg.solve(g, b - h @ np.asarray(x)))
+            step, _, mem = _solver._anderson(mem, x, delta, held, scale, jnp.asarray(accelerate))
+            mem = mem._replace(x=x, r=delta, held=held, ok=jnp.asarray(accelerate))
+            x = x + step
+        return np.max(np.abs(np.asarray(x) - solution))
+
+    assert run(True, p + 2) < 1e-10
+    assert run(False, p + 2) > 1e-3  # plain iteration is still far
 
 
 def test_a_lockstep_group_solves_again_when_one_fit_steps_out_of_its_bound():
@@ -342,8 +379,9 @@ def test_result_flags_limits_and_hesse_validity(docs_ws):
     likelihood there) does not."""
     model = docs_ws.model()
     data = np.asarray(docs_ws.data(model)).copy()
-    r = gpufit.fit(model, data)
-    assert r.hesse_valid and not r.at_limit.any()
+    asimov = np.asarray(model.expected_data(model.suggested_init()))  # (the observed data's mu lies at 0)
+    r = gpufit.fit(model, asimov)
+    assert r.hesse_valid and not r.at_limit.any() and abs(r.value("mu") - 1.0) < 1e-3
     low = data.copy()
     low[: model.n_main] = 0.0  # no events: the signal strength runs to its lower bound
     r0 = gpufit.fit(model, low)
