@@ -363,10 +363,10 @@ def _counts(stats: dict) -> dict:
 
 @pytest.mark.slow
 def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypatch):
-    """A tight tolerance leaves many fits unconverged after a first pass. Stepping as on
+    """A tight tolerance leaves fits unconverged after a first pass. Stepping as on
     an accelerator (the chunk one lockstep group: a first pass of FIRST_PASS_STEPS, then
     the stragglers continued in the call as far as it has room), with that room cut to
-    8 fits and one refit most continue, and the local minima are refitted, from the
+    1 fit and one refit most continue, and the local minima are refitted, from the
     host instead: the same kernel, and the same test statistics as a CPU's queue, which
     runs every fit to its end in the call. Reading every toy whole changes nothing: no
     toy the retries touch was left on the device."""
@@ -384,7 +384,7 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
 
     queued = run(256, 512)  # the chunk kernel of the retry-thread tests too: one compilation
     monkeypatch.setattr(device, "platform", lambda: "gpu")
-    monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (8, 8))
+    monkeypatch.setattr(toys, "continuation_capacity", lambda chunk, group: (1, 1))
     monkeypatch.setattr(toys, "refit_capacity", lambda chunk, group: (1, 1))  # the host refits local minima
     opened, open_rows = [], toys.ToyCalculator._open
 
@@ -403,7 +403,7 @@ def test_stragglers_continue_alike_in_the_chunk_call_and_from_the_host(monkeypat
     assert _counts(read_all["stats"]) == _counts(cramped["stats"])
     for key in ("teststat_sb", "teststat_b"):
         np.testing.assert_array_equal(read_all[key], cramped[key])
-    assert cramped["stats"]["continued"] > 8  # more than the call has room for: the host continued the rest
+    assert cramped["stats"]["continued"] > 1  # more than the call has room for: the host continued the rest
     assert cramped["stats"]["local_minima"] > 1  # the same: one refit in the call, the others from the host
     assert cramped["n_failed"] == queued["n_failed"] == 0
     for key in ("teststat_sb", "teststat_b"):
