@@ -1,4 +1,5 @@
-"""The solver's phases side by side: Gauss-Newton only, Newton end game, Newton throughout.
+"""The solver's phases side by side: Gauss-Newton alone and with its secant end game,
+Newton end game, Newton throughout.
 
     python benchmarks/solver.py [--models sbottom,1lbb] [--toys 128] [--group 16]
                                 [--out benchmarks/results/solver-cpu.json]
@@ -26,14 +27,15 @@ import numpy as np
 import fits  # benchmarks/fits.py: the sbottom and 1Lbb models
 from _report import write_report  # benchmarks/_report.py
 from gpufit.infer.sampling import sample_toys, toy_keys
-from gpufit.optimize._solver import STATUS, minimize_batch
+from gpufit.optimize._solver import ANDERSON_M, STATUS, minimize_batch
 
-CONFIGS = {  # row name: (newton_edm, newton_after)
-    "gauss-newton": (0.0, 0),
-    "newton below edm 1": (1.0, 0),
-    "newton below edm 1e-2": (1e-2, 0),
-    "newton after 20 steps": (0.0, 20),
-    "newton throughout": (float("inf"), 0),
+CONFIGS = {  # row name: (newton_edm, newton_after, secant pairs of the Gauss-Newton end game)
+    "gauss-newton": (0.0, 0, 0),
+    "gauss-newton + secant pairs": (0.0, 0, ANDERSON_M),
+    "newton below edm 1": (1.0, 0, 0),
+    "newton below edm 1e-2": (1e-2, 0, 0),
+    "newton after 20 steps": (0.0, 20, 0),
+    "newton throughout": (float("inf"), 0, 0),
 }
 
 
@@ -62,10 +64,11 @@ def main():
         n = args.toys
         call = toys_at_init(model, n, 1e-8)
         reference = None
-        for row_name, (newton_edm, newton_after) in CONFIGS.items():
+        for row_name, (newton_edm, newton_after, pairs) in CONFIGS.items():
             def run():
                 return jax.block_until_ready(minimize_batch(*call, maxiter=300, group=args.group or None,
-                                                            newton_edm=newton_edm, newton_after=newton_after))
+                                                            newton_edm=newton_edm, newton_after=newton_after,
+                                                            pairs=pairs))
             run()
             start = time.perf_counter()
             _, f, status, steps, _ = (np.asarray(a) for a in run())
@@ -74,12 +77,12 @@ def main():
             ended = {STATUS[int(code)]: int(np.sum(status == code)) for code in np.unique(status)}
             row = {
                 "model": name, "parameters": model.n_pars, "toys": n, "group": args.group or n, "solver": row_name,
-                "newton_edm": newton_edm, "newton_after": newton_after,
+                "newton_edm": newton_edm, "newton_after": newton_after, "secant_pairs": pairs,
                 "ms_per_fit": 1e3 * seconds / n, "mean_steps": float(steps.mean()), "max_steps": int(steps.max()),
                 "ended": ended, "max_abs_twice_nll_change": float(np.max(np.abs(f - reference))),
             }
             rows.append(row)
-            print(f"{name:8s} P={model.n_pars:4d} {row_name:22s} {row['ms_per_fit']:7.2f} ms/fit  steps mean "
+            print(f"{name:8s} P={model.n_pars:4d} {row_name:28s} {row['ms_per_fit']:7.2f} ms/fit  steps mean "
                   f"{row['mean_steps']:5.1f} max {row['max_steps']:4d}  {ended}  "
                   f"|d(-2lnL)| <= {row['max_abs_twice_nll_change']:.1e}", flush=True)
             write_report(args.out, "solver.py", args, rows)
