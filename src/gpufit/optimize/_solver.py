@@ -122,9 +122,9 @@ class _State(NamedTuple):
 class _Secants(NamedTuple):
     """The Gauss-Newton end game's memory of ONE fit (:func:`_anderson`)."""
 
-    dx: jax.Array  # [M, P]: differences of successive points, newest first
+    dx: jax.Array  # [M, P]: differences of successive points (a ring, slot n % M next)
     dr: jax.Array  # [M, P]: differences of their Gauss-Newton steps
-    n: jax.Array  # [] int: how many of the M pairs hold one
+    n: jax.Array  # [] int: pairs made since the memory was last emptied (min(n, M) held)
     x: jax.Array  # [P]: the last point ...
     r: jax.Array  # [P]: ... its Gauss-Newton step
     held: jax.Array  # [P] bool: ... and the parameters it was solved for (_bounded_step)
@@ -191,14 +191,15 @@ def _anderson(mem: _Secants, x, delta, held, scale, endgame):
         at x, not yet the point x itself).
     """
     pair = mem.ok & endgame & (mem.refused < ANDERSON_REFUSALS) & jnp.all(held == mem.held)
-    dx = jnp.where(pair, jnp.roll(mem.dx, 1, axis=0).at[0].set(x - mem.x), 0.0)
-    dr = jnp.where(pair, jnp.roll(mem.dr, 1, axis=0).at[0].set(delta - mem.r), 0.0)
     pairs = mem.dx.shape[0]
-    n = jnp.where(pair, jnp.minimum(mem.n + 1, pairs), 0)
+    slot = jnp.arange(pairs) == mem.n % pairs  # a ring: the combination does not depend on the order
+    dx = jnp.where(pair, jnp.where(slot[:, None], x - mem.x, mem.dx), 0.0)
+    dr = jnp.where(pair, jnp.where(slot[:, None], delta - mem.r, mem.dr), 0.0)
+    n = jnp.where(pair, mem.n + 1, 0)
     filled = jnp.arange(pairs) < n
     weighted = dr * scale
     gram = weighted @ dr.T  # [M, M]
-    ridge = 1e-10 * jnp.max(jnp.diagonal(gram)) + jnp.finfo(x.dtype).tiny
+    ridge = _ridge(x.dtype) * jnp.max(jnp.diagonal(gram)) + jnp.finfo(x.dtype).tiny
     both = filled[:, None] & filled[None, :]
     gram = jnp.where(both, gram, 0.0) + jnp.diag(jnp.where(filled, ridge, 1.0))
     gamma = jnp.where(filled, _small_cho_solve(gram, jnp.where(filled, weighted @ delta, 0.0)), 0.0)
