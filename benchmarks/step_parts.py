@@ -62,24 +62,12 @@ LIBRARY_CHO_SOLVE = _solver._cho_solve  # main() swaps the solver's for the unro
 
 def unrolled_cho_solve(matrix, rhs):
     """``cho_solve((cholesky(matrix), True), rhs)`` for ONE symmetric positive definite
-    matrix [n, n] and rhs [n, k], column by column in plain array operations."""
-    n = matrix.shape[-1]
-    if n > UNROLL_MAX:
+    matrix [n, n] and rhs [n, k], column by column in plain array operations (the
+    solver's own :func:`~gpufit.optimize._solver._small_cho_solve`, which its secant end
+    game uses for a 4 x 4 system), the library's beyond ``UNROLL_MAX``."""
+    if matrix.shape[-1] > UNROLL_MAX:
         return LIBRARY_CHO_SOLVE(matrix, rhs)
-    chol = [[None] * n for _ in range(n)]  # lower triangle, entry by entry
-    for j in range(n):
-        diag = jnp.sqrt(matrix[j, j] - sum((chol[j][i] ** 2 for i in range(j)), jnp.zeros((), matrix.dtype)))
-        chol[j][j] = diag
-        for r in range(j + 1, n):
-            dot = sum((chol[r][i] * chol[j][i] for i in range(j)), jnp.zeros((), matrix.dtype))
-            chol[r][j] = (matrix[r, j] - dot) / diag
-    y = []
-    for r in range(n):  # L y = rhs
-        y.append((rhs[r] - sum((chol[r][i] * y[i] for i in range(r)), jnp.zeros_like(rhs[r]))) / chol[r][r])
-    x = [None] * n
-    for r in reversed(range(n)):  # L^T x = y
-        x[r] = (y[r] - sum((chol[i][r] * x[i] for i in range(r + 1, n)), jnp.zeros_like(rhs[r]))) / chol[r][r]
-    return jnp.stack(x)
+    return _solver._small_cho_solve(matrix, rhs)
 
 
 SOLVES = {"lapack": LIBRARY_CHO_SOLVE, "unrolled": unrolled_cho_solve}

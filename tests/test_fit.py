@@ -239,7 +239,6 @@ def test_the_secant_pairs_solve_a_linear_fixed_point_problem_in_few_steps():
         for _ in range(steps):
             delta = jnp.asarray(np.linalg.solve(g, b - h @ np.asarray(x)))
             step, _, mem = _solver._anderson(mem, x, delta, held, scale, jnp.asarray(accelerate))
-            mem = mem._replace(x=x, r=delta, held=held, ok=jnp.asarray(accelerate))
             x = x + step
         return np.max(np.abs(np.asarray(x) - solution))
 

@@ -140,7 +140,7 @@ def _no_secants(p, dtype, pairs):
 
 def _small_cho_solve(matrix, rhs):
     """``cho_solve((cholesky(matrix), True), rhs)`` for ONE small symmetric positive
-    definite matrix [n, n] and rhs [n], entry by entry in array operations: no LAPACK
+    definite matrix [n, n] and rhs [n] or [n, k], entry by entry in array operations: no LAPACK
     call beside the step's own (two in one compiled loop can deadlock a 2-core CPU's
     thread pool, :func:`solve_newton`)."""
     n = matrix.shape[0]
@@ -188,7 +188,7 @@ def _anderson(mem: _Secants, x, delta, held, scale, endgame):
 
     Returns:
         step [P], used [] bool (the pairs changed the step), mem (with the pair ending
-        at x, not yet the point x itself).
+        at x, and x, its step and ``held`` recorded for the next pair).
     """
     pair = mem.ok & endgame & (mem.refused < ANDERSON_REFUSALS) & jnp.all(held == mem.held)
     pairs = mem.dx.shape[0]
@@ -205,7 +205,7 @@ def _anderson(mem: _Secants, x, delta, held, scale, endgame):
     gamma = jnp.where(filled, _small_cho_solve(gram, jnp.where(filled, weighted @ delta, 0.0)), 0.0)
     step = delta - jnp.where(held, gamma @ (dx + dr), 0.0)
     used = (n > 0) & jnp.all(jnp.isfinite(step))
-    return jnp.where(used, step, delta), used, mem._replace(dx=dx, dr=dr, n=n)
+    return jnp.where(used, step, delta), used, _Secants(dx, dr, n, x, delta, held, endgame, mem.refused)
 
 
 def _cho_solve(matrix, rhs):
@@ -475,7 +475,6 @@ def _gn_step(m, data, s: _State, free, lo, hi, maxiter, tol, handoff, handoff_af
     if pairs:
         endgame = (edm < ANDERSON_EDM) & ~cut
         step, accelerated, mem = _anderson(mem, s.x, delta, held, w_model @ (jac * jac) + c, endgame)
-        mem = mem._replace(x=s.x, r=delta, held=held, ok=endgame)
         # a step the pairs took toward an empty bin's edge is the Gauss-Newton one again
         accelerated = accelerated & (jnp.min(_edge_limits(jac @ step, nu, empty)) >= 1.0)
         delta = jnp.where(accelerated, step, delta)
