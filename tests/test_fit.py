@@ -550,6 +550,40 @@ def test_the_edge_solver_follows_a_curved_edge_in_few_steps(lbb_ws):
     assert 0.0 <= model.expected_main(pars[0])[data[: model.n_main] == 0].min() < 1e-9
 
 
+def test_the_edge_queue_ends_each_fit_where_lockstep_edge_fits_do():
+    """The host's solver along the edge runs its fits through a queue of slots, each
+    refilled as soon as its fit ends (``_edge.edge_queue``): every fit ends where it
+    does in a lockstep group (``_edge.edge_fits``), the fits past ``count`` are not run,
+    and a fit that a refilled slot started keeps no state of the one before it."""
+    import jax.numpy as jnp
+
+    from gpufit.optimize import _edge
+
+    ws = gpufit.Workspace(generate_workspace(seed=3, n_channels=1, n_bins=3, empty_bin=True))
+    model = ws.model()
+    observed = np.asarray(ws.data(model))
+    empty = observed[: model.n_main] == 0
+    rng = np.random.default_rng(2)
+    b, count = 12, 10
+    data = np.tile(observed, (b, 1))
+    data[:, : model.n_main] = np.where(empty, 0.0, rng.poisson(observed[: model.n_main] + 1.0, (b, model.n_main)))
+    bounds = model.suggested_bounds()
+    x0 = np.clip(model.suggested_init() + rng.normal(0.0, 1.0, (b, model.n_pars)), bounds[:, 0], bounds[:, 1])
+    free = np.broadcast_to(~model.fixed_parameters(), x0.shape)
+    args = (model.compiled, jnp.asarray(data), jnp.asarray(x0), jnp.asarray(free), jnp.asarray(bounds[:, 0]),
+            jnp.asarray(bounds[:, 1]), 1e-8)
+    queued = [np.asarray(a) for a in _edge.edge_queue(*args, 40, count, slots=3)]
+    alone = [np.asarray(a) for a in _edge.edge_fits(*args, 40)]
+    steps, status = queued[3][:count], queued[2][:count]
+    # fits of many lengths (the slots are refilled at different rounds), converged or not
+    assert len(set(steps.tolist())) > 3 and {gpufit.optimize.CONVERGED, gpufit.optimize.MAX_ITERATIONS} <= set(status)
+    for q, a in zip(queued, alone):
+        np.testing.assert_allclose(q[:count], a[:count], rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(queued[0][count:], x0[count:])  # not run: their start, ...
+    assert np.isinf(queued[1][count:]).all() and (queued[2][count:] == gpufit.optimize.MAX_ITERATIONS).all()
+    assert (queued[3][count:] == 0).all()  # ... and no steps
+
+
 def test_float32_kernels_ask_for_full_float32_matrix_products(docs_ws):
     """Every matrix product of the solver and of the toy kernel is traced at HIGHEST
     precision: JAX's default runs float32 products in TF32 on recent NVIDIA GPUs, where

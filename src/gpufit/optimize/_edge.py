@@ -22,15 +22,18 @@ crossed), and the rest of -2 log L gets its damped Gauss-Newton model. A step so
 that quadratic program's KKT system, then a second-order correction (Nocedal & Wright,
 Numerical Optimization, section 15.6) moves back onto the targets from where the
 curvature of the edge took the step. A bin is released when its multiplier says that
-its count wants to grow. One compiled loop, vmapped over a batch (:func:`edge_fits`),
-whose KKT steps go through the batched solver's factored Gauss-Newton solve (an N x N
-factorization, :class:`_Kkt`): it runs for the fits that end at the edge (``fit``'s
-``at_edge``), the converged ones included, and for the unconverged ones before MIGRAD.
+its count wants to grow. One compiled loop, vmapped over a batch, in lockstep
+(:func:`edge_fits`, an accelerator's toy chunk) or through a queue of slots
+(:func:`edge_queue`, the host's), whose KKT steps go through the batched solver's
+factored Gauss-Newton solve (an N x N factorization, :class:`_Kkt`): it runs for the
+fits that end at the edge (``fit``'s ``at_edge``), the converged ones included, and for
+the unconverged ones before MIGRAD.
 """
 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -39,12 +42,12 @@ import jax.numpy as jnp
 from .._device import jit
 from ..likelihood.derivatives import expected_main_and_jacobian, twice_nll_gradient_curvature
 from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIONS, NOT_FINITE, RUNNING, STALLED,
-                      _edge_fraction, _held, _precision, damping_rule, solve_damped)
+                      _edge_fraction, _held, _precision, damping_rule, next_rows, solve_damped)
 
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
 CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu and its Jacobian)
-EDGE_GROUP = 16  # fits per compiled call of the host's solver along the edge (fit.along_edge), in lockstep ...
-EDGE_PASSES = (2, 8, 32)  # ... in passes of at most this many steps, then the rest
+EDGE_SLOTS = 8  # the host's solver along the edge (fit.along_edge): a queue of this many lockstep slots ...
+EDGE_CHUNK = 1024  # ... through which compiled calls of this many fits run (fewer: the next power of two)
 
 
 class _Edge(NamedTuple):
@@ -127,8 +130,18 @@ def _least_norm(jac, held, active, rhs):
     return rows.T @ jnp.linalg.solve(gram, jnp.where(held, rhs / unit, 0.0))
 
 
-def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
-    """One step of ONE fit along the edge (the module's docstring)."""
+def _edge_start(x, f, g, jac, w, c, maxiter):
+    """The state of ONE fit along the edge at its start x [P], from the evaluation there
+    (:func:`~gpufit.likelihood.derivatives.twice_nll_gradient_curvature`)."""
+    dtype = x.dtype
+    return _Edge(x, f, g, jac, w, c, jnp.asarray(1e-3, dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros(w.shape, bool),
+                 jnp.asarray(0), jnp.where(jnp.isfinite(f), jnp.where(maxiter > 0, RUNNING, MAX_ITERATIONS), NOT_FINITE))
+
+
+def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom, fresh=None):
+    """One step of ONE fit along the edge (the module's docstring). ``fresh`` [] bool
+    (the queue, :func:`edge_queue`): the slot holds a new fit at ``s.x`` whose first
+    evaluation this step makes instead of a step."""
     n_main = m.n_main
     empty = data[:n_main] == 0
     dtype = s.x.dtype
@@ -163,6 +176,8 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
                      jnp.where(again, active & ~pushed, active), ~again, delta, mult, again | jnp.any(release))
 
     held = empty & (nu < HOLD_NU) & ~s.released
+    if fresh is not None:
+        held = held & ~fresh  # a new fit's placeholder state: a round without a bin held
     r = jax.lax.while_loop(lambda r: r.more, one_round, _Round(held, s.released, free, jnp.asarray(True),
                                                               jnp.zeros_like(s.x), jnp.zeros_like(nu), jnp.asarray(True)))
     held, released, delta = r.held, r.released, r.delta
@@ -186,6 +201,8 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
 
     _, x_try, _ = jax.lax.while_loop(lambda carry: (carry[0] < CORRECTIONS) & carry[2] & jnp.any(held),
                                      correcting, (0, x_try, jnp.asarray(True)))
+    if fresh is not None:
+        x_try = jnp.where(fresh, s.x, x_try)
     f_try, g_try, jac_try, w_try, c_try = twice_nll_gradient_curvature(m, x_try, data)
     ok, lam_next = damping_rule(s.f, s.lam, f_try, g_try, edm)
     floor = jnp.maximum(tol, _precision(dtype) * jnp.abs(s.f))
@@ -196,25 +213,32 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom):
     new = (x_try, f_try, g_try, jac_try, w_try, c_try)
     old = (s.x, s.f, s.g, s.jac, s.w, s.c)
     x, f, g, jac, w, c = (jnp.where(ok, a, b) for a, b in zip(new, old))
-    return _Edge(x, f, g, jac, w, c, lam_next, edm, released, n_iter, status)
+    stepped = _Edge(x, f, g, jac, w, c, lam_next, edm, released, n_iter, status)
+    if fresh is None:
+        return stepped
+    start = _edge_start(x_try, f_try, g_try, jac_try, w_try, c_try, maxiter)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(fresh, a, b), start, stepped)
 
 
 def _edge_one(m, data, x0, free, lo, hi, tol, maxiter, bottom):
-    f, g, jac, w, c = twice_nll_gradient_curvature(m, x0, data)
-    dtype = x0.dtype
-    s = _Edge(x0, f, g, jac, w, c, jnp.asarray(1e-3, dtype), jnp.asarray(jnp.inf, dtype),
-              jnp.zeros(w.shape, bool), jnp.asarray(0),
-              jnp.where(jnp.isfinite(f), jnp.where(maxiter > 0, RUNNING, MAX_ITERATIONS), NOT_FINITE))
+    s = _edge_start(x0, *twice_nll_gradient_curvature(m, x0, data), maxiter)
     s = jax.lax.while_loop(lambda s: s.status == RUNNING,
                            lambda s: _edge_step(m, data, s, free, lo, hi, tol, maxiter, bottom), s)
     return s.x, s.f, s.status, s.n_iter, s.edm
+
+
+def _bottom(m, dtype):
+    """The smallest count [N] a held bin is taken to: below it the count is rounding (the
+    sum of its samples' counts, each O(1) or more) and a step can land on either side of 0."""
+    scale = jnp.abs(m.nominal) @ m.bin_matrix
+    return 1e3 * jnp.finfo(dtype).eps * jnp.maximum(scale, 1.0)
 
 
 @jit
 def edge_fits(m, data, x0, free, lo, hi, tol, maxiter):
     """Minimize -2 log L of B fits whose minimum lies at the edge of empty bins, each
     from its start, in one compiled call (lockstep: the batch runs as long as its
-    slowest fit).
+    slowest fit; an accelerator's toy chunk, :func:`edge_pass`).
 
     Args:
         m: compiled model; data [B, N + A], x0 [B, P] (finite), free [B, P] bool, lo and
@@ -225,14 +249,60 @@ def edge_fits(m, data, x0, free, lo, hi, tol, maxiter):
     Returns:
         pars [B, P], twice_nll [B], status [B] (the batched solver's codes), n_iter [B], edm [B].
     """
-    dtype = x0.dtype
-    # the smallest count a held bin is taken to: below it the count is rounding (the sum
-    # of its samples' counts, each O(1) or more) and a step can land on either side of 0
-    scale = jnp.abs(m.nominal) @ m.bin_matrix  # [N]
-    bottom = 1e3 * jnp.finfo(dtype).eps * jnp.maximum(scale, 1.0)
+    bottom = _bottom(m, x0.dtype)
     maxiter = jnp.broadcast_to(jnp.asarray(maxiter), data.shape[:1])
     return jax.vmap(lambda d, x, fr, k: _edge_one(m, d, x, fr, lo, hi, tol, k, bottom), axis_name=_FITS)(
         data, x0, free, maxiter)
+
+
+@functools.partial(jit, static_argnames=("slots",))
+def edge_queue(m, data, x0, free, lo, hi, tol, maxiter, count, slots: int):
+    """:func:`edge_fits` for the first ``count`` (traced) of B fits through ``slots``
+    lockstep slots, each of which takes the next fit as soon as its own has finished
+    (a CPU's, as :func:`~gpufit.optimize._solver.minimize_chain`): most fits along the
+    edge end within a step or two, a few take 100 or more, and a lockstep group runs
+    as long as its slowest fit. Each fit ends where it would in :func:`edge_fits`. The
+    others keep their start, with twice_nll inf, status MAX_ITERATIONS and no steps.
+    maxiter: [] (traced).
+
+    Returns:
+        pars [B, P], twice_nll [B], status [B], n_iter [B], edm [B].
+    """
+    b = data.shape[0]
+    bottom = _bottom(m, x0.dtype)
+    row = jnp.arange(slots)
+    row = jnp.where(row < count, row, b)  # the row of each slot; b: none
+    at = jnp.minimum(row, b - 1)
+    # every slot starts as a refilled one: the first round makes the first evaluations
+    # (one copy of the evaluation in the compiled loop); the rest of the state is a
+    # placeholder that round overwrites
+    shapes = jax.eval_shape(jax.vmap(lambda d, x: _edge_start(x, *twice_nll_gradient_curvature(m, x, d), maxiter)),
+                            data[at], x0[at])
+    s = jax.tree_util.tree_map(lambda a: jnp.ones(a.shape, a.dtype), shapes)
+    fresh = row < b
+    s = s._replace(x=x0[at], status=jnp.where(fresh, RUNNING, CONVERGED))  # a slot without a fit stays frozen
+    step = jax.vmap(lambda d, st, fr, new: _edge_step(m, d, st, fr, lo, hi, tol, maxiter, bottom, new),
+                    axis_name=_FITS)
+
+    def body(carry):
+        s, row, after, fresh, out = carry
+        at = jnp.minimum(row, b - 1)
+        moving = (s.status == RUNNING) | fresh
+        s = jax.tree_util.tree_map(lambda a, o: jnp.where(moving.reshape((-1,) + (1,) * (a.ndim - 1)), a, o),
+                                   step(data[at], s, free[at], fresh), s)
+        done = (s.status != RUNNING) & (row < b)
+        where = jnp.where(done, row, b)  # row b: nothing written
+        out = tuple(o.at[where].set(v, mode="drop") for o, v in zip(out, (s.x, s.f, s.status, s.n_iter, s.edm)))
+        row, after = next_rows(done, row, after, count, b)
+        fresh = done & (row < b)
+        s = s._replace(x=jnp.where(fresh[:, None], x0[jnp.minimum(row, b - 1)], s.x),
+                       status=jnp.where(fresh, RUNNING, s.status))
+        return s, row, after, fresh, out
+
+    out = (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS), jnp.zeros(b, int),
+           jnp.full(b, jnp.inf, x0.dtype))
+    carry = (s, row, jnp.asarray(slots), fresh, out)
+    return jax.lax.while_loop(lambda c: jnp.any(c[1] < b), body, carry)[-1]
 
 
 def edge_pass(m, data, x0, go, free, lo, hi, tol, maxiter: int, capacity: int):

@@ -600,17 +600,24 @@ def minimize_chain(m, data, count, n_phases: int, start, record, records, lo, hi
         for j in range(n_phases - 1, 0, -1):
             later = jnp.where((j > phase) & start(jnp.full(slots, j), at, records)[3], j, later)
         ended = done & (later == n_phases)
-        following = after + jnp.cumsum(ended) - 1  # the next rows, one per slot whose chain ended
-        row = jnp.where(ended, jnp.where(following < count, following, b), row)
+        row, after = next_rows(ended, row, after, count, b)
         phase = jnp.where(ended, 0, jnp.where(done, later, phase))
         fresh = done & (row < b)
         x0, free0, lam00, _ = start(phase, jnp.minimum(row, b - 1), records)
         s = s._replace(x=jnp.where(fresh[:, None], x0, s.x), status=jnp.where(fresh, RUNNING, s.status))
-        return (s, row, phase, after + jnp.sum(ended), jnp.where(fresh[:, None], free0, free),
+        return (s, row, phase, after, jnp.where(fresh[:, None], free0, free),
                 jnp.where(fresh, lam00, lam0), fresh, records)
 
     carry = (s, row, phase, jnp.asarray(slots), free, lam0, fresh, records)
     return jax.lax.while_loop(lambda c: jnp.any(c[1] < b), body, carry)[-1]
+
+
+def next_rows(ended, row, after, count, b):
+    """A queue's next rows: each slot whose fits ``ended`` [S] takes the next of the
+    first ``count`` rows not yet taken (``after``: how many are), in slot order, or none
+    (row ``b``) once they are all taken. Returns row [S], after []."""
+    following = after + jnp.cumsum(ended) - 1
+    return jnp.where(ended, jnp.where(following < count, following, b), row), after + jnp.sum(ended)
 
 
 def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count, pairs):

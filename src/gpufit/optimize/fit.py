@@ -12,7 +12,7 @@ from iminuit import Minuit
 
 from .. import _device
 from ..exceptions import InvalidArgument, InvalidShape
-from ._edge import EDGE_GROUP, EDGE_PASSES, edge_fits
+from ._edge import EDGE_CHUNK, EDGE_SLOTS, edge_queue
 from ._result import FitResult
 from ._solver import (CONVERGED, DAMPING, MAX_ITERATIONS, hessian_batch, minimize_batch, minimize_points,
                       value_and_grad_one, value_one)
@@ -407,21 +407,22 @@ def _passes(solve, x0, firsts, maxiter):
 
 def along_edge(model, data, x0, free, bounds, tol, maxiter=DEFAULT_MAXITER):
     """The active-set solver along the model's edge (:func:`~gpufit.optimize._edge.edge_fits`)
-    for R fits from where they ended at it (:func:`at_edge`), in compiled calls of
-    ``EDGE_GROUP`` fits that step in lockstep: data [R, N + A], x0 and free [R, P],
-    bounds [P, 2] -> pars [R, P], twice_nll, status, n_iter, edm [R]. In a funnel of
-    passes (``EDGE_PASSES``), the fits still running after one going on in the next:
-    most end within a step or two, a few take 100 or more, and a group runs as long as
-    its slowest fit (the fits of 10,000 1Lbb toys at the edge: 5.9 s instead of 9.7-12.8
-    s with a first pass of 10 steps, then the rest)."""
+    for R fits from where they ended at it (:func:`at_edge`): data [R, N + A], x0 and
+    free [R, P], bounds [P, 2] -> pars [R, P], twice_nll, status, n_iter, edm [R].
+
+    Through a queue of ``EDGE_SLOTS`` lockstep slots (:func:`~gpufit.optimize._edge.edge_queue`)
+    in calls of ``EDGE_CHUNK`` fits (fewer fits: the next power of two, and as many
+    slots): most fits end within a step or two (the median of 719 fits at the edge of
+    4,000 1Lbb toys: 1), a few take 50 to 100, and a lockstep group runs as long as its
+    slowest fit. Those 719 fits: 1.9-2.0 s with 8 slots (2.1-2.2 with 4, 2.2-2.6 with
+    16), against 3.1-3.7 s in lockstep groups of 16 in passes of 2, 8 and 32 steps, then
+    the rest (benchmarks/README.md, session 25)."""
     compiled = _kernel_tables(model)
-
-    def solve(rows, starts, steps):
-        return _in_chunks(rows, starts, EDGE_GROUP, lambda take, x, real: edge_fits(
-            compiled, jnp.asarray(data[take]), jnp.asarray(x), jnp.asarray(free[take]), jnp.asarray(bounds[:, 0]),
-            jnp.asarray(bounds[:, 1]), tol, steps))
-
-    return _passes(solve, x0, EDGE_PASSES, maxiter)
+    r = len(x0)
+    size = EDGE_CHUNK if r >= EDGE_SLOTS else 1 << max(0, (r - 1).bit_length())
+    return tuple(_in_chunks(np.arange(r), x0, size, lambda take, x, real: edge_queue(
+        compiled, jnp.asarray(data[take]), jnp.asarray(x), jnp.asarray(free[take]), jnp.asarray(bounds[:, 0]),
+        jnp.asarray(bounds[:, 1]), tol, maxiter, real, slots=min(EDGE_SLOTS, size))))
 
 
 def _edge_or_migrad(model, data, end, start, free, bounds, tol):
