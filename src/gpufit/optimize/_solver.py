@@ -308,45 +308,36 @@ def _bounded_step(solve, x, g, lo, hi, free, axis=None, live=True, curvature_tim
 
     The second solve changes the step only where the first pushed a parameter on or
     across its bound, which few steps do. Under ``jax.vmap(..., axis_name=axis)`` a lockstep
-    group makes it only when one of its ``live`` fits needs it (a loop whose count is the
-    group's, where a per-fit ``where`` would pay for both solves): on a CPU's groups of 8
-    to 64 the solve is most of a gen300 step (N = 120) and 15% of a 1Lbb one. Both
-    solves are one copy of ``solve`` in a loop of at most two rounds: a second copy
-    (a ``cond``) was 78 of the 288 fusions of the queue's compiled solver, and 11% of
-    its compile time.
+    group makes it only when one of its ``live`` fits needs it (a ``cond`` on the
+    group's count, where a per-fit ``where`` would pay for both solves): on a CPU's
+    groups of 8 to 64 the solve is most of a gen300 step (N = 120) and 15% of a 1Lbb one.
+    (A loop of at most two rounds holds one copy of the solve instead of the cond's two,
+    and compiles a 12-bin model's queue solver in 2.7 s instead of 3.0, but took
+    sbottom's toys from 1,569-1,589 to 1,472-1,492 toys/s: benchmarks/README.md, session 25.)
 
     Returns:
         delta [P], edm [] (the damped quadratic model's decrease, g^T H^-1 g / 2 when
         undamped, on the parameters not held), info (from the last solve).
     """
     active = _held(x, g, lo, hi, free)
-    zero = jnp.zeros_like(x)
+    delta, info = solve(active, g)
+    held = active & ~(((x <= lo) & (delta < 0)) | ((x >= hi) & (delta > 0)))
+    landing = jnp.zeros_like(x)
+    edm_first = -0.5 * jnp.dot(jnp.where(held, g, 0.0), delta)
+    if curvature_times is not None:
+        crossing = held & ((x + delta < lo) | (x + delta > hi)) & (edm_first < LANDING_EDM)
+        landing = jnp.where(crossing, jnp.clip(x + delta, lo, hi) - x, 0.0)
+        held = held & ~crossing
 
-    def one_round(r):
-        k, act, grad, shift, _, _, _, _ = r
-        delta, info = solve(act, grad)
-        delta = delta + shift
-        # after the first round: the parameters the step pushes outward are held, and
-        # (below LANDING_EDM) those it takes across a bound land on it
-        held = act & ~(((x <= lo) & (delta < 0)) | ((x >= hi) & (delta > 0)))
-        edm_first = -0.5 * jnp.dot(jnp.where(held, g, 0.0), delta)
-        landing = zero
-        if curvature_times is not None:
-            crossing = held & ((x + delta < lo) | (x + delta > hi)) & (edm_first < LANDING_EDM)
-            landing = jnp.where(crossing, jnp.clip(x + delta, lo, hi) - x, 0.0)
-            held = held & ~crossing
-        redo = jnp.any(held != act)
-        if axis is not None:
-            redo = jax.lax.psum(redo & live, axis) > 0
-        first = k == 0
-        return (k + 1, jnp.where(first, held, act),
-                jnp.where(first, g if curvature_times is None else g + curvature_times(landing), grad),
-                jnp.where(first, landing, shift), delta, info, jnp.where(first, edm_first, r[6]), first & redo)
+    def again():
+        d, i = solve(held, g if curvature_times is None else g + curvature_times(landing))
+        return d + landing, i
 
-    info0 = jax.eval_shape(lambda: solve(active, g)[1])
-    start = (0, active, g, zero, zero, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), info0),
-             jnp.zeros((), x.dtype), jnp.asarray(True))
-    _, held, _, landing, delta, info, edm_first, _ = jax.lax.while_loop(lambda r: r[-1], one_round, start)
+    if axis is None:
+        delta, info = again()
+    else:
+        redo = jax.lax.psum(jnp.any(held != active) & live, axis) > 0
+        delta, info = jax.lax.cond(redo, again, lambda: (delta, info))
     edm = -0.5 * jnp.dot(jnp.where(held, g, 0.0), delta)
     # a step that lands parameters on their bounds is measured by the step before the
     # landing: the rest of it, solved with the landing fixed, may even rise in the model
