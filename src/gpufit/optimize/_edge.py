@@ -260,7 +260,7 @@ def edge_queue(m, data, x0, free, lo, hi, tol, maxiter, count, slots: int):
     """:func:`edge_fits` for the first ``count`` (traced) of B fits through ``slots``
     lockstep slots, each of which takes the next fit as soon as its own has finished
     (a CPU's, as :func:`~gpufit.optimize._solver.minimize_chain`): most fits along the
-    edge end within a step or two, a few take 100 or more, and a lockstep group runs
+    edge end within a step or two, a few take 50 or more, and a lockstep group runs
     as long as its slowest fit. Each fit ends where it would in :func:`edge_fits`. The
     others keep their start, with twice_nll inf, status MAX_ITERATIONS and no steps.
     maxiter: [] (traced).

@@ -570,7 +570,7 @@ def minimize_chain(m, data, count, n_phases: int, start, record, records, lo, hi
     x0, free, lam0, _ = start(phase, at, records)
     # every slot starts as a refilled one (``fresh``): the loop's first round makes the
     # first evaluations, and the compiled solver holds one copy of the evaluation instead
-    # of two (its compile time: -0.3 s of 2.9 on a 12-bin model); the state's other
+    # of two (a 12-bin model's queue solver compiles in 3.0 s instead of 3.2); the state's other
     # fields are placeholders that the first round overwrites
     shapes = jax.eval_shape(jax.vmap(lambda d, x, l0: _gn_init(m, d, x, l0, pairs)), data[at], x0, lam0)
     s = jax.tree_util.tree_map(lambda a: jnp.ones(a.shape, a.dtype), shapes)
