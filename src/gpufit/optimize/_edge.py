@@ -42,7 +42,8 @@ import jax.numpy as jnp
 from .._device import jit
 from ..likelihood.derivatives import expected_main_and_jacobian, twice_nll_gradient_curvature
 from ._solver import (_FITS, _LAMBDA_MAX, CONVERGED, EDGE_FRACTION, MAX_ITERATIONS, NOT_FINITE, RUNNING, STALLED,
-                      _edge_fraction, _held, _precision, damping_rule, next_rows, solve_damped)
+                      _edge_fraction, _held, _pick, _precision, damping_rule, next_rows, queue_start, solve_damped,
+                      unfitted, write_ended)
 
 HOLD_NU = 1e-3  # an empty bin whose expected count is below this (events) is held at the edge
 CORRECTIONS = 4  # second-order corrections of a step at most (each one evaluation of nu and its Jacobian)
@@ -216,8 +217,7 @@ def _edge_step(m, data, s: _Edge, free, lo, hi, tol, maxiter, bottom, fresh=None
     stepped = _Edge(x, f, g, jac, w, c, lam_next, edm, released, n_iter, status)
     if fresh is None:
         return stepped
-    start = _edge_start(x_try, f_try, g_try, jac_try, w_try, c_try, maxiter)
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(fresh, a, b), start, stepped)
+    return _pick(fresh, _edge_start(x_try, f_try, g_try, jac_try, w_try, c_try, maxiter), stepped)
 
 
 def _edge_one(m, data, x0, free, lo, hi, tol, maxiter, bottom):
@@ -273,35 +273,25 @@ def edge_queue(m, data, x0, free, lo, hi, tol, maxiter, count, slots: int):
     row = jnp.arange(slots)
     row = jnp.where(row < count, row, b)  # the row of each slot; b: none
     at = jnp.minimum(row, b - 1)
-    # every slot starts as a refilled one: the first round makes the first evaluations
-    # (one copy of the evaluation in the compiled loop); the rest of the state is a
-    # placeholder that round overwrites
-    shapes = jax.eval_shape(jax.vmap(lambda d, x: _edge_start(x, *twice_nll_gradient_curvature(m, x, d), maxiter)),
-                            data[at], x0[at])
-    s = jax.tree_util.tree_map(lambda a: jnp.ones(a.shape, a.dtype), shapes)
     fresh = row < b
-    s = s._replace(x=x0[at], status=jnp.where(fresh, RUNNING, CONVERGED))  # a slot without a fit stays frozen
+    s = queue_start(lambda d, x: _edge_start(x, *twice_nll_gradient_curvature(m, x, d), maxiter), x0[at], fresh,
+                    data[at], x0[at])
     step = jax.vmap(lambda d, st, fr, new: _edge_step(m, d, st, fr, lo, hi, tol, maxiter, bottom, new),
                     axis_name=_FITS)
 
     def body(carry):
         s, row, after, fresh, out = carry
         at = jnp.minimum(row, b - 1)
-        moving = (s.status == RUNNING) | fresh
-        s = jax.tree_util.tree_map(lambda a, o: jnp.where(moving.reshape((-1,) + (1,) * (a.ndim - 1)), a, o),
-                                   step(data[at], s, free[at], fresh), s)
+        s = jax.vmap(_pick)((s.status == RUNNING) | fresh, step(data[at], s, free[at], fresh), s)
         done = (s.status != RUNNING) & (row < b)
-        where = jnp.where(done, row, b)  # row b: nothing written
-        out = tuple(o.at[where].set(v, mode="drop") for o, v in zip(out, (s.x, s.f, s.status, s.n_iter, s.edm)))
+        out = write_ended(out, done, row, (s.x, s.f, s.status, s.n_iter, s.edm))
         row, after = next_rows(done, row, after, count, b)
         fresh = done & (row < b)
         s = s._replace(x=jnp.where(fresh[:, None], x0[jnp.minimum(row, b - 1)], s.x),
                        status=jnp.where(fresh, RUNNING, s.status))
         return s, row, after, fresh, out
 
-    out = (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS), jnp.zeros(b, int),
-           jnp.full(b, jnp.inf, x0.dtype))
-    carry = (s, row, jnp.asarray(slots), fresh, out)
+    carry = (s, row, jnp.asarray(slots), fresh, unfitted(x0))
     return jax.lax.while_loop(lambda c: jnp.any(c[1] < b), body, carry)[-1]
 
 

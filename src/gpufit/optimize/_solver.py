@@ -568,14 +568,8 @@ def minimize_chain(m, data, count, n_phases: int, start, record, records, lo, hi
     at = jnp.minimum(row, b - 1)
     phase = jnp.zeros(slots, int)
     x0, free, lam0, _ = start(phase, at, records)
-    # every slot starts as a refilled one (``fresh``): the loop's first round makes the
-    # first evaluations, and the compiled solver holds one copy of the evaluation instead
-    # of two (a 12-bin model's queue solver compiles in 3.0 s instead of 3.2); the state's other
-    # fields are placeholders that the first round overwrites
-    shapes = jax.eval_shape(jax.vmap(lambda d, x, l0: _gn_init(m, d, x, l0, pairs)), data[at], x0, lam0)
-    s = jax.tree_util.tree_map(lambda a: jnp.ones(a.shape, a.dtype), shapes)
     fresh = row < b
-    s = s._replace(x=x0, status=jnp.where(fresh, RUNNING, CONVERGED))  # a slot without a fit stays frozen
+    s = queue_start(lambda d, x, l0: _gn_init(m, d, x, l0, pairs), x0, fresh, data[at], x0, lam0)
     step = jax.vmap(lambda d, st, fr, new, l0: _gn_step(m, d, st, fr, lo, hi, maxiter, tol, 0.0, None, new, l0),
                     axis_name=_FITS)
 
@@ -603,6 +597,34 @@ def minimize_chain(m, data, count, n_phases: int, start, record, records, lo, hi
     return jax.lax.while_loop(lambda c: jnp.any(c[1] < b), body, carry)[-1]
 
 
+def queue_start(init, x0, fresh, *args):
+    """The state [S] of a queue's slots before its first round, in which every slot
+    holding a fit (``fresh`` [S] bool) starts it as a refilled slot does: that round makes
+    the first evaluations, and the compiled loop holds one copy of the evaluation instead
+    of two (a 12-bin model's queue solver compiles in 3.0 s instead of 3.2). ``init``:
+    one fit's start state from ``args`` (vmapped over them); only its shapes are used, the
+    fields filled with placeholders the first round overwrites, x = x0 [S, P]; a slot
+    without a fit stays frozen."""
+    shapes = jax.eval_shape(jax.vmap(init), *args)
+    s = jax.tree_util.tree_map(lambda a: jnp.ones(a.shape, a.dtype), shapes)
+    return s._replace(x=x0, status=jnp.where(fresh, RUNNING, CONVERGED))
+
+
+def unfitted(x0):
+    """A queue's outputs before any fit has ended, for B fits from x0 [B, P]: pars (their
+    start), twice_nll inf, status MAX_ITERATIONS, n_iter 0, edm inf."""
+    b = x0.shape[0]
+    return (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS), jnp.zeros(b, int),
+            jnp.full(b, jnp.inf, x0.dtype))
+
+
+def write_ended(out, done, row, ended):
+    """The outputs ``out`` (:func:`unfitted`) with the fits that ``done`` [S] in slots
+    holding rows ``row`` [S] written in: ``ended`` = (x, twice_nll, status, n_iter, edm) [S]."""
+    where = jnp.where(done, row, out[1].shape[0])  # row B: nothing written
+    return tuple(o.at[where].set(v, mode="drop") for o, v in zip(out, ended))
+
+
 def next_rows(ended, row, after, count, b):
     """A queue's next rows: each slot whose fits ``ended`` [S] takes the next of the
     first ``count`` rows not yet taken (``after``: how many are), in slot order, or none
@@ -623,19 +645,13 @@ def _minimize_queue(m, data, x0, free, lo, hi, maxiter, tol, lam0, slots, count,
     Returns:
         pars [B, P], twice_nll [B], status [B], n_iter [B], edm [B].
     """
-    b = x0.shape[0]
-
     def start(phase, row, out):
         return x0[row], free[row], jnp.full(row.shape, lam0, x0.dtype), jnp.ones(row.shape, bool)
 
     def record(phase, row, done, end, out):
-        where = jnp.where(done, row, b)  # row b: nothing written
-        return tuple(o.at[where].set(v, mode="drop") for o, v in zip(out, (end.x, end.f, end.status, end.n_iter,
-                                                                            end.edm)))
+        return write_ended(out, done, row, (end.x, end.f, end.status, end.n_iter, end.edm))
 
-    out = (x0, jnp.full(b, jnp.inf, x0.dtype), jnp.full(b, MAX_ITERATIONS), jnp.zeros(b, int),
-           jnp.full(b, jnp.inf, x0.dtype))
-    return minimize_chain(m, data, count, 1, start, record, out, lo, hi, maxiter, tol, slots, pairs)
+    return minimize_chain(m, data, count, 1, start, record, unfitted(x0), lo, hi, maxiter, tol, slots, pairs)
 
 
 def funnel_widths(batch: int, group: int | None) -> tuple[int, ...]:
